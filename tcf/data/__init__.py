@@ -1,0 +1,42 @@
+"""Datasets: raw files -> canonical items / interactions / leave-one-out split.
+
+>>> from tcf.data import prepare, load_dataset
+>>> prepare("ml-100k", None, "data/ml-100k")          # doctest: +SKIP
+>>> ds = load_dataset("data/ml-100k")                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from tcf.config import from_dict
+from tcf.data.dataset import Dataset, load_dataset
+from tcf.data.prepare import PrepareOptions, build, write
+from tcf.data.sources import SOURCES, get_source
+
+__all__ = ["Dataset", "PrepareOptions", "SOURCES", "load_dataset", "prepare", "ensure_dataset"]
+
+
+def prepare(source: str, path: str | Path | None, out: str | Path, options: PrepareOptions = PrepareOptions(),
+            source_options: Mapping[str, Any] | None = None) -> Dataset:
+    """Read ``source`` files at ``path``, build the canonical dataset and write it to ``out``."""
+    module = get_source(source)
+    opts = from_dict(module.Options, source_options or {}, where=source)
+    raw = module.read(Path(path) if path is not None else None, opts)
+    ds = build(raw, options)
+    write(ds, out)
+    return load_dataset(out)
+
+
+def ensure_dataset(name: str | Path, root: str | Path = "data", **kwargs) -> Dataset:
+    """A dataset folder, or a source name prepared under ``root/NAME`` on first use and reused after."""
+    p = Path(name)
+    if (p / "dataset.json").is_file():
+        return load_dataset(p)
+    if str(name) in SOURCES:
+        out = Path(root) / str(name)
+        if (out / "dataset.json").is_file():
+            return load_dataset(out)
+        return prepare(str(name), None, out, **kwargs)
+    return load_dataset(p)  # raises a clear "not a tcf dataset" error
