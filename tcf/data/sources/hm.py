@@ -1,4 +1,4 @@
-"""Raw H&M Personalized Fashion (``articles.csv``, ``transactions_train.csv``).
+"""Raw H&M Personalized Fashion: articles.csv and transactions_train.csv.
 
 An article's ``description`` joins the named article columns ("Strap top. Vest top.
 Black. Jersey top with narrow straps."); each of those columns is also a text field

@@ -1,4 +1,4 @@
-"""Raw MIND (Microsoft News): ``news.tsv`` and ``behaviors.tsv``, no headers.
+"""Raw MIND (Microsoft News): news.tsv and behaviors.tsv, no headers.
 
 A user's sequence is their click history, then the clicked impressions (``-1``) in
 time order.  History items carry no time in MIND: they are stamped one second

