@@ -1,0 +1,162 @@
+"""Dataset item texts -> a cache entry, in resumable shards, optionally across processes.
+
+Under ``torchrun --nproc-per-node N`` (or several nodes sharing the cache folder),
+process r computes shards r, r+N, r+2N, ...; after a barrier, rank 0 merges them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tcf import __version__
+from tcf.data import Dataset
+from tcf.encoders import ENCODERS, Encoder, EncoderSpec
+from tcf.encoders.cache import (FORMAT_VERSION, CacheEntry, entry_path, merge_shards, read_entry, valid_shard,
+                                write_shard)
+from tcf.errors import ConfigError
+from tcf.provenance import provenance
+
+STORAGE = {"fp32": np.float32, "fp16": np.float16}
+
+
+@dataclass
+class ExtractReport:
+    entry: CacheEntry
+    computed_rows: int  # rows embedded by this call (0 when the cache was complete)
+    reused_shards: int  # shards found complete from an earlier, interrupted run
+    seconds: float  # embedding time of this call (model loading excluded)
+    n_tokens: int
+    wall_seconds: float  # everything: key, loading, embedding, merging
+
+    @property
+    def items_per_s(self) -> float:
+        return self.computed_rows / self.seconds if self.seconds else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.n_tokens / self.seconds if self.seconds else 0.0
+
+
+def dist_info() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _barrier(world: int) -> None:
+    if world <= 1:
+        return
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if _cuda() else "gloo")
+    dist.barrier()
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def make_key(spec: EncoderSpec, dataset: Dataset, *, kind: str, template: str | None, storage: str) -> dict:
+    if kind not in ("pooled", "tokens"):
+        raise ConfigError(f"cache kind must be pooled or tokens, got {kind!r}")
+    if storage not in STORAGE:
+        raise ConfigError(f"cache storage must be one of {list(STORAGE)}, got {storage!r}")
+    template = template or dataset.template
+    key = {"format_version": FORMAT_VERSION, "kind": kind, **ENCODERS.get(spec.backend).key_for(spec),
+           "template": template, "text_fingerprint": dataset.text_fingerprint(template), "storage": storage}
+    if kind == "tokens":
+        key.pop("pooling")  # token states do not depend on pooling
+    return key
+
+
+def extract(dataset: Dataset, spec: EncoderSpec, *, root: str | Path = "embeddings_cache", kind: str = "pooled",
+            template: str | None = None, storage: str | None = None, shard_rows: int = 1024,
+            encoder: Encoder | None = None, progress: bool = False) -> ExtractReport:
+    """Embed every item of ``dataset`` into the cache (or find it there) and return the entry."""
+    start_time = time.perf_counter()
+    storage = storage or ("fp32" if kind == "pooled" else "fp16")
+    key = make_key(spec, dataset, kind=kind, template=template, storage=storage)
+    path = entry_path(root, key)
+    rows = dataset.n_items + 1
+    if (path / "manifest.json").is_file():
+        entry = read_entry(path, key=key, rows=rows)
+        return ExtractReport(entry, 0, 0, 0.0, 0, time.perf_counter() - start_time)
+
+    rank, world = dist_info()
+    texts = dataset.item_texts(key["template"])
+    shards = path / "shards"
+    n_shards = -(-rows // shard_rows)
+    mine = [s for s in range(n_shards) if s % world == rank]
+    todo = [s for s in mine if valid_shard(shards, s, kind) is None]
+    reused = len(mine) - len(todo)
+    computed = tokens = 0
+    compute_s = 0.0
+    if todo:
+        encoder = encoder or ENCODERS.get(spec.backend)(spec)
+        if encoder.key() != {k: v for k, v in key.items() if k in encoder.key()}:
+            raise ConfigError("the encoder given does not match the spec it is cached under")
+        bar = _progress(sum(min(shard_rows, rows - s * shard_rows) for s in todo), progress, path)
+        for s in todo:
+            lo, hi = s * shard_rows, min((s + 1) * shard_rows, rows)
+            t0 = time.perf_counter()
+            arrays, stats = _compute(encoder, texts, lo, hi, kind, STORAGE[storage])
+            stats["seconds"] = time.perf_counter() - t0
+            write_shard(shards, s, lo, arrays, stats)
+            computed += hi - lo
+            tokens += stats["n_tokens"]
+            compute_s += stats["seconds"]
+            if bar is not None:
+                bar.update(hi - lo)
+                bar.set_postfix_str(f"{computed / compute_s:,.0f} items/s, {tokens / compute_s:,.0f} tok/s")
+        if bar is not None:
+            bar.close()
+    _barrier(world)
+    if rank == 0:
+        extra = {"dim": (encoder.dim if encoder is not None else None), "dataset": {
+                 "path": str(dataset.path), "fingerprint": dataset.fingerprint, "n_items": dataset.n_items},
+                 "encoder": asdict(spec), "n_parameters": getattr(encoder, "n_parameters", None),
+                 "tcf_version": __version__, "provenance": provenance(), "world_size": world}
+        for s in range(n_shards):
+            if valid_shard(shards, s, kind) is None:
+                raise ConfigError(f"{path}: shard {s} is missing after extraction (a process failed?); run again")
+        entry = merge_shards(path, key, n_shards, rows, extra)
+    _barrier(world)
+    if rank != 0:
+        entry = read_entry(path, key=key, rows=rows)
+    return ExtractReport(entry, computed, reused, compute_s, tokens, time.perf_counter() - start_time)
+
+
+def _compute(encoder: Encoder, texts: list[str], lo: int, hi: int, kind: str, dtype) -> tuple[dict, dict]:
+    first = max(lo, 1)  # row 0 is the padding item: zeros, never embedded
+    batch = texts[first:hi]
+    if kind == "pooled":
+        out = encoder.embed(batch) if batch else None
+        vectors = np.zeros((hi - lo, encoder.dim), dtype=dtype)
+        if out is not None:
+            vectors[first - lo:] = out.vectors
+        stats = {"n_tokens": out.n_tokens if out else 0, "n_truncated": out.n_truncated if out else 0,
+                 "n_empty": out.n_empty if out else 0}
+        return {"vectors": vectors}, stats
+    ts = encoder.token_states(batch) if batch else None
+    T = encoder.spec.max_tokens
+    states = np.zeros((hi - lo, T, encoder.dim), dtype=dtype)
+    mask = np.zeros((hi - lo, T), dtype=np.int8)
+    if ts is not None:
+        states[first - lo:] = ts.states
+        mask[first - lo:] = ts.mask
+    return {"states": states, "mask": mask}, {"n_tokens": int(mask.sum()),
+                                              "n_truncated": ts.n_truncated if ts else 0}
+
+
+def _progress(total: int, enabled: bool, path: Path):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="item", desc=f"extract {path.name}", dynamic_ncols=True)

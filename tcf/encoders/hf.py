@@ -1,0 +1,294 @@
+"""Hugging Face ``transformers`` encoder: any encoder or decoder, a zoo name, a folder or a GGUF file.
+
+Layer-range loading: for ``layer`` below the last, the model is built with only the
+first ``layer`` blocks (``num_hidden_layers`` cut in its config) and its final norm
+removed, so the weights of the blocks above are never loaded and the output equals
+the full model's ``hidden_states[layer]``.  That is how a cache of layer L-k states
+is made for a model that does not fit in memory whole.
+
+Batches are formed from texts sorted by token length (little padding) and the
+results are put back in input order; the batch size halves on out-of-memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from tcf.encoders.base import Embedded, Encoder, EncoderSpec, TokenStates, encoder_key
+from tcf.encoders.pooling import pool
+from tcf.errors import ConfigError, TcfError
+
+log = logging.getLogger(__name__)
+FINAL_NORMS = ("norm", "final_layer_norm", "ln_f", "final_layernorm")
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def pick_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"encoder.device is {name!r} but no CUDA device is available")
+    return name
+
+
+def resolve_model(spec: EncoderSpec):
+    """-> (folder to load, identity).  GGUF files are converted once to a safetensors folder."""
+    from tcf.encoders import zoo
+
+    if spec.model in zoo.ZOO:
+        m = zoo.resolve(spec.model)
+        return m.folder, m.identity
+    path = Path(spec.model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise TcfError(f"{path}: GGUF file not found")
+        digest = zoo.file_hash(path)
+        folder = zoo.convert_gguf(path, zoo.models_dir() / f"{path.stem}-{digest[:12]}")
+        return folder, f"{path.name}:{digest[:16]}"
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise TcfError(f"{path}: not a model folder (config.json missing)")
+        return path, f"{path.name}:{zoo.folder_identity(path)[:16]}"
+    if path.exists() or spec.model.startswith((".", "/", "~")):
+        raise TcfError(f"{spec.model}: not a model folder or .gguf file")
+    # a hub name: resolved from the local Hugging Face cache, or downloaded where a hub is reachable
+    return spec.model, f"{spec.model}@{spec.revision or 'main'}"
+
+
+def hub_revision(name: str, revision: str | None) -> str | None:
+    """The commit a hub name resolves to in the local HF cache, if it is there."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(name, "config.json", revision=revision)
+        if isinstance(hit, str):
+            return Path(hit).parent.name  # snapshots/<commit>/config.json
+    except Exception:  # noqa: BLE001 - a cache probe must never break loading
+        return None
+    return None
+
+
+def text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def truncate_config(config, n_layers: int) -> None:
+    """Keep only the first ``n_layers`` blocks in a config (and per-layer lists that go with them)."""
+    tc = text_config(config)
+    tc.num_hidden_layers = n_layers
+    for attr in ("layer_types",):
+        value = getattr(tc, attr, None)
+        if isinstance(value, list):
+            setattr(tc, attr, value[:n_layers])
+
+
+def drop_final_norm(model) -> list[str]:
+    """Replace the final norm (and OPT's output projection) by identity; returns what was dropped."""
+    dropped = []
+    for owner in (model, getattr(model, "decoder", None), getattr(model, "model", None)):
+        if owner is None:
+            continue
+        for attr in (*FINAL_NORMS, "project_out"):
+            if getattr(owner, attr, None) is not None and hasattr(owner, attr):
+                if attr == "project_out" or not isinstance(getattr(owner, attr), (list, tuple)):
+                    setattr(owner, attr, None if attr == "project_out" else _identity())
+                    dropped.append(attr)
+    return dropped
+
+
+def _identity():
+    import torch
+
+    return torch.nn.Identity()
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' load reports and progress bars while loading (errors still raise)."""
+    from transformers.utils import logging as tlog
+
+    level = tlog.get_verbosity()
+    bars = tlog.is_progress_bar_enabled()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(level)
+        if bars:
+            tlog.enable_progress_bar()
+
+
+def describe(spec: EncoderSpec):
+    """Resolve the model and read its config (no weights): -> (source, identity, config, n_layers, layer_index)."""
+    from transformers import AutoConfig
+
+    source, identity = resolve_model(spec)
+    kw = {"revision": spec.revision} if isinstance(source, str) and spec.revision else {}
+    if isinstance(source, str):  # hub name
+        identity = f"{source}@{hub_revision(source, spec.revision) or spec.revision or 'main'}"
+    try:
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(str(source), **kw)
+    except OSError as e:
+        raise TcfError(f"cannot load model {spec.model!r}: {e}. Offline machines need a zoo name "
+                       f"({', '.join(_zoo_names())}), a local folder or a .gguf file") from None
+    n_layers = int(text_config(config).num_hidden_layers)
+    if not -(n_layers + 1) <= spec.layer <= n_layers:
+        raise ConfigError(f"encoder.layer {spec.layer} is outside -{n_layers + 1}..{n_layers} for {spec.model} "
+                          f"({n_layers} blocks; 0 = embeddings, -1 = final output)")
+    return source, identity, config, n_layers, spec.layer % (n_layers + 1)
+
+
+def _zoo_names():
+    from tcf.encoders.zoo import ZOO
+
+    return sorted(ZOO)
+
+
+class HFEncoder(Encoder):
+    @classmethod
+    def key_for(cls, spec: EncoderSpec) -> dict:
+        _, identity, _, _, layer_index = describe(spec)
+        return encoder_key(spec, identity, layer_index)
+
+    def __init__(self, spec: EncoderSpec):
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        self.spec = spec
+        self._torch = torch
+        source, self.identity, config, self.num_layers, self.layer_index = describe(spec)
+        kw = {"revision": spec.revision} if isinstance(source, str) and spec.revision else {}
+        partial = self.layer_index < self.num_layers
+        if partial:
+            truncate_config(config, self.layer_index)
+        load = {"config": config, "dtype": torch_dtype(spec.dtype), **kw}
+        if spec.quantization:
+            load["quantization_config"] = self._bnb_config()
+        if spec.device_map:
+            load["device_map"] = spec.device_map
+        with quiet_transformers():
+            self.tokenizer = AutoTokenizer.from_pretrained(str(source), **kw)
+            model = AutoModel.from_pretrained(str(source), **load)
+        self.tokenizer.padding_side = spec.padding_side
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        self.dropped = drop_final_norm(model) if partial else []
+        self.device = None if (spec.device_map or spec.quantization) else pick_device(spec.device)
+        if self.device is not None:
+            model.to(self.device)
+        model.eval()
+        self.model = model
+        self._takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+        tc = text_config(config)
+        self.dim = int(getattr(tc, "hidden_size", 0) or model.get_input_embeddings().embedding_dim)
+        if not partial and getattr(getattr(model, "decoder", None), "project_out", None) is not None:
+            self.dim = int(model.decoder.project_out.out_features)
+        self.n_parameters = sum(p.numel() for p in model.parameters())
+        self.batch_size = spec.batch_size  # lowered on out-of-memory, kept for later batches
+
+    def _bnb_config(self):
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise TcfError("encoder.quantization needs bitsandbytes: pip install 'tcf[quant]'")
+        from transformers import BitsAndBytesConfig
+
+        if self.spec.quantization == "int8":
+            return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_compute_dtype=torch_dtype("bf16" if self.spec.dtype == "fp32"
+                                                                     else self.spec.dtype))
+
+    # ------------------------------------------------------------ tokenisation and batching
+
+    def tokenize(self, texts: list[str]) -> tuple[list[list[int]], int, int]:
+        """Token ids per text, cut at max_tokens (keeping special tokens); -> (ids, n_truncated, n_empty)."""
+        T = self.spec.max_tokens
+        ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+        long = [i for i, x in enumerate(ids) if len(x) > T]
+        if long:
+            cut = self.tokenizer([texts[i] for i in long], add_special_tokens=True, truncation=True,
+                                 max_length=T)["input_ids"]
+            for i, x in zip(long, cut):
+                ids[i] = x
+        empty = [i for i, x in enumerate(ids) if not x]
+        for i in empty:
+            ids[i] = [self.tokenizer.pad_token_id]
+        return ids, len(long), len(empty)
+
+    def _forward(self, input_ids, mask):
+        torch = self._torch
+        dev = self.device or self.model.get_input_embeddings().weight.device
+        args = {"input_ids": input_ids.to(dev), "attention_mask": mask.to(dev)}
+        if self._takes_positions:  # positions from the mask: left padding must not shift them
+            args["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0).to(dev)
+        with torch.inference_mode():
+            return self.model(**args).last_hidden_state, args["attention_mask"]
+
+    def _run(self, ids: list[list[int]], consume) -> None:
+        """Forward texts longest first, in batches; an out-of-memory batch is retried at half size."""
+        torch = self._torch
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        start = 0
+        while start < len(order):
+            idx = order[start:start + self.batch_size]
+            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, padding=True, return_tensors="pt")
+            try:
+                states, mask = self._forward(batch["input_ids"], batch["attention_mask"])
+            except torch.OutOfMemoryError:
+                if self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                log.warning("out of memory: batch size lowered to %d", self.batch_size)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            consume(idx, states, mask)
+            start += len(idx)
+
+    # ------------------------------------------------------------ public
+
+    def embed(self, texts: list[str]) -> Embedded:
+        ids, n_trunc, n_empty = self.tokenize(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+
+        def consume(idx, states, mask):
+            out[idx] = pool(states, mask, self.spec.pooling).cpu().numpy()
+
+        self._run(ids, consume)
+        return Embedded(out, int(sum(len(x) for x in ids)), n_trunc, n_empty)
+
+    def token_states(self, texts: list[str]) -> TokenStates:
+        T = self.spec.max_tokens
+        ids, n_trunc, _ = self.tokenize(texts)
+        states_out = np.zeros((len(texts), T, self.dim), dtype=np.float32)
+        mask_out = np.zeros((len(texts), T), dtype=np.int8)
+
+        def consume(idx, states, mask):
+            states, mask = states.float().cpu().numpy(), mask.cpu().numpy().astype(bool)
+            for row, i in enumerate(idx):  # store right-aligned to position 0 whatever the padding side
+                real = states[row][mask[row]]
+                states_out[i, :len(real)] = real
+                mask_out[i, :len(real)] = 1
+
+        self._run(ids, consume)
+        return TokenStates(states_out, mask_out, n_trunc)
+
+    def close(self) -> None:
+        self.model = None
+        if self.device and self.device.startswith("cuda"):
+            self._torch.cuda.empty_cache()
