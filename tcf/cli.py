@@ -80,6 +80,141 @@ def cmd_data_sources(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- encoders
+
+ENCODER_FLAGS = ("model", "backend", "revision", "layer", "pooling", "max_tokens", "dtype", "quantization", "device",
+                 "device_map", "batch_size", "padding_side")
+
+
+def add_encoder_args(p: argparse.ArgumentParser, *, dataset_required: bool = True) -> None:
+    g = p.add_argument_group("encoder")
+    g.add_argument("--dataset", required=dataset_required, help="dataset folder, or a source name prepared under data/ on first use")
+    g.add_argument("--model", default="minilm-l6",
+                   help="zoo name (minilm-l6, smollm2-135m, gemma3-270m), hub name, model folder or .gguf file")
+    g.add_argument("--backend", default="hf", help="encoder backend (hf)")
+    g.add_argument("--revision", help="hub revision")
+    g.add_argument("--layer", type=int, default=-1, help="hidden-state index: 0 = embeddings, -1 = final output")
+    g.add_argument("--pooling", default="mean", choices=["mean", "last", "cls"])
+    g.add_argument("--max-tokens", type=int, default=64, help="texts are truncated to this many tokens (counted)")
+    g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
+    g.add_argument("--quantization", choices=["int8", "int4"], help="bitsandbytes quantization")
+    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    g.add_argument("--device-map", help="accelerate sharding across devices, e.g. auto")
+    g.add_argument("--batch-size", type=int, default=64, help="halves automatically on out-of-memory")
+    g.add_argument("--padding-side", default="right", choices=["right", "left"])
+    g.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any other encoder setting (e.g. api_base=...)")
+    g.add_argument("--template", help="item text template (default: the dataset's)")
+    g.add_argument("--cache-root", default="embeddings_cache", help="embedding cache folder")
+
+
+def encoder_spec(args: argparse.Namespace):
+    from tcf.config import from_dict, parse_overrides
+    from tcf.encoders import EncoderSpec
+
+    values = {k: getattr(args, k) for k in ENCODER_FLAGS if getattr(args, k) is not None}
+    values.update(parse_overrides(args.set or []))
+    return from_dict(EncoderSpec, values, where="encoder")
+
+
+def _cached(args: argparse.Namespace, *, progress: bool = True):
+    from tcf.data import ensure_dataset
+    from tcf.encoders.extract import extract
+
+    ds = ensure_dataset(args.dataset)
+    spec = encoder_spec(args)
+    report = extract(ds, spec, root=args.cache_root, kind=getattr(args, "kind", "pooled"), template=args.template,
+                     storage=getattr(args, "storage", None), shard_rows=getattr(args, "shard_rows", 1024),
+                     progress=progress)
+    return ds, spec, report
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    if args.list_models:
+        from tcf.encoders.zoo import ZOO
+
+        for e in ZOO.values():
+            print(f"{e.name:14s} {e.description}  [{e.install}]")
+        return 0
+    if args.dataset is None:
+        raise ConfigError("--dataset is required")
+    ds, spec, r = _cached(args)
+    stats = r.entry.manifest["stats"]
+    if r.computed_rows:
+        reused = f", {r.reused_shards} shard(s) reused from an interrupted run" if r.reused_shards else ""
+        print(f"embedded {r.computed_rows:,} items in {r.seconds:.1f}s: {r.items_per_s:,.1f} items/s, "
+              f"{r.tokens_per_s:,.0f} tokens/s{reused} (wall {r.wall_seconds:.1f}s)")
+    else:
+        print(f"cache already complete ({r.wall_seconds:.2f}s to verify)")
+    print(f"truncated texts: {stats['n_truncated']:,} at {spec.max_tokens} tokens; empty: {stats.get('n_empty', 0)}")
+    shape = "x".join(str(x) for x in r.entry.manifest['files'][next(iter(r.entry.manifest['files']))]['shape'])
+    print(f"parameters: {r.entry.manifest.get('n_parameters') or 'n/a'}; rows {shape}")
+    print(f"cache: {r.entry.path}")
+    return 0
+
+
+def index_spec(args: argparse.Namespace):
+    from tcf.encoders.index import IndexSpec
+
+    return IndexSpec(type=args.type, normalize=not args.no_normalize, gpu=args.gpu)
+
+
+def index_path(entry_path: Path, spec) -> Path:
+    return entry_path / f"index-{spec.type}{'' if spec.normalize else '-ip'}.faiss"
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from tcf.encoders.index import ItemIndex
+
+    ds, spec, r = _cached(args)
+    ispec = index_spec(args)
+    start = time.perf_counter()
+    index = ItemIndex.build(r.entry.vectors, ispec)
+    path = index.save(index_path(r.entry.path, ispec), {"cache_key_hash": r.entry.manifest["key_hash"]})
+    print(f"{ispec.type} index over {index.n_items:,} items x {index.dim} built in "
+          f"{time.perf_counter() - start:.2f}s{' on GPU' if index.meta.get('gpu') else ''}: {path}")
+    return 0
+
+
+def cmd_neighbors(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from tcf.encoders import build_encoder
+    from tcf.encoders.index import ItemIndex
+
+    ds, spec, r = _cached(args, progress=False)
+    ispec = index_spec(args)
+    path = index_path(r.entry.path, ispec)
+    if path.exists():
+        index = ItemIndex.load(path, gpu=args.gpu)
+        if index.meta.get("cache_key_hash") != r.entry.manifest["key_hash"]:
+            raise ConfigError(f"{path} was built over another cache; rebuild it with `tcf index`")
+    else:
+        index = ItemIndex.build(r.entry.vectors, ispec)
+    texts = ds.item_texts(r.entry.key["template"])
+    if args.item is not None or args.source_id is not None:
+        item = args.item
+        if args.source_id is not None:
+            hits = np.flatnonzero(ds.items["source_id"].to_numpy() == args.source_id)
+            if not len(hits):
+                raise ConfigError(f"no item with source id {args.source_id!r} in {ds.path}")
+            item = int(hits[0]) + 1
+        if not 1 <= item <= ds.n_items:
+            raise ConfigError(f"--item must be within 1..{ds.n_items}")
+        query, exclude, label = np.asarray(r.entry.vectors[item], dtype=np.float32), [item], f"item {item}"
+        label += f": {texts[item]}"
+    elif args.text is not None:
+        query = build_encoder(spec).embed([args.text]).vectors[0]
+        exclude, label = None, f"text: {args.text}"
+    else:
+        raise ConfigError("give --item ID, --source-id ID or --text TEXT")
+    scores, ids = index.search(query[None, :], args.k, exclude=exclude)
+    print(f"nearest to {label}")
+    for rank, (score, item) in enumerate(zip(scores[0], ids[0]), start=1):
+        if item > 0:
+            print(f"{rank:3d}. {score:.4f}  [{item}] {texts[item]}")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,6 +263,40 @@ def build_parser() -> argparse.ArgumentParser:
     sources = dsub.add_parser("sources", help="list the data sources and their settings",
                               description="List the data sources `tcf data prepare` reads, with their settings.")
     sources.set_defaults(func=cmd_data_sources)
+
+    ex = sub.add_parser("extract", help="embed every item's text into the embedding cache",
+                        description="Embed item texts with a language model and store the vectors in the cache "
+                                    "(resumable; an existing complete cache is verified and reused).",
+                        epilog="example: tcf extract --dataset ml-100k --model smollm2-135m --pooling mean --layer -1")
+    add_encoder_args(ex, dataset_required=False)
+    ex.add_argument("--kind", default="pooled", choices=["pooled", "tokens"],
+                    help="pooled vectors, or token-level hidden states at --layer (for top-k fine-tuning)")
+    ex.add_argument("--storage", choices=["fp32", "fp16"], help="stored precision (default fp32 pooled, fp16 tokens)")
+    ex.add_argument("--shard-rows", type=int, default=1024, help="items per resumable shard")
+    ex.add_argument("--list-models", action="store_true", help="list the packaged models and exit")
+    ex.set_defaults(func=cmd_extract)
+
+    def index_args(q):
+        q.add_argument("--type", default="flat", choices=["flat", "hnsw", "ivfpq"], help="FAISS index type")
+        q.add_argument("--no-normalize", action="store_true", help="inner product on raw vectors (default: cosine)")
+        q.add_argument("--gpu", default="auto", choices=["auto", "yes", "no"], help="use faiss-gpu")
+
+    ix = sub.add_parser("index", help="build a FAISS index over a cache",
+                        description="Build (and save beside the cache) a FAISS index over the item vectors.")
+    add_encoder_args(ix)
+    index_args(ix)
+    ix.set_defaults(func=cmd_index)
+
+    nb = sub.add_parser("neighbors", help="nearest items to an item or a text",
+                        description="k nearest items by cosine similarity, from the saved index (or a flat one).",
+                        epilog="example: tcf neighbors --dataset ml-100k --model minilm-l6 --text 'Star Wars'")
+    add_encoder_args(nb)
+    index_args(nb)
+    nb.add_argument("--item", type=int, help="canonical item id")
+    nb.add_argument("--source-id", help="the item's id in the raw files")
+    nb.add_argument("--text", help="free text, embedded with the same model")
+    nb.add_argument("-k", type=int, default=10)
+    nb.set_defaults(func=cmd_neighbors)
     return p
 
 
