@@ -99,8 +99,10 @@ def extract(dataset: Dataset, spec: EncoderSpec, *, root: str | Path = "embeddin
     compute_s = 0.0
     if todo:
         encoder = encoder or ENCODERS.get(spec.backend)(spec)
-        if encoder.key() != {k: v for k, v in key.items() if k in encoder.key()}:
-            raise ConfigError("the encoder given does not match the spec it is cached under")
+        have = encoder.key()
+        wrong = [k for k in have if k in key and have[k] != key[k]]
+        if wrong:
+            raise ConfigError(f"the encoder given does not match the cache key in {wrong}")
         bar = _progress(sum(min(shard_rows, rows - s * shard_rows) for s in todo), progress, path)
         for s in todo:
             lo, hi = s * shard_rows, min((s + 1) * shard_rows, rows)
