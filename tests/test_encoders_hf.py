@@ -115,3 +115,17 @@ def test_unknown_backend_and_bad_spec():
         EncoderSpec(pooling="max")
     with pytest.raises(ConfigError, match="quantization"):
         EncoderSpec(quantization="int3")
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+def test_bitsandbytes_quantization_on_cpu(tmp_path, quantization):
+    import bitsandbytes as bnb
+
+    folder = tinymodels.build("llama", tmp_path / "llama64", hidden=64)  # 4-bit blocks need width >= 64
+    enc = build_encoder(EncoderSpec(model=str(folder), quantization=quantization))
+    layer_type = {"int8": bnb.nn.Linear8bitLt, "int4": bnb.nn.Linear4bit}[quantization]
+    assert any(isinstance(m, layer_type) for m in enc.model.modules())
+    out = enc.embed(TEXTS)
+    ref = build_encoder(EncoderSpec(model=str(folder))).embed(TEXTS).vectors
+    cos = (ref * out.vectors).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(out.vectors, axis=1)
+    assert np.isfinite(out.vectors).all() and cos.min() > 0.8

@@ -208,6 +208,8 @@ class HFEncoder(Encoder):
         from transformers import BitsAndBytesConfig
 
         if self.spec.quantization == "int8":
+            # bitsandbytes logs this on every matmul; the cast to fp16 is how int8 matmul works
+            logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
             return BitsAndBytesConfig(load_in_8bit=True)
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                   bnb_4bit_compute_dtype=torch_dtype("bf16" if self.spec.dtype == "fp32"
