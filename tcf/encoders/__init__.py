@@ -10,6 +10,7 @@ from tcf.registry import Entry, Registry
 
 ENCODERS = Registry("encoder backend", {
     "hf": Entry("tcf.encoders.hf:HFEncoder", packages=("transformers",)),
+    "openai": Entry("tcf.encoders.openai_api:OpenAIEncoder"),
 })
 
 

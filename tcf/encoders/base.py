@@ -41,6 +41,7 @@ class EncoderSpec:
     api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable, never from a file
     timeout_s: float = 60.0
     max_retries: int = 5
+    concurrency: int = 4  # requests in flight at once
     # DeepSpeed (backend: deepspeed)
     zero_stage: int = 0  # 0: init_inference; 3: ZeRO-3 parameter partitioning
 
