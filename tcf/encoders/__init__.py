@@ -11,6 +11,8 @@ from tcf.registry import Entry, Registry
 ENCODERS = Registry("encoder backend", {
     "hf": Entry("tcf.encoders.hf:HFEncoder", packages=("transformers",)),
     "openai": Entry("tcf.encoders.openai_api:OpenAIEncoder"),
+    "deepspeed": Entry("tcf.encoders.ds:DeepSpeedEncoder", extra="deepspeed", packages=("deepspeed",)),
+    "vllm": Entry("tcf.encoders.vllm_backend:VLLMEncoder", extra="vllm", packages=("vllm",)),
 })
 
 

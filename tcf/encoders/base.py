@@ -44,6 +44,7 @@ class EncoderSpec:
     concurrency: int = 4  # requests in flight at once
     # DeepSpeed (backend: deepspeed)
     zero_stage: int = 0  # 0: init_inference; 3: ZeRO-3 parameter partitioning
+    offload: bool = False  # ZeRO-3: keep the partitioned weights in CPU memory
 
     def __post_init__(self):
         from tcf.encoders.pooling import POOLINGS

@@ -92,8 +92,13 @@ def extract(dataset: Dataset, spec: EncoderSpec, *, root: str | Path = "embeddin
     texts = dataset.item_texts(key["template"])
     shards = path / "shards"
     n_shards = -(-rows // shard_rows)
-    mine = [s for s in range(n_shards) if s % world == rank]
+    # DeepSpeed (tensor parallel or ZeRO-3) needs every process in every forward pass:
+    # all processes run all shards and rank 0 writes them; other backends split the shards
+    replicated = spec.backend == "deepspeed"
+    mine = list(range(n_shards)) if replicated else [s for s in range(n_shards) if s % world == rank]
+    _barrier(world)
     todo = [s for s in mine if valid_shard(shards, s, kind) is None]
+    _barrier(world)  # no process writes a shard before every process has its list
     reused = len(mine) - len(todo)
     computed = tokens = 0
     compute_s = 0.0
@@ -109,7 +114,8 @@ def extract(dataset: Dataset, spec: EncoderSpec, *, root: str | Path = "embeddin
             t0 = time.perf_counter()
             arrays, stats = _compute(encoder, texts, lo, hi, kind, STORAGE[storage])
             stats["seconds"] = time.perf_counter() - t0
-            write_shard(shards, s, lo, arrays, stats)
+            if rank == 0 or not replicated:
+                write_shard(shards, s, lo, arrays, stats)
             computed += hi - lo
             tokens += stats["n_tokens"]
             compute_s += stats["seconds"]

@@ -158,6 +158,36 @@ def _zoo_names():
     return sorted(ZOO)
 
 
+def tokenize(tokenizer, texts: list[str], max_tokens: int) -> tuple[list[list[int]], int, int]:
+    """Token ids per text, cut at ``max_tokens`` keeping special tokens; -> (ids, n_truncated, n_empty).
+
+    A text with no token at all becomes the single padding token (and is counted).
+    """
+    ids = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
+    long = [i for i, x in enumerate(ids) if len(x) > max_tokens]
+    if long:
+        cut = tokenizer([texts[i] for i in long], add_special_tokens=True, truncation=True,
+                        max_length=max_tokens)["input_ids"]
+        for i, x in zip(long, cut):
+            ids[i] = x
+    empty = [i for i, x in enumerate(ids) if not x]
+    for i in empty:
+        ids[i] = [tokenizer.pad_token_id]
+    return ids, len(long), len(empty)
+
+
+def load_tokenizer(source, spec: EncoderSpec):
+    from transformers import AutoTokenizer
+
+    kw = {"revision": spec.revision} if isinstance(source, str) and spec.revision else {}
+    with quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(str(source), **kw)
+    tok.padding_side = spec.padding_side
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    return tok
+
+
 class HFEncoder(Encoder):
     @classmethod
     def key_for(cls, spec: EncoderSpec) -> dict:
@@ -166,7 +196,6 @@ class HFEncoder(Encoder):
 
     def __init__(self, spec: EncoderSpec):
         import torch
-        from transformers import AutoModel, AutoTokenizer
 
         self.spec = spec
         self._torch = torch
@@ -180,25 +209,33 @@ class HFEncoder(Encoder):
             load["quantization_config"] = self._bnb_config()
         if spec.device_map:
             load["device_map"] = spec.device_map
+        self.tokenizer = load_tokenizer(source, spec)
         with quiet_transformers():
-            self.tokenizer = AutoTokenizer.from_pretrained(str(source), **kw)
-            model = AutoModel.from_pretrained(str(source), **load)
-        self.tokenizer.padding_side = spec.padding_side
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+            model = self._load_model(str(source), load)
         self.dropped = drop_final_norm(model) if partial else []
-        self.device = None if (spec.device_map or spec.quantization) else pick_device(spec.device)
-        if self.device is not None:
-            model.to(self.device)
         model.eval()
         self.model = model
+        self.runner = self._place(model)  # what a forward pass calls: the model, or an engine around it
         self._takes_positions = "position_ids" in inspect.signature(model.forward).parameters
         tc = text_config(config)
         self.dim = int(getattr(tc, "hidden_size", 0) or model.get_input_embeddings().embedding_dim)
         if not partial and getattr(getattr(model, "decoder", None), "project_out", None) is not None:
             self.dim = int(model.decoder.project_out.out_features)
-        self.n_parameters = sum(p.numel() for p in model.parameters())
+        # partitioned (ZeRO-3) parameters report their full size in ds_numel
+        self.n_parameters = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
         self.batch_size = spec.batch_size  # lowered on out-of-memory, kept for later batches
+
+    def _load_model(self, source: str, load: dict):
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(source, **load)
+
+    def _place(self, model):
+        """Move the model to its device (none with device_map / bitsandbytes: already placed)."""
+        self.device = None if (self.spec.device_map or self.spec.quantization) else pick_device(self.spec.device)
+        if self.device is not None:
+            model.to(self.device)
+        return model
 
     def _bnb_config(self):
         import importlib.util
@@ -218,19 +255,7 @@ class HFEncoder(Encoder):
     # ------------------------------------------------------------ tokenisation and batching
 
     def tokenize(self, texts: list[str]) -> tuple[list[list[int]], int, int]:
-        """Token ids per text, cut at max_tokens (keeping special tokens); -> (ids, n_truncated, n_empty)."""
-        T = self.spec.max_tokens
-        ids = self.tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-        long = [i for i, x in enumerate(ids) if len(x) > T]
-        if long:
-            cut = self.tokenizer([texts[i] for i in long], add_special_tokens=True, truncation=True,
-                                 max_length=T)["input_ids"]
-            for i, x in zip(long, cut):
-                ids[i] = x
-        empty = [i for i, x in enumerate(ids) if not x]
-        for i in empty:
-            ids[i] = [self.tokenizer.pad_token_id]
-        return ids, len(long), len(empty)
+        return tokenize(self.tokenizer, texts, self.spec.max_tokens)
 
     def _forward(self, input_ids, mask):
         torch = self._torch
@@ -239,7 +264,7 @@ class HFEncoder(Encoder):
         if self._takes_positions:  # positions from the mask: left padding must not shift them
             args["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0).to(dev)
         with torch.inference_mode():
-            return self.model(**args).last_hidden_state, args["attention_mask"]
+            return self.runner(**args).last_hidden_state, args["attention_mask"]
 
     def _run(self, ids: list[list[int]], consume) -> None:
         """Forward texts longest first, in batches; an out-of-memory batch is retried at half size."""
@@ -291,6 +316,6 @@ class HFEncoder(Encoder):
         return TokenStates(states_out, mask_out, n_trunc)
 
     def close(self) -> None:
-        self.model = None
+        self.model = self.runner = None
         if self.device and self.device.startswith("cuda"):
             self._torch.cuda.empty_cache()

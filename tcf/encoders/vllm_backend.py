@@ -1,0 +1,77 @@
+"""vLLM pooling runner for high-throughput extraction on GPUs (``LLM(..., runner="pooling")``, ``llm.embed``).
+
+Texts are tokenised and truncated by the model's Hugging Face tokenizer exactly as in
+the hf backend (vLLM's own ``truncate_prompt_tokens`` keeps the *last* tokens), and
+sent as token ids, so both backends embed the same tokens.  vLLM pools the final
+hidden states only (``layer`` must be -1) with the pooling named in the spec and no
+normalisation (a separate step in tcf).  Install with ``pip install 'tcf[vllm]'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+from tcf.encoders.base import Embedded, Encoder, EncoderSpec, encoder_key
+from tcf.encoders.hf import describe, load_tokenizer, tokenize
+from tcf.errors import ConfigError
+
+VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+VLLM_POOLING = {"mean": "MEAN", "last": "LAST", "cls": "CLS"}
+
+
+def pooler_kwargs(spec: EncoderSpec) -> dict:
+    """The LLM(...) keyword that sets the pooler, under the name this vLLM version uses."""
+    from vllm.config import PoolerConfig
+    from vllm.engine.arg_utils import EngineArgs
+
+    names = {f.name for f in dataclasses.fields(EngineArgs)}
+    fields = {f.name for f in dataclasses.fields(PoolerConfig)}
+    cfg = {"pooling_type": VLLM_POOLING[spec.pooling]}
+    if "normalize" in fields:
+        cfg["normalize"] = False
+    for name in ("pooler_config", "override_pooler_config"):
+        if name in names:
+            return {name: PoolerConfig(**cfg)}
+    raise ConfigError("this vLLM version has no pooler_config / override_pooler_config engine argument")
+
+
+class VLLMEncoder(Encoder):
+    @classmethod
+    def key_for(cls, spec: EncoderSpec) -> dict:
+        if spec.layer != -1:
+            raise ConfigError("backend vllm pools the final output only: use layer -1, or backend hf for other layers")
+        if spec.quantization:
+            raise ConfigError("backend vllm: bitsandbytes quantization is not wired here; use backend hf")
+        _, identity, _, _, layer_index = describe(spec)
+        return encoder_key(spec, identity, layer_index)
+
+    def __init__(self, spec: EncoderSpec, llm=None):
+        self.key_for(spec)
+        source, self.identity, config, self.num_layers, self.layer_index = describe(spec)
+        self.spec = spec
+        self.tokenizer = load_tokenizer(source, spec)
+        if llm is None:
+            from vllm import LLM
+
+            llm = LLM(model=str(source), runner="pooling", dtype=VLLM_DTYPES[spec.dtype], seed=0,
+                      tensor_parallel_size=int(os.environ.get("TCF_VLLM_TP", 1)),
+                      max_model_len=max(spec.max_tokens, 16), **pooler_kwargs(spec))
+        self.llm = llm
+        from tcf.encoders.hf import text_config
+
+        self.dim = int(text_config(config).hidden_size)
+        self.n_parameters = None  # vLLM does not expose its module tree uniformly across versions
+
+    def embed(self, texts: list[str]) -> Embedded:
+        ids, n_trunc, n_empty = tokenize(self.tokenizer, texts, self.spec.max_tokens)
+        outputs = self.llm.embed([{"prompt_token_ids": x} for x in ids], use_tqdm=False)
+        vectors = np.asarray([o.outputs.embedding for o in outputs], dtype=np.float32)
+        if vectors.shape != (len(texts), self.dim):
+            raise ConfigError(f"vLLM returned embeddings of shape {vectors.shape}, expected {(len(texts), self.dim)}")
+        return Embedded(vectors, int(sum(len(x) for x in ids)), n_trunc, n_empty)
+
+    def close(self) -> None:
+        self.llm = None

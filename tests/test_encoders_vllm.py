@@ -1,0 +1,79 @@
+"""The vllm backend's own code, run on CPU.  vLLM itself needs a GPU and is not installed here:
+these tests drive VLLMEncoder with a stand-in for ``vllm.LLM`` that embeds the token ids it is
+given with the same tiny model, and check that tcf sends the hf backend's tokens, in order,
+and reads the replies back right.  A real vLLM run is recorded in benchmarks/README.md only
+when a GPU session did it."""
+
+from __future__ import annotations
+
+import importlib.util
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import tinymodels
+from tcf.encoders import ENCODERS, EncoderSpec, build_encoder
+from tcf.encoders.pooling import pool
+from tcf.errors import ConfigError, TcfError
+from tcf.encoders.vllm_backend import VLLMEncoder
+
+
+class StandInLLM:
+    """Only the part of vllm.LLM that tcf calls: embed(list of {"prompt_token_ids"}, use_tqdm=...)."""
+
+    def __init__(self, folder, pooling):
+        from transformers import AutoModel
+
+        self.model = AutoModel.from_pretrained(folder).eval()
+        self.pooling = pooling
+        self.seen = []
+
+    def embed(self, prompts, use_tqdm=True):
+        out = []
+        for p in prompts:
+            ids = torch.tensor([p["prompt_token_ids"]])
+            self.seen.append(p["prompt_token_ids"])
+            with torch.no_grad():
+                h = self.model(input_ids=ids).last_hidden_state
+            v = pool(h, torch.ones_like(ids), self.pooling)[0].tolist()
+            out.append(SimpleNamespace(outputs=SimpleNamespace(embedding=v)))
+        return out
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last", "cls"])
+def test_vllm_encoder_sends_hf_tokens_and_reads_vectors_in_order(tiny_model, pooling):
+    spec = EncoderSpec(model=str(tiny_model), backend="vllm", pooling=pooling, max_tokens=8)
+    llm = StandInLLM(tiny_model, pooling)
+    enc = VLLMEncoder(spec, llm=llm)
+    texts = tinymodels.CORPUS
+    out = enc.embed(texts)
+    hf = build_encoder(EncoderSpec(model=str(tiny_model), pooling=pooling, max_tokens=8))
+    np.testing.assert_allclose(out.vectors, hf.embed(texts).vectors, atol=1e-5)
+    assert llm.seen == hf.tokenize(texts)[0]  # same truncation as the hf backend (keeps the first tokens)
+    assert out.n_truncated == hf.embed(texts).n_truncated > 0
+    assert enc.key() == {**hf.key(), "backend": "vllm"}
+
+
+def test_vllm_rejects_what_it_cannot_do(tiny_model):
+    with pytest.raises(ConfigError, match="final output only"):
+        VLLMEncoder.key_for(EncoderSpec(model=str(tiny_model), backend="vllm", layer=2))
+    with pytest.raises(ConfigError, match="quantization"):
+        VLLMEncoder.key_for(EncoderSpec(model=str(tiny_model), backend="vllm", quantization="int8"))
+
+
+def test_vllm_reply_of_wrong_shape(tiny_model):
+    class Broken(StandInLLM):
+        def embed(self, prompts, use_tqdm=True):
+            return super().embed(prompts[:-1])
+
+    enc = VLLMEncoder(EncoderSpec(model=str(tiny_model), backend="vllm"), llm=Broken(tiny_model, "mean"))
+    with pytest.raises(ConfigError, match="shape"):
+        enc.embed(["a", "b"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
+def test_missing_vllm_says_what_to_install():
+    with pytest.raises(TcfError, match=r"pip install 'tcf\[vllm\]'"):
+        ENCODERS.get("vllm")
