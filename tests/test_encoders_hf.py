@@ -129,3 +129,34 @@ def test_bitsandbytes_quantization_on_cpu(tmp_path, quantization):
     ref = build_encoder(EncoderSpec(model=str(folder))).embed(TEXTS).vectors
     cos = (ref * out.vectors).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(out.vectors, axis=1)
     assert np.isfinite(out.vectors).all() and cos.min() > 0.8
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_results(tiny_model, monkeypatch):
+    enc = build_encoder(EncoderSpec(model=str(tiny_model), max_tokens=16, batch_size=16))
+    expected = enc.embed(TEXTS).vectors
+    real = enc._forward
+    sizes = []
+
+    def forward(input_ids, mask):
+        sizes.append(len(input_ids))
+        if len(input_ids) > 4:
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return real(input_ids, mask)
+
+    monkeypatch.setattr(enc, "_forward", forward)
+    out = enc.embed(TEXTS)
+    np.testing.assert_allclose(out.vectors, expected, atol=1e-5)
+    assert sizes[:3] == [16, 8, 4] and enc.batch_size == 4
+    enc.batch_size = 1
+    monkeypatch.setattr(enc, "_forward", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("x")))
+    with pytest.raises(torch.OutOfMemoryError):
+        enc.embed(TEXTS[:1])
+
+
+def test_device_map_is_passed_to_accelerate(tiny_model):
+    """On one CPU `auto` places everything on the CPU; sharding over several GPUs is not exercised here."""
+    ref = build_encoder(EncoderSpec(model=str(tiny_model))).embed(TEXTS).vectors
+    enc = build_encoder(EncoderSpec(model=str(tiny_model), device_map="auto"))
+    assert enc.device is None  # placed by accelerate, not moved by tcf
+    assert {p.device.type for p in enc.model.parameters()} == {"cpu"}
+    np.testing.assert_allclose(enc.embed(TEXTS).vectors, ref, atol=1e-5)

