@@ -1,0 +1,29 @@
+"""Recommender heads (SASRec, DSSM) over item towers (ID, frozen text, ID + text)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tcf.models.dssm import DSSM
+from tcf.models.sasrec import SASRec
+from tcf.models.towers import FrozenTextTower, FusedTower, IDTower
+
+
+def build_model(cfg, n_items: int, n_users: int, text_vectors: np.ndarray | None = None):
+    """``cfg``: a RunConfig; ``text_vectors``: the cache matrix [N + 1, D] for text towers."""
+    m = cfg.model
+    if m.tower in ("frozen", "id+text") and text_vectors is None:
+        raise ValueError("a text tower needs the cached text vectors")
+    if m.tower == "id":
+        tower = IDTower(n_items, m.dim)
+    else:
+        text = FrozenTextTower(text_vectors, m.dim, m.adapter_layers, m.dropout, m.normalize_text)
+        tower = text if m.tower == "frozen" else FusedTower(IDTower(n_items, m.dim), text, m.dim, m.fusion)
+    if m.head == "sasrec":
+        return SASRec(tower, dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads, dropout=m.dropout,
+                      max_len=m.max_len)
+    return DSSM(tower, n_users=n_users, dim=m.dim, user_tower=m.user_tower, mlp_layers=m.mlp_layers,
+                dropout=m.dropout)
+
+
+__all__ = ["DSSM", "SASRec", "build_model"]

@@ -1,0 +1,1 @@
+"""Training: sequence batches, losses, the loop with early stopping and checkpoints."""

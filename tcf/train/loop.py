@@ -1,0 +1,190 @@
+"""Train a head + tower, choose the checkpoint on validation, test it once, write results.json.
+
+The run folder holds ``checkpoints/last.pt`` (written after every epoch, atomically:
+``--resume`` continues from it) and ``checkpoints/best.pt`` (best validation NDCG@10),
+and at the end ``results.json`` with metrics (valid and test, 95% CIs, slices), the
+resolved config, seeds, package versions, git revision, hardware, timings and
+parameter counts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tcf.errors import TcfError
+from tcf.eval.ranking import evaluate, report
+from tcf.experiments.config import RunConfig, resolved
+from tcf.fsutil import atomic_write_text
+from tcf.models import build_model
+from tcf.provenance import provenance
+from tcf.train.data import SeqData
+from tcf.train.losses import full_ce, inbatch, sampled_bce
+
+SELECT_METRIC = "ndcg@10"
+
+
+class TrainingError(TcfError):
+    pass
+
+
+def seed_everything(seed: int) -> dict:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return {"python": seed, "numpy": seed, "torch": seed}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def text_vectors(cfg: RunConfig, dataset) -> tuple[np.ndarray, dict]:
+    from tcf.encoders.extract import extract
+
+    r = extract(dataset, cfg.encoder, root=cfg.cache_root, template=cfg.data.template, progress=True)
+    return np.asarray(r.entry.vectors, dtype=np.float32), {"cache": str(r.entry.path),
+                                                           "key_hash": r.entry.manifest["key_hash"],
+                                                           "encoder_parameters": r.entry.manifest["n_parameters"]}
+
+
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def step_loss(model, batch, cfg: RunConfig, data: SeqData, log_pop, device) -> torch.Tensor:
+    users, inputs, labels, known = (t.to(device) for t in batch)
+    states = model.states(users, inputs)  # [B, L, D]
+    keep = labels != 0
+    h, y = states[keep], labels[keep]  # [P, D], [P]
+    t = cfg.train
+    if t.loss == "ce":
+        return full_ce(h, y, model.all_items(), t.temperature)
+    if t.loss == "inbatch":
+        rows = torch.arange(len(users), device=device)[:, None].expand_as(labels)[keep]
+        return inbatch(h, y, rows, known, model.item_vectors, log_pop if t.logq else None, t.temperature)
+    return sampled_bce(h, y, model.item_vectors, data.n_items)
+
+
+def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
+    from tcf.data import ensure_dataset
+
+    out = Path(out)
+    ckpt_dir = out / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    seeds = seed_everything(cfg.seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = pick_device(cfg.train.device)
+    dataset = ensure_dataset(cfg.data.dataset, root=cfg.data.root)
+    data = SeqData(dataset)
+    vectors, text_info = (text_vectors(cfg, dataset) if cfg.model.tower != "id" else (None, {}))
+    model = build_model(cfg, data.n_items, data.n_users, vectors).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    pop = torch.as_tensor(data.train_counts, dtype=torch.float32, device=device)
+    log_pop = torch.log(pop.clamp_min(1) / pop.sum())
+    amp = cfg.train.amp and device.type == "cuda"
+    eval_kw = dict(ks=tuple(cfg.eval.ks), max_len=cfg.model.max_len, mask_history=cfg.eval.mask_history,
+                   batch_users=cfg.eval.batch_users, device=device)
+
+    state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [], "train_seconds": 0.0,
+             "seconds_to_best": None}
+    last = ckpt_dir / "last.pt"
+    if resume:
+        if not last.is_file():
+            raise TrainingError(f"--resume: no checkpoint at {last}")
+        ck = torch.load(last, map_location=device, weights_only=False)
+        if ck["config"] != resolved(cfg):
+            raise TrainingError(f"--resume: {last} was made with another config; use a new --out")
+        model.load_state_dict(ck["model"], strict=False)
+        opt.load_state_dict(ck["optimizer"])
+        state = ck["state"]
+        torch.set_rng_state(ck["rng"]["torch"])
+        np.random.set_state(ck["rng"]["numpy"])
+        random.setstate(ck["rng"]["python"])
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.train.epochs, initial=state["epoch"], unit="epoch", desc=cfg.name, dynamic_ncols=True)
+    windows = data.windows(cfg.model.max_len)
+    while state["epoch"] < cfg.train.epochs and state["bad_epochs"] < cfg.train.patience:
+        epoch = state["epoch"]
+        model.train()
+        t0 = time.perf_counter()
+        perm = windows[np.random.default_rng(cfg.seed + epoch).permutation(len(windows))]
+        losses = []
+        for start in range(0, len(perm), cfg.train.batch_size):
+            batch = data.train_batch(perm[start:start + cfg.train.batch_size], cfg.model.max_len)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss = step_loss(model, batch, cfg, data, log_pop, device)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, step {start // cfg.train.batch_size + 1}; "
+                                    f"stopped. The last good checkpoint is {last if last.exists() else 'none yet'} "
+                                    "(lower train.lr, or check the text vectors)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            losses.append(loss.item())
+        valid = evaluate(model, data, "valid", **eval_kw).mean(SELECT_METRIC)
+        state["train_seconds"] += time.perf_counter() - t0
+        state["epoch"] = epoch + 1
+        state["history"].append({"epoch": epoch + 1, "loss": float(np.mean(losses)), f"valid_{SELECT_METRIC}": valid,
+                                 "seconds": time.perf_counter() - t0})
+        if valid > state["best"]:
+            state.update(best=valid, best_epoch=epoch + 1, bad_epochs=0, seconds_to_best=state["train_seconds"])
+            _save(ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch + 1})
+        else:
+            state["bad_epochs"] += 1
+        _save(last, {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
+                     "config": resolved(cfg), "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                                                      "python": random.getstate()}})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(f"loss {np.mean(losses):.4f}  valid {SELECT_METRIC} {valid:.4f}  "
+                                f"best {state['best']:.4f}@{state['best_epoch']}")
+    if bar is not None:
+        bar.close()
+
+    best = torch.load(ckpt_dir / "best.pt", map_location=device, weights_only=False)
+    model.load_state_dict(best["model"], strict=False)
+    results = {"metrics": {}, "config": resolved(cfg)}
+    for split in ("valid", "test"):
+        r = evaluate(model, data, split, **eval_kw)
+        results["metrics"][split] = report(r, data, bootstrap=cfg.eval.bootstrap, cold_max_count=cfg.eval.cold_max_count,
+                                           history_buckets=cfg.eval.history_buckets, seed=cfg.seed)
+        np.save(out / f"per_user_{split}.npy", np.stack([r.users, *[r.per_user[k] for k in sorted(r.per_user)]]))
+    n_total = sum(p.numel() for p in model.parameters())
+    results.update({
+        "name": cfg.name,
+        "dataset": {"path": str(dataset.path), "fingerprint": dataset.fingerprint, "n_users": data.n_users,
+                    "n_items": data.n_items},
+        "seeds": seeds,
+        "best_epoch": state["best_epoch"],
+        "epochs_run": state["epoch"],
+        "history": state["history"],
+        "timings": {"train_seconds": state["train_seconds"], "seconds_to_best": state["seconds_to_best"],
+                    "wall_seconds": time.perf_counter() - t_start},
+        "parameters": {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                       "total": n_total, **({"encoder": text_info.get("encoder_parameters")} if text_info else {})},
+        "text_cache": text_info or None,
+        "per_user_columns": ["user_id", *sorted(r.per_user)],
+        **provenance(),
+    })
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=float) + "\n")
+    return results
