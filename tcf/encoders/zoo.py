@@ -12,7 +12,9 @@ safetensors folder under the models directory, which every later load reuses.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import importlib.metadata
 import importlib.util
 import json
@@ -115,7 +117,8 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     from tcf.encoders.hf import quiet_transformers
 
     print(f"tcf: converting {gguf.name} to a safetensors folder once (tens of seconds) -> {out}", file=sys.stderr)
-    with quiet_transformers():
+    # transformers' GGUF reader draws its own progress bar on stderr; our one line above says it all
+    with quiet_transformers(), contextlib.redirect_stderr(io.StringIO()):
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # the weights are plain fp32 now; drop the GGUF quantizer so the folder saves as ordinary safetensors
