@@ -83,6 +83,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderSpec = field(default_factory=EncoderSpec)  # text towers only
     cache_root: str = "embeddings_cache"
+    cache_path: str | None = None  # use this existing cache entry instead of extracting (checked against the data)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

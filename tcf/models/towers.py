@@ -51,7 +51,7 @@ class FrozenTextTower(nn.Module):
     def __init__(self, vectors: np.ndarray, dim: int, layers: int = 1, dropout: float = 0.0,
                  normalize: bool = True):
         super().__init__()
-        v = torch.as_tensor(np.asarray(vectors, dtype=np.float32))
+        v = torch.tensor(np.asarray(vectors, dtype=np.float32))  # a copy: cache files are read-only maps
         if normalize:
             v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         self.register_buffer("vectors", v, persistent=False)  # re-read from the cache, never saved

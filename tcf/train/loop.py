@@ -49,12 +49,24 @@ def pick_device(name: str) -> torch.device:
 
 
 def text_vectors(cfg: RunConfig, dataset) -> tuple[np.ndarray, dict]:
+    """The pooled text vectors for the dataset: extracted (or found) in the cache, or a given entry, checked."""
+    from tcf.encoders.cache import CacheError, read_entry
     from tcf.encoders.extract import extract
 
-    r = extract(dataset, cfg.encoder, root=cfg.cache_root, template=cfg.data.template, progress=True)
-    return np.asarray(r.entry.vectors, dtype=np.float32), {"cache": str(r.entry.path),
-                                                           "key_hash": r.entry.manifest["key_hash"],
-                                                           "encoder_parameters": r.entry.manifest["n_parameters"]}
+    if cfg.cache_path:
+        entry = read_entry(Path(cfg.cache_path))
+        template = cfg.data.template or dataset.template
+        want = dataset.text_fingerprint(template)
+        if entry.key.get("kind") != "pooled":
+            raise CacheError(f"{entry.path}: a {entry.key.get('kind')} cache; the frozen tower needs pooled vectors")
+        if entry.key["text_fingerprint"] != want or entry.manifest["rows"] != dataset.n_items + 1:
+            raise CacheError(f"{entry.path}: made for other item texts (text_fingerprint "
+                             f"{entry.key['text_fingerprint'][:12]}, {entry.manifest['rows']} rows) than "
+                             f"{dataset.path} with template {template!r} ({want[:12]}, {dataset.n_items + 1} rows)")
+    else:
+        entry = extract(dataset, cfg.encoder, root=cfg.cache_root, template=cfg.data.template, progress=True).entry
+    return np.asarray(entry.vectors, dtype=np.float32), {"cache": str(entry.path), "key_hash": entry.manifest["key_hash"],
+                                                         "encoder_parameters": entry.manifest["n_parameters"]}
 
 
 def _save(path: Path, state: dict) -> None:
