@@ -178,3 +178,20 @@ def test_synthetic_text_beats_id_on_cold_items_and_heads_beat_popularity(tmp_pat
         print(head, "cold ndcg@10 text", cold_text, "id", cold_id, "n", runs[head, "frozen"]["slices"]["cold"]["n_users"])
         assert cold_text > cold_id, (head, cold_text, cold_id)
     assert np.isfinite(pop)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["ml100k-sasrec-id", "ml100k-dssm-id"])
+@pytest.mark.parametrize("tower", ["id", "frozen", "id+text"])
+def test_ml100k_one_epoch_smoke(config, tower, tmp_path):
+    """The shipped configs run as they are on ml-100k (one epoch here), with every tower."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "experiments" / f"{config}.yaml"
+    cfg = load_config(path, ["train.epochs=1", f"model.tower={tower}", "encoder.model=minilm-l6",
+                             f"cache_root={tmp_path / 'cache'}", f"data.root={tmp_path / 'data'}",
+                             "eval.bootstrap=100"])
+    r = loop.train(cfg, tmp_path / "run", progress=False)
+    assert r["dataset"]["n_users"] == 943 and r["dataset"]["n_items"] == 1682
+    assert r["metrics"]["test"]["n_users"] == 943
+    assert r["metrics"]["test"]["metrics"]["ndcg@10"]["mean"] > 0
