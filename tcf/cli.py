@@ -242,6 +242,60 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- experiments
+
+def _experiment_out(args: argparse.Namespace, exp) -> Path:
+    return Path(args.out) if args.out else Path("runs") / exp.name
+
+
+def _sweep(args: argparse.Namespace, shard_of: tuple[int, int]):
+    from tcf.experiments.sweep import load_experiment, run_sweep
+
+    exp = load_experiment(args.config, args.set)
+    out = _experiment_out(args, exp)
+    if getattr(args, "list", False):
+        for k, run in enumerate(exp.runs):
+            print(f"{k:4d} {run.id}  {run.overrides}")
+        return exp, None
+    return exp, run_sweep(exp, out, shard_of=shard_of, progress=not args.quiet)
+
+
+def _finish(summary, *, report: bool) -> int:
+    if report:
+        from tcf.experiments.report import write_report
+
+        print(f"report: {write_report(summary.out)}")
+    print(f"{len(summary.ran)} run(s) done, {len(summary.skipped)} already done, {len(summary.failed)} failed")
+    for run_id, reason in summary.failed.items():
+        print(f"  failed: {run_id}: {reason}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _, summary = _sweep(args, (0, 1))
+    return 0 if summary is None else _finish(summary, report=True)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tcf.experiments.sweep import parse_shard
+
+    shard_of = parse_shard(args.shard)
+    _, summary = _sweep(args, shard_of)
+    if summary is None:
+        return 0
+    if shard_of[1] > 1:
+        print(f"shard {shard_of[0]}/{shard_of[1]} finished; when every shard is done: tcf report {summary.out}")
+    return _finish(summary, report=shard_of[1] == 1 and not args.no_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from tcf.config import parse_overrides
+    from tcf.experiments.report import write_report
+
+    print(f"report: {write_report(args.runs_dir, args.out, parse_overrides(args.set or []) or None)}")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -335,6 +389,43 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
+
+    def experiment_args(q):
+        q.add_argument("config", help="experiment YAML (base config + axes / runs) or a plain run config")
+        q.add_argument("--out", help="output folder, one subfolder per run (default runs/NAME)")
+        q.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides of the base config, e.g. train.epochs=3")
+        q.add_argument("--list", action="store_true", help="print the expanded runs (index, id, settings) and exit")
+        q.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    rn = sub.add_parser("run", help="run an experiment config (one run or a sweep) and write its report",
+                        description="Expand the config into runs, extract each text cache once, train (or prompt) "
+                                    "every run, then write OUT/report/report.md with plots. Finished runs are "
+                                    "skipped and killed ones resumed when run again.",
+                        epilog="example: tcf run experiments/quickstart.yaml")
+    experiment_args(rn)
+    rn.set_defaults(func=cmd_run)
+
+    sw = sub.add_parser("sweep", help="run (a shard of) a sweep: skip finished runs, resume killed ones",
+                        description="Run the experiment's runs into OUT/RUN_ID/. Runs with results.json are skipped, "
+                                    "a run with a checkpoint resumes from it, a failing run is recorded in "
+                                    "OUT/RUN_ID/error.txt and the sweep goes on (exit status 1 at the end).",
+                        epilog="examples:\n  tcf sweep experiments/scaling-cpu.yaml\n"
+                               "  tcf sweep experiments/scaling.yaml --shard 0/4   # one of four processes / GPUs\n"
+                               "  tcf sweep experiments/scaling.yaml --list",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    experiment_args(sw)
+    sw.add_argument("--shard", metavar="I/N", help="run only runs I, I+N, I+2N, ... of the list (0 <= I < N)")
+    sw.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    sw.set_defaults(func=cmd_sweep)
+
+    rp = sub.add_parser("report", help="markdown table, answers and plots from a folder of runs",
+                        description="Aggregate every results.json under RUNS_DIR (mean and 95%% CI over seeds) into "
+                                    "RUNS_DIR/report/report.md, report.json and PNG plots.",
+                        epilog="example: tcf report runs/quickstart --set metrics=ndcg@10,hr@20")
+    rp.add_argument("runs_dir", help="folder holding run folders with results.json (searched recursively)")
+    rp.add_argument("--out", help="report folder (default RUNS_DIR/report)")
+    rp.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="report settings: title, split, metrics, alpha")
+    rp.set_defaults(func=cmd_report)
     return p
 
 

@@ -1,0 +1,478 @@
+"""A folder of runs -> ``report/report.md`` (tables, answers to the TCF questions) and PNG plots.
+
+Plots (matplotlib, Agg backend, written only when the runs they need exist):
+
+- ``scaling.png``: test NDCG@10 and HR@10 against the measured encoder parameter count
+  (log axis), one line per head x tower, the ID baseline of each head as a band (95% CI);
+- ``towers.png``: ID vs frozen vs fine-tuned / LoRA towers side by side, per head;
+- ``zeroshot.png``: zero-shot LLM recommenders against popularity / random (and a trained
+  model scored on the same candidates, when the zero-shot run provides it), with the share of
+  replies that followed the format.
+
+The four questions (text vs ID, fine-tuned vs frozen, bigger encoder, zero-shot vs trained)
+are answered in sentences computed from the numbers; a comparison without runs says so.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tcf.config import from_dict
+from tcf.experiments.results import Group, RunResult, Stat, group_runs, load_runs
+from tcf.fsutil import atomic_write_text
+
+TOWER_ORDER = ("id", "frozen", "id+text", "finetune", "lora")
+TOWER_NAMES = {"id": "ID", "frozen": "frozen text", "id+text": "ID + text", "finetune": "fine-tuned text",
+               "lora": "LoRA text"}
+HEAD_NAMES = {"sasrec": "SASRec", "dssm": "DSSM"}
+TUNED = ("finetune", "lora")
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    title: str | None = None
+    split: str = "test"  # the split tables and plots show (the checkpoint is always chosen on valid)
+    metrics: list[str] = field(default_factory=lambda: ["ndcg@10", "hr@10"])  # the first one is the headline
+    alpha: float = 0.05  # a difference counts as significant below this p-value (or without CI overlap)
+
+
+# ---------------------------------------------------------------- helpers
+
+def params_text(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(int(n))
+
+
+def group_label(g: Group, with_head: bool = True) -> str:
+    r = g.first
+    parts = [HEAD_NAMES.get(r.head, r.head)] if with_head else []
+    parts.append(TOWER_NAMES.get(r.tower, r.tower))
+    if r.encoder:
+        parts.append(f"({r.encoder})")
+    return " ".join(parts)
+
+
+def _order(g: Group) -> tuple:
+    r = g.first
+    tower = TOWER_ORDER.index(r.tower) if r.tower in TOWER_ORDER else len(TOWER_ORDER)
+    return (r.head, tower, r.encoder_parameters or 0, r.encoder or "", json.dumps(g.settings, default=str))
+
+
+def _extra(g: Group) -> str:
+    """Distinguishing settings beyond head, tower and encoder model (those have their own columns)."""
+    skip = ("model.head", "model.tower", "encoder.model", "task")
+    return ", ".join(f"{k}={v}" for k, v in g.settings.items() if k not in skip)
+
+
+# ---------------------------------------------------------------- comparisons
+
+@dataclass
+class Comparison:
+    a: Stat
+    b: Stat
+    p_value: float | None  # paired test over users (single-seed runs on the same users)
+
+    @property
+    def diff(self) -> float:
+        return self.a.mean - self.b.mean
+
+    def significant(self, alpha: float) -> bool:
+        if self.p_value is not None:
+            return self.p_value < alpha
+        if None in (self.a.lo, self.a.hi, self.b.lo, self.b.hi):
+            return False
+        return self.a.lo > self.b.hi or self.b.lo > self.a.hi
+
+    def evidence(self) -> str:
+        if self.p_value is not None:
+            return f"paired test over users p = {self.p_value:.3g}"
+        if None in (self.a.lo, self.b.lo):
+            return "no confidence intervals"
+        return f"95% CIs {'overlap' if not self.significant(1.0) else 'do not overlap'}"
+
+    def verdict(self, alpha: float, better: str, worse: str) -> str:
+        if not self.significant(alpha):
+            return "no clear difference"
+        return better if self.diff > 0 else worse
+
+
+def compare(a: Group, b: Group, metric: str, split: str) -> Comparison | None:
+    sa, sb = a.stat(metric, split), b.stat(metric, split)
+    if sa is None or sb is None:
+        return None
+    p = None
+    if len(a.runs) == 1 and len(b.runs) == 1:
+        ua, ub = a.first.per_user(metric, split), b.first.per_user(metric, split)
+        if ua is not None and ub is not None and np.array_equal(ua[0], ub[0]):
+            from tcf.eval.metrics import paired_test
+
+            p = paired_test(ua[1], ub[1], n=2000)["p_value"]
+    return Comparison(sa, sb, p)
+
+
+def _rel(c: Comparison) -> str:
+    rel = f", {c.diff / c.b.mean:+.0%}" if c.b.mean else ""
+    return f"{c.a.mean:.4f} vs {c.b.mean:.4f} ({c.diff:+.4f}{rel}; {c.evidence()})"
+
+
+def _best(groups: list[Group], metric: str, split: str) -> Group | None:
+    scored = [(g.stat(metric, split), g) for g in groups]
+    scored = [(s.mean, g) for s, g in scored if s is not None]
+    return max(scored, key=lambda t: t[0])[1] if scored else None
+
+
+def answer_text_vs_id(groups: list[Group], s: ReportSettings) -> list[str]:
+    m, out = s.metrics[0], []
+    for head in sorted({g.first.head for g in groups}):
+        ids = [g for g in groups if g.first.head == head and g.first.tower == "id"]
+        texts = [g for g in groups if g.first.head == head and g.first.tower != "id"]
+        base, best = _best(ids, m, s.split), _best(texts, m, s.split)
+        if base is None or best is None:
+            continue
+        c = compare(best, base, m, s.split)
+        line = (f"{HEAD_NAMES.get(head, head)}: the best text tower, {group_label(best, False)}, against ID: "
+                f"{m} {_rel(c)} — **{c.verdict(s.alpha, 'text beats ID', 'ID beats text')}**.")
+        cold_t, cold_i = best.slice_mean("cold", m, s.split), base.slice_mean("cold", m, s.split)
+        if cold_t is not None and cold_i is not None:
+            line += f" On cold targets: {cold_t:.4f} vs {cold_i:.4f}."
+        out.append(line)
+    return out or ["not measured (no ID run and text run with the same head)."]
+
+
+def answer_finetune(groups: list[Group], s: ReportSettings) -> list[str]:
+    m, out = s.metrics[0], []
+    frozen = [g for g in groups if g.first.tower == "frozen"]
+    for tuned in (g for g in groups if g.first.tower in TUNED):
+        r = tuned.first
+        peers = [g for g in frozen if g.first.head == r.head and g.first.encoder == r.encoder]
+        base = _best(peers, m, s.split)
+        if base is None:
+            continue
+        c = compare(tuned, base, m, s.split)
+        out.append(f"{HEAD_NAMES.get(r.head, r.head)} with {r.encoder}: {TOWER_NAMES[r.tower]} against frozen: "
+                   f"{m} {_rel(c)} — **{c.verdict(s.alpha, 'fine-tuning helps', 'fine-tuning hurts')}**.")
+    return out or ["not measured (no fine-tuned or LoRA run beside a frozen run of the same head and encoder)."]
+
+
+def scaling_series(groups: list[Group], metric: str, split: str) -> dict[str, list[tuple[float, Stat, Group]]]:
+    """label -> [(encoder parameters, stat, group)] sorted by size, for text towers with a measured size."""
+    series: dict[str, list] = {}
+    for g in groups:
+        r, st = g.first, g.stat(metric, split)
+        if r.tower == "id" or r.encoder_parameters is None or st is None:
+            continue
+        label = group_label(g, True).split(" (")[0] + (f" [{_extra(g)}]" if _extra(g) else "")
+        series.setdefault(label, []).append((float(r.encoder_parameters), st, g))
+    return {k: sorted(v, key=lambda t: t[0]) for k, v in series.items()}
+
+
+def _spearman(x: list[float], y: list[float]) -> float:
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    if np.std(rx) == 0 or np.std(ry) == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def answer_scaling(groups: list[Group], s: ReportSettings) -> list[str]:
+    m, out = s.metrics[0], []
+    for label, pts in scaling_series(groups, m, s.split).items():
+        if len({p for p, _, _ in pts}) < 2:
+            continue
+        walk = " → ".join(f"{st.mean:.4f} ({params_text(p)})" for p, st, _ in pts)
+        c = compare(pts[-1][2], pts[0][2], m, s.split)
+        rho = _spearman([p for p, _, _ in pts], [st.mean for _, st, _ in pts])
+        verdict = c.verdict(s.alpha, "yes, the largest beats the smallest", "no, the largest is worse than the smallest")
+        out.append(f"{label}: {m} {walk}; Spearman ρ(size, {m}) = {rho:.2f}; largest vs smallest "
+                   f"{c.diff:+.4f} ({c.evidence()}) — **{verdict}**.")
+    return out or ["not measured (fewer than two encoder sizes for any head and tower)."]
+
+
+# ---------------------------------------------------------------- zero-shot
+
+def zeroshot_rows(runs: list[RunResult], s: ReportSettings) -> list[dict]:
+    """One row per zero-shot run: its metrics and those of the baselines it was scored against."""
+    rows = []
+    for r in runs:
+        if r.task != "zeroshot":
+            continue
+        res = r.results
+        split = (res.get("metrics") or {}).get(s.split) or {}
+        row = {"run": r, "model": Path(str(r.config.get("zeroshot.model", r.config.get("encoder.model", "?")))).name,
+               "protocol": r.config.get("zeroshot.protocol", "?"), "metrics": split.get("metrics", {}),
+               "compliance": _compliance(res, s.split), "baselines": {}}
+        for name, b in ((res.get("baselines") or {}).items()):
+            bm = b.get(s.split, b) if isinstance(b, dict) else {}
+            row["baselines"][name] = bm.get("metrics", bm) if isinstance(bm, dict) else {}
+        rows.append(row)
+    return rows
+
+
+def _compliance(res: dict, split: str) -> float | None:
+    c = res.get("compliance")
+    if isinstance(c, dict):
+        c = c.get(split, c.get("rate"))
+        if isinstance(c, dict):
+            c = c.get("rate")
+    return None if c is None else float(c)
+
+
+def _mean(m: dict, name: str) -> float | None:
+    v = m.get(name)
+    v = v.get("mean") if isinstance(v, dict) else v
+    return None if v is None else float(v)
+
+
+def answer_zeroshot(rows: list[dict], s: ReportSettings) -> list[str]:
+    m, out = s.metrics[0], []
+    for row in rows:
+        own = _mean(row["metrics"], m)
+        if own is None:
+            continue
+        parts = [f"{row['model']} ({row['protocol']}): {m} {own:.4f} on its candidate lists"]
+        for name, bm in row["baselines"].items():
+            b = _mean(bm, m)
+            if b is not None:
+                parts.append(f"{name} {b:.4f}")
+        if row["compliance"] is not None:
+            parts.append(f"{row['compliance']:.0%} of replies followed the format")
+        trained = [(n, _mean(bm, m)) for n, bm in row["baselines"].items() if n.lower() not in ("pop", "popularity",
+                                                                                            "random")]
+        trained = [(n, v) for n, v in trained if v is not None]
+        if trained:
+            name, best = max(trained, key=lambda t: t[1])
+            gap = "reaches" if own >= best else f"is {best - own:.4f} below"
+            parts.append(f"**zero-shot {gap} the trained {name} on the same candidates**")
+        out.append("; ".join(parts) + ".")
+    return out or ["not measured (no zero-shot run)."]
+
+
+# ---------------------------------------------------------------- plots
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _err(st: Stat) -> tuple[float, float]:
+    if st.lo is None or st.hi is None:
+        return 0.0, 0.0
+    return max(st.mean - st.lo, 0.0), max(st.hi - st.mean, 0.0)
+
+
+def plot_scaling(groups: list[Group], s: ReportSettings, path: Path, title: str) -> bool:
+    if not any(len(v) for v in scaling_series(groups, s.metrics[0], s.split).values()):
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(s.metrics), figsize=(6.2 * len(s.metrics), 4.6), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    heads = sorted({g.first.head for g in groups})
+    for ax, metric in zip(axes[0], s.metrics):
+        series = scaling_series(groups, metric, s.split)
+        xs = [p for pts in series.values() for p, _, _ in pts]
+        for i, (label, pts) in enumerate(series.items()):
+            x = [p for p, _, _ in pts]
+            y = [st.mean for _, st, _ in pts]
+            err = np.array([_err(st) for _, st, _ in pts]).T
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colors[i % len(colors)], label=label)
+        for p, _, g in next(iter(series.values()), []):
+            ax.annotate(g.first.encoder, (p, 0), xycoords=("data", "axes fraction"), xytext=(0, 4),
+                        textcoords="offset points", ha="center", fontsize=8, color="0.35")
+        for j, head in enumerate(heads):
+            base = _best([g for g in groups if g.first.head == head and g.first.tower == "id"], metric, s.split)
+            st = base.stat(metric, s.split) if base else None
+            if st is None:
+                continue
+            color = colors[(len(series) + j) % len(colors)]
+            if st.lo is not None:
+                ax.axhspan(st.lo, st.hi, color=color, alpha=0.15, lw=0)
+            ax.axhline(st.mean, color=color, ls="--", lw=1.2, label=f"{HEAD_NAMES.get(head, head)} ID (95% CI band)")
+        ax.set_xscale("log")
+        if xs:
+            ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
+        ax.set_xlabel("encoder parameters (measured, log scale)")
+        ax.set_ylabel(f"{s.split} {metric.upper()} (mean, 95% CI)")
+        ax.set_title(f"{metric.upper()} vs encoder size")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_towers(groups: list[Group], s: ReportSettings, path: Path, title: str) -> bool:
+    heads = [h for h in sorted({g.first.head for g in groups})
+             if len({g.first.tower for g in groups if g.first.head == h}) >= 2]
+    if not heads:
+        return False
+    plt = _plt()
+    colors = dict(zip(TOWER_ORDER, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    rows = {h: sorted([g for g in groups if g.first.head == h], key=_order) for h in heads}
+    height = max(2.2, 0.42 * max(len(v) for v in rows.values()) + 1.3)
+    fig, axes = plt.subplots(len(heads), len(s.metrics), figsize=(6.2 * len(s.metrics), height * len(heads)),
+                             squeeze=False)
+    for i, head in enumerate(heads):
+        for ax, metric in zip(axes[i], s.metrics):
+            gs = [g for g in rows[head] if g.stat(metric, s.split) is not None]
+            stats = [g.stat(metric, s.split) for g in gs]
+            err = np.array([_err(st) for st in stats]).T
+            ax.barh(range(len(gs)), [st.mean for st in stats], xerr=err, capsize=3,
+                    color=[colors.get(g.first.tower, "0.5") for g in gs])
+            ax.set_yticks(range(len(gs)), [group_label(g, False) + (f" [{_extra(g)}]" if _extra(g) else "")
+                                           for g in gs], fontsize=8)
+            ax.invert_yaxis()
+            ax.set_xlabel(f"{s.split} {metric.upper()} (mean, 95% CI)")
+            ax.set_title(f"{HEAD_NAMES.get(head, head)}: {metric.upper()} by item tower")
+            ax.grid(True, axis="x", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_zeroshot(rows: list[dict], s: ReportSettings, path: Path, title: str) -> bool:
+    rows = [r for r in rows if _mean(r["metrics"], s.metrics[0]) is not None]
+    if not rows:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(s.metrics), figsize=(6.2 * len(s.metrics), 1.2 + 0.9 * len(rows)), squeeze=False)
+    for ax, metric in zip(axes[0], s.metrics):
+        names = ["zero-shot LLM"] + sorted({n for r in rows for n in r["baselines"]})
+        width = 0.8 / len(names)
+        for j, name in enumerate(names):
+            vals = [(_mean(r["metrics"], metric) if j == 0 else _mean(r["baselines"].get(name, {}), metric)) or 0.0
+                    for r in rows]
+            ax.barh(np.arange(len(rows)) + j * width, vals, height=width, label=name)
+        labels = [f"{r['model']} · {r['protocol']}" + (f"\n{r['compliance']:.0%} replies followed the format"
+                                                        if r["compliance"] is not None else "") for r in rows]
+        ax.set_yticks(np.arange(len(rows)) + width * (len(names) - 1) / 2, labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{s.split} {metric.upper()} on the candidate lists")
+        ax.set_title(f"Zero-shot {metric.upper()} vs baselines")
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+# ---------------------------------------------------------------- markdown
+
+def table(groups: list[Group], s: ReportSettings) -> list[str]:
+    cols = ["head", "tower", "encoder", "encoder params", "seeds", *[f"{s.split} {m}" for m in s.metrics],
+            f"cold {s.metrics[0]}", "other settings", "runs"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for g in sorted(groups, key=_order):
+        r = g.first
+        stats = [g.stat(m, s.split) for m in s.metrics]
+        cold = g.slice_mean("cold", s.metrics[0], s.split)
+        cells = [HEAD_NAMES.get(r.head, r.head), TOWER_NAMES.get(r.tower, r.tower), r.encoder or "—",
+                 params_text(r.encoder_parameters), str(len(g.runs)),
+                 *[st.text() if st else "—" for st in stats], "—" if cold is None else f"{cold:.4f}",
+                 _extra(g) or "", ", ".join(f"`{x.folder.name}`" for x in g.runs[:3]) + (" …" if len(g.runs) > 3 else "")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def zeroshot_table(rows: list[dict], s: ReportSettings) -> list[str]:
+    names = sorted({n for r in rows for n in r["baselines"]})
+    cols = ["model", "protocol", *[f"{s.split} {m}" for m in s.metrics], *[f"{n} {s.metrics[0]}" for n in names],
+            "format compliance"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        vals = [_mean(r["metrics"], m) for m in s.metrics] + [_mean(r["baselines"].get(n, {}), s.metrics[0])
+                                                              for n in names]
+        cells = [r["model"], str(r["protocol"]), *["—" if v is None else f"{v:.4f}" for v in vals],
+                 "—" if r["compliance"] is None else f"{r['compliance']:.1%}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: ReportSettings | dict | None = None
+                 ) -> Path:
+    """Aggregate every run under ``runs_dir`` into ``out`` (default RUNS_DIR/report); -> the markdown file."""
+    runs_dir = Path(runs_dir)
+    out = Path(out) if out else runs_dir / "report"
+    plan = _plan(runs_dir)
+    if settings is None or isinstance(settings, dict):
+        settings = from_dict(ReportSettings, {**(plan.get("report") or {}), **(settings or {})}, "report")
+    s = settings
+    runs, failed = load_runs(runs_dir)
+    runs = [r for r in runs if out not in r.folder.parents and r.folder != out]
+    trained = group_runs([r for r in runs if r.task == "train"])
+    zs = zeroshot_rows(runs, s)
+    title = s.title or f"{plan.get('name') or runs_dir.name}: {len(runs)} run(s)"
+    out.mkdir(parents=True, exist_ok=True)
+    figures = {name: fn(data, s, out / f"{name}.png", title) if data else False
+               for name, fn, data in (("scaling", plot_scaling, trained), ("towers", plot_towers, trained),
+                                      ("zeroshot", plot_zeroshot, zs))}
+    md = _markdown(title, runs_dir, plan, trained, zs, failed, figures, s)
+    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
+    atomic_write_text(out / "report.json", json.dumps(_summary(trained, zs, s), indent=2, default=float) + "\n")
+    return out / "report.md"
+
+
+def _plan(runs_dir: Path) -> dict:
+    path = runs_dir / "experiment.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _markdown(title, runs_dir, plan, trained, zs, failed, figures, s) -> list[str]:
+    md = [f"# {title}", ""]
+    if plan.get("description"):
+        md += [plan["description"].strip(), ""]
+    n_plan = len(plan.get("runs") or [])
+    md += [f"Runs read from `{runs_dir}`" + (f" ({n_plan} planned by `{plan.get('source')}`)" if n_plan else "")
+           + f". Split: {s.split}. Checkpoints chosen on validation {s.metrics[0]}. A value `m ± h` is the mean "
+           "over seeds with a t-based 95% CI; `m [lo, hi]` is one run's bootstrap 95% CI over users.", ""]
+    md += ["## Answers", ""]
+    for question, lines in (("Does text beat ID?", answer_text_vs_id(trained, s)),
+                            ("Does fine-tuning beat a frozen encoder?", answer_finetune(trained, s)),
+                            ("Does a bigger encoder help?", answer_scaling(trained, s)),
+                            ("How far is zero-shot prompting from trained models?", answer_zeroshot(zs, s))):
+        md += [f"**{question}**", "", *[f"- {line}" for line in lines], ""]
+    if trained:
+        md += ["## Trained recommenders", "", *table(trained, s), ""]
+    if zs:
+        md += ["## Zero-shot", "", *zeroshot_table(zs, s), ""]
+    captions = {"scaling": "Accuracy against encoder size", "towers": "Item towers compared",
+                "zeroshot": "Zero-shot against baselines"}
+    for name, made in figures.items():
+        if made:
+            md += [f"## {captions[name]}", "", f"![{captions[name]}]({name}.png)", ""]
+    if failed:
+        md += ["## Failed runs", "", *[f"- `{p.name}`: {reason}" for p, reason in failed], ""]
+    missing = n_plan - len({r.folder.name for g in trained for r in g.runs} | {r["run"].folder.name for r in zs})
+    if n_plan and missing > 0:
+        md += [f"{missing} planned run(s) have no results yet.", ""]
+    return md
+
+
+def _summary(trained: list[Group], zs: list[dict], s: ReportSettings) -> dict:
+    def stat(st: Stat | None):
+        return None if st is None else {"mean": st.mean, "ci95": [st.lo, st.hi], "n_seeds": st.n, "over": st.over}
+
+    return {"split": s.split, "groups": [
+        {"head": g.first.head, "tower": g.first.tower, "encoder": g.first.encoder,
+         "encoder_parameters": g.first.encoder_parameters, "settings": g.settings, "seeds": g.seeds,
+         "runs": [r.folder.name for r in g.runs], **{m: stat(g.stat(m, s.split)) for m in s.metrics}}
+        for g in sorted(trained, key=_order)],
+        "zeroshot": [{"model": r["model"], "protocol": r["protocol"], "compliance": r["compliance"],
+                      **{m: _mean(r["metrics"], m) for m in s.metrics},
+                      "baselines": {n: _mean(b, s.metrics[0]) for n, b in r["baselines"].items()}} for r in zs]}

@@ -1,0 +1,179 @@
+"""Finished runs read back from disk and grouped over seeds, for reports and comparisons.
+
+A folder of runs is any tree holding ``results.json`` files (a sweep's output, or runs made
+one by one with ``tcf train``).  Runs whose configs differ only in ``seed`` (and ``name``)
+form a group; a group's statistic is the mean over seeds with a t-based 95% CI, or, for a
+single seed, the run's own bootstrap CI over users.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from tcf.errors import TcfError
+
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (1.96 beyond)
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.16, 2.145, 2.131,
+        2.12, 2.11, 2.101, 2.093, 2.086, 2.08, 2.074, 2.069, 2.064, 2.06, 2.056, 2.052, 2.048, 2.045, 2.042)
+NOT_A_SETTING = ("name", "seed")  # differ between the members of a group
+TEXT_ONLY = ("encoder.", "cache_root", "cache_path", "data.template")  # meaningless for an ID tower
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+@dataclass
+class Stat:
+    mean: float
+    lo: float | None  # 95% CI, None when unknown
+    hi: float | None
+    n: int  # seeds
+    over: str  # "seeds" (t interval over seed means) or "users" (the run's bootstrap interval)
+
+    def text(self, digits: int = 4) -> str:
+        if self.lo is None or self.hi is None:
+            return f"{self.mean:.{digits}f}"
+        if self.over == "seeds":
+            return f"{self.mean:.{digits}f} ± {(self.hi - self.lo) / 2:.{digits}f}"
+        return f"{self.mean:.{digits}f} [{self.lo:.{digits}f}, {self.hi:.{digits}f}]"
+
+
+@dataclass
+class RunResult:
+    folder: Path
+    results: dict
+
+    @cached_property
+    def config(self) -> dict:
+        return flat(self.results.get("config") or {})
+
+    @property
+    def task(self) -> str:
+        return str(self.config.get("task", "train"))
+
+    @property
+    def head(self) -> str:
+        return str(self.config.get("model.head", "?"))
+
+    @property
+    def tower(self) -> str:
+        return str(self.config.get("model.tower", "?"))
+
+    @property
+    def encoder(self) -> str | None:
+        """Short model name of a text tower (None for ID towers and zero-shot runs)."""
+        if self.task != "train" or self.tower == "id":
+            return None
+        return Path(str(self.config.get("encoder.model", "?"))).name
+
+    @property
+    def encoder_parameters(self) -> int | None:
+        return (self.results.get("parameters") or {}).get("encoder")
+
+    def metric(self, name: str, split: str = "test") -> tuple[float, list | None] | None:
+        m = (self.results.get("metrics") or {}).get(split, {}).get("metrics", {}).get(name)
+        if not isinstance(m, dict) or m.get("mean") is None:
+            return None
+        return float(m["mean"]), m.get("ci95")
+
+    def slice_metric(self, slice_name: str, name: str, split: str = "test") -> float | None:
+        s = (self.results.get("metrics") or {}).get(split, {}).get("slices", {}).get(slice_name)
+        value = (s or {}).get("metrics", {}).get(name)
+        return None if value is None else float(value)
+
+    def per_user(self, name: str, split: str = "test") -> tuple[np.ndarray, np.ndarray] | None:
+        """(user ids, per-user metric) from ``per_user_SPLIT.npy``, for paired tests; None when absent."""
+        cols = self.results.get("per_user_columns")
+        path = self.folder / f"per_user_{split}.npy"
+        if not cols or name not in cols or not path.is_file():
+            return None
+        table = np.load(path)
+        return table[0].astype(np.int64), table[cols.index(name)]
+
+
+@dataclass
+class Group:
+    """Runs that differ only in their seed."""
+
+    runs: list[RunResult]
+    settings: dict = field(default_factory=dict)  # settings that set this group apart from the others
+
+    @property
+    def first(self) -> RunResult:
+        return self.runs[0]
+
+    @property
+    def seeds(self) -> list:
+        return sorted({r.config.get("seed") for r in self.runs}, key=str)
+
+    def stat(self, name: str, split: str = "test") -> Stat | None:
+        values = [m for m in (r.metric(name, split) for r in self.runs) if m is not None]
+        if not values:
+            return None
+        means = np.array([v[0] for v in values])
+        if len(values) == 1:
+            ci = values[0][1]
+            return Stat(float(means[0]), *(ci if ci else (None, None)), 1, "users")
+        half = T975[len(means) - 2] if len(means) <= len(T975) + 1 else 1.96
+        half *= float(means.std(ddof=1)) / math.sqrt(len(means))
+        return Stat(float(means.mean()), float(means.mean() - half), float(means.mean() + half), len(means), "seeds")
+
+    def slice_mean(self, slice_name: str, name: str, split: str = "test") -> float | None:
+        values = [v for v in (r.slice_metric(slice_name, name, split) for r in self.runs) if v is not None]
+        return float(np.mean(values)) if values else None
+
+
+def load_runs(root: str | Path) -> tuple[list[RunResult], list[tuple[Path, str]]]:
+    """Every finished run under ``root``, and every failed one (a folder with error.txt and no results)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise TcfError(f"{root}: no such folder of runs")
+    runs, failed = [], []
+    for path in sorted(root.rglob("results.json")):
+        try:
+            runs.append(RunResult(path.parent, json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, json.JSONDecodeError) as e:
+            failed.append((path.parent, f"unreadable results.json: {e}"))
+    for path in sorted(root.rglob("error.txt")):
+        if not (path.parent / "results.json").is_file():
+            failed.append((path.parent, path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""))
+    return runs, failed
+
+
+def group_key(run: RunResult) -> str:
+    cfg = {k: v for k, v in run.config.items() if k not in NOT_A_SETTING}
+    if run.task == "train" and run.tower == "id":
+        cfg = {k: v for k, v in cfg.items() if not k.startswith(TEXT_ONLY)}
+    return json.dumps(cfg, sort_keys=True, default=str)
+
+
+def group_runs(runs: list[RunResult], within: str | None = "model.head") -> list[Group]:
+    """Runs grouped over seeds, in the order first seen.
+
+    Each group's ``settings`` are the settings that vary between the groups sharing its
+    ``within`` setting (by default the head: SASRec and DSSM keep their own defaults, which
+    need no mention in every row).
+    """
+    by_key: dict[str, Group] = {}
+    for run in runs:
+        by_key.setdefault(group_key(run), Group([])).runs.append(run)
+    configs = {k: json.loads(k) for k in by_key}
+    for key, g in by_key.items():
+        peers = [c for c in configs.values() if within is None or c.get(within) == configs[key].get(within)]
+        names = sorted({k for c in peers for k in c})
+        varying = [k for k in names if len({json.dumps(c.get(k), default=str) for c in peers}) > 1]
+        g.settings = {k: configs[key][k] for k in varying if k in configs[key]}
+    return list(by_key.values())

@@ -1,0 +1,297 @@
+"""Experiments: a base run config plus list-valued axes and/or explicit runs, expanded to runs.
+
+An experiment file is a run config (every key of :class:`RunConfig`) plus up to four more keys::
+
+    name: scaling                      # the base run's name; also the default output folder
+    axes:                              # cartesian product, applied to every run
+      model.head: [sasrec, dssm]
+      seed: [0, 1, 2]
+    runs:                              # optional: one override dict per run (default: one empty run)
+      - {model.tower: id}              # an ID run needs no encoder axis ...
+      - model.tower: frozen            # ... a text run gets its own axes
+        axes: {encoder.model: [minilm-l6, smollm2-135m]}
+    report: {title: "...", metrics: [ndcg@10, hr@10]}
+    description: free text
+
+A plain run config is an experiment of one run.  Each run's id is its readable name plus a
+short hash of its resolved config (name excluded), so the same settings always land in the
+same folder and a restarted sweep finds what it already did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tcf.config import from_dict, load_yaml, merge, parse_overrides, to_dict
+from tcf.errors import ConfigError
+from tcf.experiments.config import RunConfig
+from tcf.fsutil import atomic_write_text
+
+EXPERIMENT_KEYS = ("axes", "runs", "report", "description")
+POOLED_TOWERS = ("frozen", "id+text")  # towers that read pooled vectors from the embedding cache
+PLAN_FILE = "experiment.json"
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str  # NAME-HASH: the run's folder name
+    name: str
+    config: RunConfig
+    overrides: dict  # what this run sets on top of the base (flat dotted keys), for tables and labels
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    runs: list[Run]
+    report: dict = field(default_factory=dict)  # settings for tcf.experiments.report
+    description: str = ""
+    source: str | None = None  # the file it came from
+
+
+# ---------------------------------------------------------------- expansion
+
+def nest(flat: dict, where: str) -> dict:
+    """``{"model.tower": "id", "train": {"lr": 1}}`` -> nested dict (dotted keys split)."""
+    out: dict = {}
+    for key, value in flat.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}: setting names must be text, got {key!r}")
+        parts = key.split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{where}: '{key}' sets inside {p}, which is not a section")
+        value = nest(value, f"{where}.{key}") if isinstance(value, dict) else value
+        node[parts[-1]] = merge(node[parts[-1]], value) if isinstance(node.get(parts[-1]), dict) else value
+    return out
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _axes(axes: Any, where: str) -> list[tuple[str, list]]:
+    if axes is None:
+        return []
+    if not isinstance(axes, dict):
+        raise ConfigError(f"{where}: expected a mapping of setting -> list of values, got {axes!r}")
+    out = []
+    for key, values in flatten(axes).items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}.{key}: an axis needs a non-empty list of values, got {values!r}")
+        out.append((key, values))
+    return out
+
+
+def _label(key: str, value: Any) -> str:
+    text = Path(str(value)).name if key.endswith(("model", "dataset", "path")) else str(value)
+    text = f"s{text}" if key == "seed" else text
+    return re.sub(r"[^A-Za-z0-9._+=-]+", "_", text).strip("_") or "x"
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """Short hash of the resolved config without its name: equal settings, equal hash."""
+    data = {k: v for k, v in to_dict(cfg).items() if k != "name"}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def expand(data: dict, *, where: str = "experiment", overrides: list[str] | None = None,
+           default_name: str = "run") -> Experiment:
+    """An experiment dict (see the module doc) -> its runs, each config validated and named."""
+    data = dict(data)
+    extra = {k: data.pop(k) for k in EXPERIMENT_KEYS if k in data}
+    base = merge(nest(data, where), parse_overrides(overrides or []))
+    base_name = str(base.get("name") or default_name)
+    top_axes = _axes(extra.get("axes"), f"{where}: axes")
+    entries = extra.get("runs", [{}])
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{where}: runs must be a non-empty list of override mappings")
+    runs: dict[str, Run] = {}
+    for i, entry in enumerate(entries):
+        at = f"{where}: runs[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{at}: expected a mapping of settings, got {entry!r}")
+        entry = dict(entry)
+        axes = top_axes + _axes(entry.pop("axes", None), f"{at}.axes")
+        fixed = flatten(nest(entry, at))
+        for values in itertools.product(*[v for _, v in axes]):
+            point = dict(zip([k for k, _ in axes], values))
+            run = _make_run(base, fixed, point, base_name, f"{at}" + (f" {point}" if point else ""))
+            runs.setdefault(run.id.rsplit("-", 1)[1], run)  # the same settings twice: one run
+    report = extra.get("report") or {}
+    if not isinstance(report, dict):
+        raise ConfigError(f"{where}: report must be a mapping of settings")
+    return Experiment(base_name, list(runs.values()), report, str(extra.get("description") or ""), None)
+
+
+def _make_run(base: dict, fixed: dict, point: dict, base_name: str, where: str) -> Run:
+    sets = {**fixed, **point}
+    parts = [str(sets.get("name") or base_name)] + [_label(k, v) for k, v in sets.items() if k != "name"]
+    name = "-".join(parts)[:80]
+    merged = merge(base, nest({**sets, "name": name}, where))
+    try:
+        cfg = from_dict(RunConfig, merged)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return Run(f"{name}-{config_hash(cfg)}", name, cfg, {k: v for k, v in sets.items() if k != "name"})
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
+    """Read an experiment (or a plain run config) from YAML; ``overrides`` apply to the base."""
+    path = Path(path)
+    exp = expand(load_yaml(path), where=str(path), overrides=overrides, default_name=path.stem)
+    return Experiment(exp.name, exp.runs, exp.report, exp.description, str(path))
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """``"i/n"`` (0 <= i < n) -> (i, n); None -> (0, 1)."""
+    if not text:
+        return 0, 1
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not 0 <= int(m[1]) < int(m[2]):
+        raise ConfigError(f"--shard must be i/n with 0 <= i < n (e.g. 0/4 ... 3/4), got {text!r}")
+    return int(m[1]), int(m[2])
+
+
+def shard(runs: list[Run], i: int, n: int) -> list[Run]:
+    """Round-robin over the expansion order: every process computes the same split from the same file."""
+    return [r for k, r in enumerate(runs) if k % n == i]
+
+
+# ---------------------------------------------------------------- running
+
+@dataclass
+class SweepSummary:
+    out: Path
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # run id -> one-line reason
+
+
+def run_folder(out: Path, run: Run) -> Path:
+    return out / run.id
+
+
+def is_done(out: Path, run: Run) -> bool:
+    return (run_folder(out, run) / "results.json").is_file()
+
+
+def write_plan(exp: Experiment, out: Path) -> None:
+    """``OUT/experiment.json``: every run of the experiment (all shards), for the report and for people."""
+    plan = {"name": exp.name, "source": exp.source, "description": exp.description, "report": exp.report,
+            "runs": [{"id": r.id, "name": r.name, "overrides": r.overrides, "config": to_dict(r.config)}
+                     for r in exp.runs]}
+    atomic_write_text(out / PLAN_FILE, json.dumps(plan, indent=2, default=str) + "\n")
+
+
+def cache_needs(runs: list[Run]) -> dict[str, list[Run]]:
+    """Runs grouped by the pooled cache they read (runs that give cache_path, or need none, are left out)."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        c = run.config
+        if getattr(c, "task", "train") != "train" or c.model.tower not in POOLED_TOWERS or c.cache_path:
+            continue
+        key = json.dumps([c.data.dataset, c.data.root, c.data.template, c.cache_root, to_dict(c.encoder)],
+                         sort_keys=True, default=str)
+        groups.setdefault(key, []).append(run)
+    return groups
+
+
+def extract_caches(runs: list[Run], *, progress: bool, log: Callable[[str], None]) -> dict[str, str]:
+    """Extract each distinct cache the runs need, once, before any training; -> run id -> error."""
+    from tcf.data import ensure_dataset
+    from tcf.encoders.extract import extract
+
+    errors: dict[str, str] = {}
+    groups = cache_needs(runs)
+    for k, users in enumerate(groups.values(), start=1):
+        c = users[0].config
+        log(f"extract {k}/{len(groups)}: {c.encoder.model} ({c.encoder.pooling}, layer {c.encoder.layer}) "
+            f"for {len(users)} run(s)")
+        try:
+            report = extract(ensure_dataset(c.data.dataset, root=c.data.root), c.encoder, root=c.cache_root,
+                             template=c.data.template, progress=progress)
+            log(f"  cache {report.entry.path} ({'reused' if not report.computed_rows else 'computed'})")
+        except Exception as e:  # noqa: BLE001 - a broken encoder fails its runs, not the sweep
+            reason = f"extraction of {c.encoder.model} failed: {type(e).__name__}: {e}"
+            log(f"  {reason}")
+            errors.update({r.id: reason for r in users})
+    return errors
+
+
+def execute(run: Run, folder: Path, *, progress: bool) -> dict:
+    """Train (or prompt, for ``task: zeroshot``) one run into ``folder``, resuming from its checkpoint."""
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "run.json", json.dumps({"id": run.id, "name": run.name, "overrides": run.overrides,
+                                                       "config": to_dict(run.config)}, indent=2, default=str) + "\n")
+    if getattr(run.config, "task", "train") == "zeroshot":
+        from tcf.zeroshot import run_zeroshot
+
+        return run_zeroshot(run.config, folder, progress=progress)
+    from tcf.train.loop import train
+
+    return train(run.config, folder, resume=(folder / "checkpoints" / "last.pt").is_file(), progress=progress)
+
+
+def run_sweep(exp: Experiment, out: str | Path, *, shard_of: tuple[int, int] = (0, 1), progress: bool = True,
+              log: Callable[[str], None] = print) -> SweepSummary:
+    """Run this process's share of the experiment: skip finished runs, resume killed ones, survive failures."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_plan(exp, out)
+    mine = shard(exp.runs, *shard_of)
+    summary = SweepSummary(out)
+    summary.skipped = [r.id for r in mine if is_done(out, r)]
+    todo = [r for r in mine if not is_done(out, r)]
+    log(f"{exp.name}: {len(exp.runs)} run(s)" + (f", shard {shard_of[0]}/{shard_of[1]}: {len(mine)}"
+                                                  if shard_of[1] > 1 else "")
+        + f"; {len(summary.skipped)} already done, {len(todo)} to run; output {out}")
+    failed_extract = extract_caches(todo, progress=progress, log=log)
+    for k, run in enumerate(todo, start=1):
+        folder = run_folder(out, run)
+        if run.id in failed_extract:
+            _record_failure(summary, run, folder, failed_extract[run.id], None, log)
+            continue
+        resumed = (folder / "checkpoints" / "last.pt").is_file()
+        log(f"[{k}/{len(todo)}] {run.id}" + (" (resuming from its checkpoint)" if resumed else ""))
+        t0 = time.perf_counter()
+        try:
+            results = execute(run, folder, progress=progress)
+        except Exception as e:  # noqa: BLE001 - record, continue, fail at the end
+            _record_failure(summary, run, folder, f"{type(e).__name__}: {e}", traceback.format_exc(), log)
+            continue
+        (folder / "error.txt").unlink(missing_ok=True)
+        summary.ran.append(run.id)
+        log(f"  done in {time.perf_counter() - t0:.0f}s: {headline(results)}")
+    return summary
+
+
+def _record_failure(summary: SweepSummary, run: Run, folder: Path, reason: str, tb: str | None, log) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "error.txt", reason + "\n" + (tb or ""))
+    summary.failed[run.id] = reason.splitlines()[0] if reason else "failed"
+    log(f"  FAILED: {summary.failed[run.id]} (details in {folder / 'error.txt'})")
+
+
+def headline(results: dict, split: str = "test") -> str:
+    """``ndcg@10 0.0412  hr@10 0.0901`` from a results dict (train or zero-shot)."""
+    metrics = (results.get("metrics") or {}).get(split, {}).get("metrics", {})
+    parts = [f"{k} {metrics[k]['mean']:.4f}" for k in ("ndcg@10", "hr@10") if isinstance(metrics.get(k), dict)]
+    return f"{split} " + "  ".join(parts) if parts else "results written"
