@@ -63,7 +63,9 @@ def group_label(g: Group, with_head: bool = True) -> str:
 def _order(g: Group) -> tuple:
     r = g.first
     tower = TOWER_ORDER.index(r.tower) if r.tower in TOWER_ORDER else len(TOWER_ORDER)
-    return (r.head, tower, r.encoder_parameters or 0, r.encoder or "", json.dumps(g.settings, default=str))
+    # ID first, then per encoder (by size) its towers side by side: frozen next to fine-tuned
+    return (r.head, r.tower != "id", r.encoder_parameters or 0, r.encoder or "", tower,
+            json.dumps(g.settings, default=str))
 
 
 def _extra(g: Group) -> str:
@@ -271,43 +273,62 @@ def _err(st: Stat) -> tuple[float, float]:
     return max(st.mean - st.lo, 0.0), max(st.hi - st.mean, 0.0)
 
 
+TOWER_STYLE = {"frozen": ("-", "o"), "id+text": ("-.", "D"), "finetune": ("--", "s"), "lora": (":", "^")}
+
+
+def _head_colors(plt, heads) -> dict:
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {h: cycle[i % len(cycle)] for i, h in enumerate(heads)}
+
+
+def _size_ticks(ax, series: dict) -> None:
+    """Major ticks at the measured sizes, labelled with the model and its size; no minor labels."""
+    from matplotlib.ticker import NullFormatter
+
+    names: dict[float, set] = {}
+    for pts in series.values():
+        for p, _, g in pts:
+            names.setdefault(p, set()).add(g.first.encoder)
+    xs = sorted(names)
+    ax.set_xticks(xs, [f"{'/'.join(sorted(names[x]))}\n{params_text(x)}" for x in xs], fontsize=8)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(xs[0] / 1.8, xs[-1] * 1.8)
+
+
 def plot_scaling(groups: list[Group], s: ReportSettings, path: Path, title: str) -> bool:
     if not any(len(v) for v in scaling_series(groups, s.metrics[0], s.split).values()):
         return False
     plt = _plt()
-    fig, axes = plt.subplots(1, len(s.metrics), figsize=(6.2 * len(s.metrics), 4.6), squeeze=False)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    heads = sorted({g.first.head for g in groups})
+    fig, axes = plt.subplots(1, len(s.metrics), figsize=(6.4 * len(s.metrics), 4.8), squeeze=False)
+    color = _head_colors(plt, sorted({g.first.head for g in groups}))
     for ax, metric in zip(axes[0], s.metrics):
         series = scaling_series(groups, metric, s.split)
-        xs = [p for pts in series.values() for p, _, _ in pts]
-        for i, (label, pts) in enumerate(series.items()):
-            x = [p for p, _, _ in pts]
-            y = [st.mean for _, st, _ in pts]
+        for label, pts in series.items():
+            r = pts[0][2].first
+            ls, marker = TOWER_STYLE.get(r.tower, ("-", "o"))
             err = np.array([_err(st) for _, st, _ in pts]).T
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colors[i % len(colors)], label=label)
-        for p, _, g in next(iter(series.values()), []):
-            ax.annotate(g.first.encoder, (p, 0), xycoords=("data", "axes fraction"), xytext=(0, 4),
-                        textcoords="offset points", ha="center", fontsize=8, color="0.35")
-        for j, head in enumerate(heads):
+            ax.errorbar([p for p, _, _ in pts], [st.mean for _, st, _ in pts], yerr=err, ls=ls, marker=marker,
+                        capsize=3, color=color[r.head], label=label)
+        for head, c in color.items():
             base = _best([g for g in groups if g.first.head == head and g.first.tower == "id"], metric, s.split)
             st = base.stat(metric, s.split) if base else None
             if st is None:
                 continue
-            color = colors[(len(series) + j) % len(colors)]
             if st.lo is not None:
-                ax.axhspan(st.lo, st.hi, color=color, alpha=0.15, lw=0)
-            ax.axhline(st.mean, color=color, ls="--", lw=1.2, label=f"{HEAD_NAMES.get(head, head)} ID (95% CI band)")
+                ax.axhspan(st.lo, st.hi, color=c, alpha=0.12, lw=0)
+            ax.axhline(st.mean, color=c, ls=(0, (6, 3)), lw=1, alpha=0.8,
+                       label=f"{HEAD_NAMES.get(head, head)} ID baseline (band: 95% CI)")
         ax.set_xscale("log")
-        if xs:
-            ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
-        ax.set_xlabel("encoder parameters (measured, log scale)")
-        ax.set_ylabel(f"{s.split} {metric.upper()} (mean, 95% CI)")
+        if series:
+            _size_ticks(ax, series)
+        ax.set_xlabel("item encoder: measured parameters (log scale)")
+        ax.set_ylabel(f"{metric.upper()} on {s.split} (mean, 95% CI)")
         ax.set_title(f"{metric.upper()} vs encoder size")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        ax.grid(True, which="major", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(labels) - 1) // 4), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True

@@ -174,6 +174,7 @@ def group_runs(runs: list[RunResult], within: str | None = "model.head") -> list
     for key, g in by_key.items():
         peers = [c for c in configs.values() if within is None or c.get(within) == configs[key].get(within)]
         names = sorted({k for c in peers for k in c})
-        varying = [k for k in names if len({json.dumps(c.get(k), default=str) for c in peers}) > 1]
+        # a key only some configs have (text settings, absent from ID runs) varies if it differs among those
+        varying = [k for k in names if len({json.dumps(c[k], default=str) for c in peers if k in c}) > 1]
         g.settings = {k: configs[key][k] for k in varying if k in configs[key]}
     return list(by_key.values())

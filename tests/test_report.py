@@ -1,0 +1,123 @@
+"""Reports: grouping over seeds, CIs by hand, answers computed from the numbers, plots written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tcf.cli import main
+from tcf.experiments.report import ReportSettings, write_report
+from tcf.experiments.results import group_runs, load_runs
+from tcf.experiments.sweep import expand, run_sweep
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def put(root: Path, name: str, *, head="sasrec", tower="id", encoder="minilm-l6", params=None, seed=0, ndcg=0.05,
+        hr=0.1, half=0.005, cold=None, per_user=None) -> Path:
+    """A results.json in the trainer's layout with chosen numbers (the report reads nothing else)."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    metrics = {"ndcg@10": {"mean": ndcg, "ci95": [ndcg - half, ndcg + half]},
+               "hr@10": {"mean": hr, "ci95": [hr - 2 * half, hr + 2 * half]}}
+    res = {"config": {"name": name, "seed": seed, "model": {"head": head, "tower": tower},
+                      "encoder": {"model": encoder}, "train": {"lr": 0.001}},
+           "metrics": {"test": {"metrics": metrics, "slices": {"cold": {"metrics": {"ndcg@10": cold or ndcg / 2}}}}},
+           "parameters": {"trainable": 10, **({"encoder": params} if params else {})}}
+    if per_user is not None:
+        res["per_user_columns"] = ["user_id", "ndcg@10"]
+        np.save(folder / "per_user_test.npy", np.stack([np.arange(1, len(per_user) + 1), per_user]))
+    (folder / "results.json").write_text(json.dumps(res))
+    return folder
+
+
+def report_text(root: Path, **settings) -> str:
+    return write_report(root, settings=settings or None).read_text()
+
+
+def test_seeds_form_a_group_with_a_t_interval_by_hand(tmp_path):
+    for seed, v in enumerate([0.1, 0.2, 0.3]):
+        put(tmp_path, f"s{seed}", seed=seed, ndcg=v)
+    put(tmp_path, "other", tower="frozen", params=22_713_216, ndcg=0.4)
+    runs, failed = load_runs(tmp_path)
+    groups = group_runs(runs)
+    assert len(groups) == 2 and not failed
+    st = next(g for g in groups if g.first.tower == "id").stat("ndcg@10")
+    assert st.n == 3 and st.over == "seeds" and st.mean == pytest.approx(0.2)
+    assert st.hi - st.mean == pytest.approx(4.303 * 0.1 / np.sqrt(3), rel=1e-3)
+    single = next(g for g in groups if g.first.tower == "frozen").stat("ndcg@10")
+    assert (single.lo, single.hi, single.over) == (pytest.approx(0.395), pytest.approx(0.405), "users")
+    md = report_text(tmp_path)
+    assert "0.2000 ± 0.2484" in md and "0.4000 [0.3950, 0.4050]" in md and "22.7M" in md
+
+
+def test_answers_follow_the_numbers(tmp_path):
+    put(tmp_path, "sid", ndcg=0.02, cold=0.001)
+    put(tmp_path, "smini", tower="frozen", params=22_713_216, ndcg=0.030)
+    put(tmp_path, "ssmol", tower="frozen", encoder="smollm2-135m", params=134_515_008, ndcg=0.040)
+    put(tmp_path, "sgem", tower="frozen", encoder="gemma3-270m", params=268_098_176, ndcg=0.050, cold=0.02)
+    put(tmp_path, "did", head="dssm", ndcg=0.03)
+    put(tmp_path, "dmini", head="dssm", tower="frozen", params=22_713_216, ndcg=0.031)
+    md = report_text(tmp_path)
+    answers = md.split("## Trained")[0]
+    assert "SASRec: the best text tower, frozen text (gemma3-270m), against ID: ndcg@10 0.0500 vs 0.0200" in answers
+    assert "**text beats ID**" in answers and "On cold targets: 0.0200 vs 0.0010" in answers
+    assert "DSSM: the best text tower" in answers and "**no clear difference**" in answers
+    assert "Does fine-tuning beat a frozen encoder?**\n\n- not measured" in answers
+    assert "SASRec frozen text: ndcg@10 0.0300 (22.7M) → 0.0400 (134.5M) → 0.0500 (268.1M)" in answers
+    assert "Spearman ρ(size, ndcg@10) = 1.00" in answers and "**yes, the largest beats the smallest**" in answers
+    assert "zero-shot prompting from trained models?**\n\n- not measured" in answers
+    for png in ("scaling.png", "towers.png"):
+        assert (tmp_path / "report" / png).read_bytes()[:8] == PNG
+    assert not (tmp_path / "report" / "zeroshot.png").exists()
+    summary = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert {g["encoder_parameters"] for g in summary["groups"]} == {None, 22_713_216, 134_515_008, 268_098_176}
+
+
+def test_single_runs_are_compared_by_a_paired_test(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.random(400) * 0.1
+    put(tmp_path, "id", ndcg=float(base.mean()), half=0.05, per_user=base)
+    put(tmp_path, "ft", tower="finetune", params=10, ndcg=float(base.mean() + 0.01), half=0.05, per_user=base + 0.01)
+    put(tmp_path, "fr", tower="frozen", params=10, ndcg=float(base.mean()), half=0.05, per_user=base)
+    md = report_text(tmp_path)
+    assert "fine-tuned text against frozen" in md and "paired test over users p = " in md
+    assert "**fine-tuning helps**" in md  # CIs overlap widely, but every user gains: the paired test sees it
+
+
+def test_report_settings_and_failed_runs(tmp_path):
+    put(tmp_path, "a", ndcg=0.02)
+    broken = tmp_path / "b"
+    broken.mkdir()
+    (broken / "error.txt").write_text("RuntimeError: out of memory\ntraceback...")
+    md = report_text(tmp_path, metrics=["hr@10"], title="My study")
+    assert md.startswith("# My study") and "| test hr@10 |" in md and "test ndcg@10" not in md
+    assert "## Failed runs" in md and "`b`: RuntimeError: out of memory" in md
+    with pytest.raises(Exception, match="unknown setting 'report.metric'"):
+        write_report(tmp_path, settings={"metric": "x"})
+    assert isinstance(ReportSettings().metrics, list)
+
+
+def test_report_command_on_a_real_tiny_sweep(tiny_dataset, tiny_models, tmp_path, capsys):
+    """Two tiny encoders of different sizes, ID and frozen towers: a real scaling plot and table."""
+    base = {"name": "tiny", "data": {"dataset": str(tiny_dataset.path)}, "cache_root": str(tmp_path / "cache"),
+            "model": {"dim": 16, "max_len": 8}, "encoder": {"max_tokens": 12},
+            "train": {"epochs": 1, "batch_size": 16}, "eval": {"bootstrap": 20},
+            "runs": [{"model.tower": "id"},
+                     {"model.tower": "frozen", "axes": {"encoder.model": [str(tiny_models["llama"]),
+                                                                          str(tiny_models["bert"])]}}]}
+    out = tmp_path / "out"
+    summary = run_sweep(expand(base), out, progress=False, log=lambda _: None)
+    assert len(summary.ran) == 3 and not summary.failed
+    assert main(["report", str(out)]) == 0
+    assert f"report: {out / 'report' / 'report.md'}" in capsys.readouterr().out
+    md = (out / "report" / "report.md").read_text()
+    assert md.count("| SASRec | frozen text |") == 2 and "| SASRec | ID |" in md
+    assert "![Accuracy against encoder size](scaling.png)" in md
+    assert (out / "report" / "scaling.png").read_bytes()[:8] == PNG
+    groups = json.loads((out / "report" / "report.json").read_text())["groups"]
+    sizes = sorted(g["encoder_parameters"] for g in groups if g["encoder_parameters"])
+    assert len(sizes) == 2 and sizes[0] < sizes[1]
