@@ -201,34 +201,52 @@ def write_plan(exp: Experiment, out: Path) -> None:
     atomic_write_text(out / PLAN_FILE, json.dumps(plan, indent=2, default=str) + "\n")
 
 
+def cache_kind(cfg: RunConfig) -> str | None:
+    """The embedding cache a run reads: "pooled" vectors, "tokens" (fine-tuned towers), or None."""
+    if getattr(cfg, "task", "train") != "train" or cfg.model.tower == "id" or cfg.cache_path:
+        return None
+    return "pooled" if cfg.model.tower in POOLED_TOWERS else "tokens"
+
+
 def cache_needs(runs: list[Run]) -> dict[str, list[Run]]:
-    """Runs grouped by the pooled cache they read (runs that give cache_path, or need none, are left out)."""
+    """Runs grouped by the cache they read; runs that give cache_path, or need none, are left out."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
-        c = run.config
-        if getattr(c, "task", "train") != "train" or c.model.tower not in POOLED_TOWERS or c.cache_path:
+        c, kind = run.config, cache_kind(run.config)
+        if kind is None:
             continue
-        key = json.dumps([c.data.dataset, c.data.root, c.data.template, c.cache_root, to_dict(c.encoder)],
-                         sort_keys=True, default=str)
+        depth = c.model.finetune_layers if kind == "tokens" else None  # the token cache sits at layer L-k
+        key = json.dumps([kind, depth, c.data.dataset, c.data.root, c.data.template, c.cache_root,
+                          to_dict(c.encoder)], sort_keys=True, default=str)
         groups.setdefault(key, []).append(run)
     return groups
 
 
-def extract_caches(runs: list[Run], *, progress: bool, log: Callable[[str], None]) -> dict[str, str]:
-    """Extract each distinct cache the runs need, once, before any training; -> run id -> error."""
+def _extract_one(cfg: RunConfig, progress: bool) -> str:
+    """Extract (or find) the cache ``cfg`` reads, with the very calls the trainer makes; -> its folder."""
     from tcf.data import ensure_dataset
+
+    dataset = ensure_dataset(cfg.data.dataset, root=cfg.data.root)
+    if cache_kind(cfg) == "tokens":
+        from tcf.models.lm_tower import token_cache
+
+        return str(token_cache(cfg, dataset)[0].path)
     from tcf.encoders.extract import extract
 
+    return str(extract(dataset, cfg.encoder, root=cfg.cache_root, template=cfg.data.template,
+                       progress=progress).entry.path)
+
+
+def extract_caches(runs: list[Run], *, progress: bool, log: Callable[[str], None]) -> dict[str, str]:
+    """Extract each distinct cache the runs need, once, before any training; -> run id -> error."""
     errors: dict[str, str] = {}
     groups = cache_needs(runs)
     for k, users in enumerate(groups.values(), start=1):
         c = users[0].config
-        log(f"extract {k}/{len(groups)}: {c.encoder.model} ({c.encoder.pooling}, layer {c.encoder.layer}) "
+        log(f"extract {k}/{len(groups)}: {c.encoder.model} ({cache_kind(c)}, {c.encoder.pooling}) "
             f"for {len(users)} run(s)")
         try:
-            report = extract(ensure_dataset(c.data.dataset, root=c.data.root), c.encoder, root=c.cache_root,
-                             template=c.data.template, progress=progress)
-            log(f"  cache {report.entry.path} ({'reused' if not report.computed_rows else 'computed'})")
+            log(f"  cache {_extract_one(c, progress)}")
         except Exception as e:  # noqa: BLE001 - a broken encoder fails its runs, not the sweep
             reason = f"extraction of {c.encoder.model} failed: {type(e).__name__}: {e}"
             log(f"  {reason}")
