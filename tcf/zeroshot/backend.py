@@ -1,0 +1,77 @@
+"""The chat backend interface: a batch of chat prompts in, one reply per prompt out.
+
+Backends are looked up by name in ``CHAT_BACKENDS`` and imported only when chosen (vllm
+needs a GPU and the ``vllm`` extra).  A backend reports each reply through ``on_reply``
+as soon as it has it, which is how the response cache is written as the run goes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable
+
+from tcf.registry import Entry, Registry
+
+CHAT_BACKENDS = Registry("chat backend", {
+    "hf": Entry("tcf.zeroshot.hf_chat:HFChat", packages=("transformers",)),
+    "vllm": Entry("tcf.zeroshot.vllm_chat:VLLMChat", extra="vllm", packages=("vllm",)),
+    "openai": Entry("tcf.zeroshot.openai_chat:OpenAIChat"),
+})
+
+
+@dataclass
+class Reply:
+    text: str | None  # None when the request failed
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class GenParams:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 96
+    seed: int | None = None
+
+    def as_dict(self) -> dict:
+        return {"temperature": self.temperature, "top_p": self.top_p if self.temperature > 0 else 1.0,
+                "max_new_tokens": self.max_new_tokens, "seed": self.seed if self.temperature > 0 else None}
+
+
+OnReply = Callable[[int, Reply], None]
+
+
+class ChatBackend(ABC):
+    """Subclasses set ``name`` and ``identity`` (model and exact weights / server) when built."""
+
+    name: str
+    identity: str
+    calls: int = 0  # prompts sent to the model or server (cache hits never reach here)
+
+    @abstractmethod
+    def generate(self, prompts: list[list[dict]], params: GenParams, on_reply: OnReply | None = None) -> list[Reply]:
+        """One reply per prompt, in input order; failures come back as ``Reply(None, error=...)``."""
+
+    def close(self) -> None:
+        """Free the model."""
+
+
+def build_backend(z) -> ChatBackend:
+    """The backend a :class:`tcf.experiments.config.ZeroShotConfig` names."""
+    return CHAT_BACKENDS.get(z.backend)(z)
+
+
+def identity_for(z) -> str:
+    """The model identity a backend will report, found without loading weights (for cache lookups)."""
+    if z.backend == "openai":
+        if not z.api_base:
+            from tcf.errors import ConfigError
+
+            raise ConfigError("zeroshot.backend openai needs zeroshot.api_base, e.g. http://127.0.0.1:8000/v1")
+        return f"openai:{z.api_base.rstrip('/')}:{z.model}" + (f"@{z.revision}" if z.revision else "")
+    CHAT_BACKENDS.get(z.backend)  # unknown names and missing packages fail here, before any work
+    from tcf.zeroshot.hf_chat import resolve
+
+    return resolve(z)[1]

@@ -1,0 +1,249 @@
+"""Reply text -> a ranking of the presented candidates, with a parse status.
+
+The prompts ask for candidate numbers (letters for ``choice``, a JSON array for
+``topk-json``).  Replies are read in that order of preference: the asked format, then
+numbered lists and separated segments, each segment read as an index (``[3]``, ``3.``,
+``(C)``) or, failing that, as a title (exact, case-folded, then fuzzy).  Duplicates are
+dropped, items that are not candidates (out-of-range numbers, titles from the history,
+invented titles) are ignored and counted.  A reply that repeats the prompt's candidate
+list is an echo, not a ranking.
+
+Status: ``valid`` (the full answer the protocol asks for: every candidate for ``rank``,
+one for ``choice``, k for ``topk-json``), ``partial`` (some candidates recognised) or
+``failed`` (none).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+from tcf.zeroshot.prompts import LETTERS
+
+FUZZY_CUTOFF = 0.85
+
+
+@dataclass
+class Parsed:
+    ranking: list[int]  # 0-based positions into the presented candidates, best first, no duplicates
+    status: str  # valid | partial | failed
+    method: str  # json | letters | indices | titles | mixed | echo | empty | none
+    n_invalid: int = 0  # entries that named no candidate (hallucinated or out of range)
+    n_duplicates: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def full(self, n: int) -> list[int]:
+        """The ranking with unranked candidates appended in presented order."""
+        seen = set(self.ranking)
+        return self.ranking + [i for i in range(n) if i not in seen]
+
+
+def norm(text: str) -> str:
+    """Case-folded, accent-free, punctuation-light text for title matching."""
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(c for c in text if not unicodedata.combining(c)).casefold()
+    text = re.sub(r"\s*\(\d{4}\)\s*$", "", text.strip())
+    m = re.match(r"^(.*?),\s*(the|a|an|les|la|le|l'|il|el|das|der|die|los|las)\s*$", text)
+    if m:  # "Usual Suspects, The" is read as "the usual suspects" (the MovieLens style)
+        text = f"{m.group(2)} {m.group(1)}"
+    text = re.sub(r"[\"'`*_“”‘’]", "", text)
+    return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text)).strip()
+
+
+class Matcher:
+    """Find candidates by index, letter or title in a piece of a reply."""
+
+    def __init__(self, candidates: list[str], letters: bool):
+        self.n = len(candidates)
+        self.letters = letters
+        self.exact = {t.strip(): i for i, t in reversed(list(enumerate(candidates)))}
+        self.folded = {norm(t): i for i, t in reversed(list(enumerate(candidates))) if norm(t)}
+
+    def index(self, piece: str) -> tuple[int | None, bool]:
+        """-> (position or None, whether the piece looked like an index at all)."""
+        s = piece.strip().strip("*_`\"' ")
+        if self.letters:
+            m = re.match(r"^[(\[]?([A-Z])[)\]]?(?:[.):\]]|\s+-|$)", s)
+            if m:
+                pos = LETTERS.index(m.group(1))
+                return (pos if pos < self.n else None), True
+        m = re.match(r"^[(\[]?#?(\d{1,4})[)\]]?(?=[.):,\-\]\s]|$)", s)
+        if m:
+            pos = int(m.group(1)) - 1
+            return (pos if 0 <= pos < self.n else None), True
+        return None, False
+
+    def title(self, piece: str) -> int | None:
+        """Exact, then case-folded, then fuzzy match of one piece against the candidate titles."""
+        s = re.sub(r"^(?:\[\w+\]|\(\w+\)|\w{1,3}[.):])\s*", "", piece.strip().strip("*_`\"' ")).strip()
+        s = re.sub(r"\s*\((?:\d{4}|score[^)]*)\)\s*$", "", s).strip(" .,;*\"'")
+        if not s:
+            return None
+        if s in self.exact:
+            return self.exact[s]
+        key = norm(s)
+        if key in self.folded:
+            return self.folded[key]
+        close = difflib.get_close_matches(key, list(self.folded), n=1, cutoff=FUZZY_CUTOFF)
+        return self.folded[close[0]] if close else None
+
+    def find(self, piece: str) -> int | None:
+        """An in-range index wins, then a title; None: the piece names no candidate."""
+        pos, _ = self.index(piece)
+        return pos if pos is not None else self.title(piece)
+
+    def titles_in(self, line: str) -> list[int]:
+        """Candidate titles mentioned anywhere in a line of prose, in the order they appear (longest wins)."""
+        text = norm(line)
+        hits = []
+        for title, pos in self.folded.items():
+            m = re.search(r"(?<!\w)" + re.escape(title) + r"(?!\w)", text)
+            if m:
+                hits.append((m.start(), -len(title), m.end(), pos))
+        out, covered = [], -1
+        for start, _, end, pos in sorted(hits):
+            if start >= covered:
+                out.append(pos)
+                covered = end
+        return out
+
+
+def is_echo(reply: str, prompt: str | None) -> bool:
+    """The reply repeats the prompt: most of its longer lines appear verbatim."""
+    if not prompt:
+        return False
+    lines = [ln.strip() for ln in prompt.splitlines() if len(ln.strip()) > 12]
+    repeated = sum(1 for ln in lines if ln in reply)
+    return bool(lines) and repeated >= max(3, 0.5 * len(lines))
+
+
+def json_entries(reply: str) -> list | None:
+    """The entries of the first JSON-like array; a truncated array keeps its complete entries."""
+    for m in re.finditer(r"\[", reply):
+        end = reply.find("]", m.start())
+        chunk = reply[m.start():end + 1] if end != -1 else reply[m.start():]
+        if end != -1:
+            try:
+                value = json.loads(chunk)
+                if isinstance(value, list) and len(value) >= 1 and not any(isinstance(v, (list, dict)) for v in value):
+                    if len(value) >= 2 or end - m.start() > 3:  # "[3]" alone is an index label, not an answer
+                        return value
+                continue
+            except ValueError:
+                body = chunk[1:-1]
+        else:  # cut off: the last entry counts only if a separator or a closing quote follows it
+            body = chunk[1:]
+            if not re.search(r"(,\s*|\"\s*)$", body):
+                body = body.rsplit(",", 1)[0] if "," in body else ""
+        entries = [int(num) if num else (dq or sq) for dq, sq, num in
+                   re.findall(r"\"((?:[^\"\\]|\\.)*)\"|'([^']*)'|(-?\d+)", body)]
+        if len(entries) >= 2:
+            return entries
+    return None
+
+
+def segments(reply: str, matcher: Matcher) -> list[str | int]:
+    """Pieces of a reply in answer order: numbered-list lines are one item each (the enumerator is a
+    rank); other lines split on , ; > | (after a "label:" prefix) when they read as indices, else the
+    candidate titles they mention.  Ints are positions already resolved."""
+    out: list[str | int] = []
+    for line in reply.splitlines():
+        line = line.strip().strip("*")
+        if not line:
+            continue
+        m = re.match(r"^(?:rank\s*)?\d{1,3}[.)]\s+(\S.*)$", line, re.I)
+        if m:
+            out.append(m.group(1))
+            continue
+        for tail in (line, line.rsplit(":", 1)[-1]):
+            pieces = [p for part in re.split(r"\s*[,;>|]\s*", tail.strip()) for p in
+                      (part.split() if re.fullmatch(r"[\d\s]+", part) else [part]) if p.strip(" .")]
+            if pieces and all(matcher.index(p)[1] for p in pieces):
+                out.extend(pieces)
+                break
+        else:
+            brackets = re.findall(r"\[(\d{1,4}|[A-Z])\]", line)
+            out.extend(f"[{b}]" for b in brackets) if brackets else out.extend(matcher.titles_in(line))
+    return out
+
+
+def choice_pieces(reply: str, matcher: Matcher) -> list[str | int]:
+    """The letter a choice reply names: "B", "(B)", "Answer: B. Title", "I would choose **C**", else titles."""
+    allowed = LETTERS[:matcher.n]
+    text = reply.strip()
+    m = re.search(r"(?i:answer|choice|option|choose|pick|select|go with|recommend)\w*\s*(?i:is|would be|:)?\s*"
+                  r"[*(\[]*([A-Z])(?![\w'])", text)
+    if m and m.group(1) in allowed:
+        return [m.group(1)]
+    first = re.match(r"^[*(\[]*([A-Z])[*)\]]*(?:[.):]|\s*$|\s+-|\s+[A-Z0-9(\[])", text)
+    if first and first.group(1) in allowed:
+        return [first.group(1)]
+    return [p for line in text.splitlines() for p in (choice_line(line, allowed) or matcher.titles_in(line))]
+
+
+def choice_line(line: str, allowed: str) -> list[str] | None:
+    letters = re.findall(r"(?<![\w'])([A-Z])(?:[.):]|(?![\w']))", line)
+    letters = [x for x in letters if x in allowed and not (x == "A" and re.search(r"\bA [a-z]", line))]
+    return letters[:1] or None
+
+
+def parse(reply: str | None, candidates: list[str], protocol: str, *, k: int | None = None,
+          prompt: str | None = None) -> Parsed:
+    """Read ``reply`` back into a ranking of ``candidates`` (the texts as presented)."""
+    n = len(candidates)
+    want = {"choice": 1, "topk-json": min(k or 10, n)}.get(protocol, n)
+    if reply is None or not reply.strip():
+        return Parsed([], "failed", "empty")
+    if is_echo(reply, prompt):
+        return Parsed([], "failed", "echo", notes=["the reply repeats the prompt"])
+    matcher = Matcher(candidates, letters=protocol == "choice")
+    if protocol == "choice":
+        pieces, method = choice_pieces(reply, matcher), "letters"
+    elif protocol == "topk-json" and (entries := json_entries(reply)) is not None:
+        pieces, method = [e if isinstance(e, str) else str(e) for e in entries], "json"
+    else:
+        pieces, method = segments(reply, matcher), None
+    return collect(pieces, matcher, want, method)
+
+
+def collect(pieces: list, matcher: Matcher, want: int, method: str | None) -> Parsed:
+    """Resolve pieces to positions, dropping duplicates and counting what named no candidate."""
+    ranking, seen, hows = [], set(), set()
+    invalid = dup = 0
+    for piece in pieces:
+        for pos, how in resolve(piece, matcher):
+            if pos is None:
+                invalid += 1
+                continue
+            hows.add(how)
+            if pos in seen:
+                dup += 1
+                continue
+            seen.add(pos)
+            ranking.append(pos)
+        if want == 1 and ranking:
+            ranking = ranking[:1]
+            break
+    if method is None:
+        method = "mixed" if len(hows) > 1 else {"index": "indices", "title": "titles"}.get(next(iter(hows), ""), "none")
+    if not ranking:
+        return Parsed([], "failed", method, invalid, dup)
+    return Parsed(ranking, "valid" if len(ranking) >= want else "partial", method, invalid, dup)
+
+
+def resolve(piece: str | int, matcher: Matcher) -> list[tuple[int | None, str]]:
+    """One piece -> [(position or None, how)]: an index, a title, or the bracketed indices / titles inside it."""
+    if isinstance(piece, int):
+        return [(piece, "title")]
+    idx, _ = matcher.index(piece)
+    if idx is not None:
+        return [(idx, "index")]
+    title = matcher.title(piece)
+    if title is not None:
+        return [(title, "title")]
+    inner = [(matcher.index(f"[{b}]")[0], "index") for b in re.findall(r"\[(\d{1,4})\]", piece)]
+    inner = [x for x in inner if x[0] is not None] or [(t, "title") for t in matcher.titles_in(piece)]
+    return inner or [(None, "invalid")]

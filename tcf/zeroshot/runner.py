@@ -1,0 +1,204 @@
+"""One zero-shot run: candidates -> prompts -> (cache | backend) -> parse -> metrics vs Pop and random.
+
+Writes ``OUT/results.json`` (the trained runs' layout: ``metrics[split]`` with means and
+95% CIs, plus baselines on the same candidates, compliance rates, resolved config,
+provenance, token counts, timings), ``OUT/samples.jsonl`` (one record per prompt) and
+``OUT/per_user_SPLIT.npy`` (for paired tests).  Replies are cached as they arrive, so
+an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from tcf.eval.metrics import metrics_from_scores, paired_test, summarize
+from tcf.fsutil import atomic_write_text
+from tcf.provenance import provenance
+from tcf.zeroshot.backend import GenParams, Reply, build_backend, identity_for
+from tcf.zeroshot.cache import ResponseCache, cache_key, cacheable
+from tcf.zeroshot.candidates import load_or_build
+from tcf.zeroshot.parsing import Parsed, parse
+from tcf.zeroshot.prompts import PromptTemplate, messages
+
+CHUNK = 64  # prompts handed to the backend per call (the cache is written within each call too)
+
+
+def build_prompts(cfg, dataset, data, cands) -> list[dict]:
+    """One job per (user, bootstrap round): the rendered user message and its chat messages."""
+    z = cfg.zeroshot
+    texts = dataset.item_texts(cfg.data.template)
+    template = PromptTemplate.named(z.prompt or z.protocol)
+    cut = 1 if z.split == "test" else 2
+    jobs = []
+    for row, u in enumerate(cands.users):
+        history = data.seqs[u][:-cut][-z.history_len:]
+        for b in range(cands.lists.shape[1]):
+            items = cands.lists[row, b]
+            user = template.render(history=[texts[i] for i in history], candidates=[texts[i] for i in items],
+                                   k=z.top_k, source=dataset.meta.get("source"))
+            jobs.append({"row": row, "round": b, "items": items, "texts": [texts[i] for i in items], "prompt": user,
+                         "messages": messages(user, z.system_prompt)})
+    return jobs
+
+
+def answer(jobs, z, params: GenParams, backend, cache, progress: bool) -> tuple[list[Reply], dict]:
+    """Replies for every job: cached ones read, the rest generated (and cached as they arrive)."""
+    identity = backend.identity if backend is not None else identity_for(z)
+    keys = [cache_key(z.backend, identity, j["messages"], params.as_dict()) for j in jobs]
+    for j, k in zip(jobs, keys):
+        j["key"] = k
+    hits = cache.get_many(keys) if cache is not None else {}
+    replies: list[Reply | None] = [Reply(h["text"], h["prompt_tokens"] or 0, h["completion_tokens"] or 0)
+                                   if (h := hits.get(k)) else None for k in keys]
+    misses = [i for i, r in enumerate(replies) if r is None]
+    stats = {"identity": identity, "cache_hits": len(jobs) - len(misses), "calls": 0, "generate_seconds": 0.0}
+    if not misses:
+        return replies, stats
+    backend = backend or build_backend(z)
+    stats["identity"] = backend.identity
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(misses), unit="prompt", desc=f"zeroshot {z.protocol}", dynamic_ncols=True)
+    calls_before = backend.calls
+    t0 = time.perf_counter()
+    for start in range(0, len(misses), CHUNK):
+        chunk = misses[start:start + CHUNK]
+
+        def on_reply(i: int, reply: Reply, chunk=chunk) -> None:
+            job = chunk[i]
+            replies[job] = reply
+            if cache is not None and reply.text is not None:
+                cache.put(keys[job], z.backend, identity, reply.text, reply.prompt_tokens, reply.completion_tokens)
+            if bar is not None:
+                bar.update(1)
+
+        backend.generate([jobs[i]["messages"] for i in chunk], params, on_reply)
+    if bar is not None:
+        bar.close()
+    stats.update(calls=backend.calls - calls_before, generate_seconds=time.perf_counter() - t0,
+                 retries=getattr(backend, "stats", {}).get("retries", 0))
+    return replies, stats
+
+
+def order_scores(parsed: Parsed, n: int, unranked: str) -> np.ndarray:
+    """Scores over the presented slots (higher = better) from a parsed ranking."""
+    scores = np.zeros(n)
+    full = parsed.full(n) if unranked == "order" else parsed.ranking
+    for rank, pos in enumerate(full):
+        scores[pos] = n - rank
+    return scores
+
+
+def score_users(jobs, parsed, cands, unranked: str) -> np.ndarray:
+    """Borda aggregation over bootstrap rounds, aligned with round 0's order: [U, N]."""
+    n_users, _, n = cands.lists.shape
+    scores = np.zeros((n_users, n))
+    for job, p in zip(jobs, parsed):
+        s = order_scores(p, n, unranked)
+        by_item = dict(zip(job["items"].tolist(), s))
+        scores[job["row"]] += [by_item[i] for i in cands.lists[job["row"], 0].tolist()]
+    return scores
+
+
+def compliance(parsed: list[Parsed], replies: list[Reply]) -> dict:
+    status = Counter(p.status for p in parsed)
+    total = max(len(parsed), 1)
+    return {"n_prompts": len(parsed), "valid": status["valid"] / total, "partial": status["partial"] / total,
+            "failed": status["failed"] / total, "counts": dict(status),
+            "methods": dict(Counter(p.method for p in parsed)),
+            "backend_errors": sum(1 for r in replies if r.error),
+            "invalid_entries": sum(p.n_invalid for p in parsed), "duplicates": sum(p.n_duplicates for p in parsed)}
+
+
+def run_zeroshot(cfg, out, *, progress: bool = True, backend=None) -> dict:
+    """Run ``cfg`` (``task: zeroshot``) into ``out``; returns the results dict written to ``out/results.json``.
+
+    ``backend`` replaces the configured one (tests); it is built only when some prompt
+    is not in the cache, so a warm rerun loads no model and makes no call.
+    """
+    from tcf.data import ensure_dataset
+    from tcf.experiments.config import resolved
+    from tcf.train.data import SeqData
+
+    t_start = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    z = cfg.zeroshot
+    dataset = ensure_dataset(cfg.data.dataset, root=cfg.data.root)
+    data = SeqData(dataset)
+    cands, cand_path = load_or_build(cfg, dataset, data)
+    jobs = build_prompts(cfg, dataset, data, cands)
+    params = GenParams(z.temperature, z.top_p, z.new_tokens(), z.gen_seed)
+    cache_path = Path(z.cache_path or Path(cfg.cache_root) / "zeroshot" / "responses.sqlite")
+    cache = ResponseCache(cache_path) if z.use_cache and cacheable(params.as_dict()) else None
+    try:
+        replies, stats = answer(jobs, z, params, backend, cache, progress)
+    finally:
+        if cache is not None:
+            cache.close()
+    parsed = [parse(r.text, j["texts"], z.protocol, k=z.top_k, prompt=j["prompt"]) for j, r in zip(jobs, replies)]
+    target_col = cands.target_pos[:, 0]
+    ks = tuple(sorted(set(z.ks)))
+    per_user = metrics_from_scores(score_users(jobs, parsed, cands, z.unranked), target_col, ks=ks)
+    pop = metrics_from_scores(data.train_counts[cands.lists[:, 0]].astype(np.float64), target_col, ks=ks)
+    rand = metrics_from_scores(np.zeros(cands.lists[:, 0].shape), target_col, ks=ks)
+    ci = cfg.eval.bootstrap > 0
+    split = z.split
+    results = {
+        "task": "zeroshot", "name": cfg.name,
+        "metrics": {split: {
+            "n_users": int(len(cands.users)), "metrics": summarize(per_user, ci=ci, seed=cfg.seed),
+            "baselines": {"pop": {"metrics": summarize(pop, ci=ci, seed=cfg.seed)},
+                          "random": {"metrics": summarize(rand, ci=False), "note": "exact expectation"}},
+            "vs_pop": {m: paired_test(per_user[m], pop[m], seed=cfg.seed) for m in ("hr@1", "ndcg@10")
+                       if m in per_user},
+            "compliance": compliance(parsed, replies)}},
+        "config": resolved(cfg),
+    }
+    n_tok_p = [r.prompt_tokens for r in replies]
+    n_tok_c = [r.completion_tokens for r in replies]
+    gen_s = stats["generate_seconds"]
+    results.update({
+        "dataset": {"path": str(dataset.path), "fingerprint": dataset.fingerprint, "n_users": data.n_users,
+                    "n_items": data.n_items},
+        "seeds": {"candidates": cfg.seed, "generation": z.gen_seed},
+        "candidates": {"path": str(cand_path), "key": cands.key, "n_users": int(len(cands.users)),
+                       "n_candidates": int(cands.lists.shape[2]), "bootstrap": int(cands.lists.shape[1])},
+        "backend": {"name": z.backend, "identity": stats["identity"], "calls": stats["calls"],
+                    "cache_hits": stats["cache_hits"], "retries": stats.get("retries", 0),
+                    "cache_path": str(cache_path) if cache is not None else None,
+                    "generation": params.as_dict()},
+        "tokens": {"prompt_total": int(sum(n_tok_p)), "completion_total": int(sum(n_tok_c)),
+                   "prompt_mean": float(np.mean(n_tok_p)) if n_tok_p else 0.0,
+                   "completion_mean": float(np.mean(n_tok_c)) if n_tok_c else 0.0},
+        "timings": {"generate_seconds": gen_s, "prompts_per_s": stats["calls"] / gen_s if gen_s > 0 else None,
+                    "wall_seconds": time.perf_counter() - t_start},
+        "per_user_columns": ["user_id", *sorted(per_user)],
+        **provenance(),
+    })
+    write_samples(out / "samples.jsonl", jobs, replies, parsed, cands, per_user)
+    np.save(out / f"per_user_{split}.npy", np.stack([cands.users, *[per_user[k] for k in sorted(per_user)]]))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=float) + "\n")
+    return results
+
+
+def write_samples(path: Path, jobs, replies, parsed, cands, per_user) -> None:
+    lines = []
+    for j, r, p in zip(jobs, replies, parsed):
+        row = j["row"]
+        lines.append(json.dumps({
+            "user": int(cands.users[row]), "round": j["round"], "candidates": j["items"].tolist(),
+            "target": int(cands.targets[row]), "target_position": int(cands.target_pos[row, j["round"]]),
+            "prompt_hash": j["key"], "prompt": j["prompt"], "reply": r.text, "error": r.error,
+            "ranking": [int(j["items"][i]) for i in p.ranking], "parse_status": p.status, "parse_method": p.method,
+            "invalid_entries": p.n_invalid, "duplicates": p.n_duplicates,
+            "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+            "metrics": {k: float(v[row]) for k, v in per_user.items()}}, ensure_ascii=False))
+    atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
