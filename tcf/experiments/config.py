@@ -13,7 +13,7 @@ from tcf.encoders.base import EncoderSpec
 from tcf.errors import ConfigError
 
 HEADS = ("sasrec", "dssm")
-TOWERS = ("id", "frozen", "id+text")
+TOWERS = ("id", "frozen", "id+text", "finetune", "lora")
 LOSSES = ("ce", "inbatch", "bce")
 
 
@@ -27,7 +27,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     head: str = "sasrec"  # sasrec | dssm
-    tower: str = "id"  # id | frozen | id+text
+    tower: str = "id"  # id | frozen | id+text | finetune (top k LM layers trained) | lora (adapters on them)
     dim: int = 64
     n_layers: int = 2  # sasrec blocks
     n_heads: int = 2
@@ -38,6 +38,10 @@ class ModelConfig:
     fusion: str = "add"  # id+text: add | concat
     user_tower: str = "id"  # dssm: id | mean
     mlp_layers: int = 0  # dssm: MLP layers on each tower
+    finetune_layers: int = 2  # finetune / lora: k, the top LM layers run (from cached states entering layer L-k)
+    lora_r: int = 8  # lora: adapter rank
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
 
     def __post_init__(self):
         if self.head not in HEADS:
@@ -60,6 +64,9 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # bf16 autocast where the device supports it (CUDA)
     threads: int = 0  # torch threads on CPU (0 = leave as is)
+    lm_lr: float = 1e-4  # finetune / lora: learning rate of the LM parameters (their own AdamW group)
+    lm_weight_decay: float = 0.01
+    grad_checkpointing: bool = False  # finetune / lora: recompute the LM layers' activations in backward
 
     def __post_init__(self):
         if self.loss not in LOSSES:

@@ -1,4 +1,4 @@
-"""Recommender heads (SASRec, DSSM) over item towers (ID, frozen text, ID + text)."""
+"""Recommender heads (SASRec, DSSM) over item towers (ID, frozen text, ID + text, fine-tuned / LoRA top LM layers)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,19 @@ from tcf.models.towers import FrozenTextTower, FusedTower, IDTower
 
 
 def build_model(cfg, n_items: int, n_users: int, text_vectors: np.ndarray | None = None):
-    """``cfg``: a RunConfig; ``text_vectors``: the cache matrix [N + 1, D] for text towers."""
+    """``cfg``: a RunConfig; ``text_vectors``: the cache matrix [N + 1, D] for text towers, or for ``finetune`` /
+    ``lora`` the token-state cache entry (``tcf.models.lm_tower.token_cache``)."""
     m = cfg.model
     if m.tower in ("frozen", "id+text") and text_vectors is None:
         raise ValueError("a text tower needs the cached text vectors")
     if m.tower == "id":
         tower = IDTower(n_items, m.dim)
+    elif m.tower in ("finetune", "lora"):
+        if text_vectors is None:
+            raise ValueError(f"the {m.tower} tower needs the token-state cache entry")
+        from tcf.models.lm_tower import build_lm_tower
+
+        tower = build_lm_tower(cfg, text_vectors)
     else:
         text = FrozenTextTower(text_vectors, m.dim, m.adapter_layers, m.dropout, m.normalize_text)
         tower = text if m.tower == "frozen" else FusedTower(IDTower(n_items, m.dim), text, m.dim, m.fusion)

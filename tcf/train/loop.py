@@ -24,6 +24,7 @@ from tcf.eval.ranking import evaluate, report
 from tcf.experiments.config import RunConfig, resolved
 from tcf.fsutil import atomic_write_text
 from tcf.models import build_model
+from tcf.models.lm_tower import LM_TOWERS, param_groups, step_items, token_cache
 from tcf.provenance import provenance
 from tcf.train.data import SeqData
 from tcf.train.losses import full_ce, inbatch, sampled_bce
@@ -53,6 +54,8 @@ def text_vectors(cfg: RunConfig, dataset) -> tuple[np.ndarray, dict]:
     from tcf.encoders.cache import CacheError, read_entry
     from tcf.encoders.extract import extract
 
+    if cfg.model.tower in LM_TOWERS:  # the token-state cache entry (hidden states entering layer L-k)
+        return token_cache(cfg, dataset)
     if cfg.cache_path:
         entry = read_entry(Path(cfg.cache_path))
         template = cfg.data.template or dataset.template
@@ -104,7 +107,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     data = SeqData(dataset)
     vectors, text_info = (text_vectors(cfg, dataset) if cfg.model.tower != "id" else (None, {}))
     model = build_model(cfg, data.n_items, data.n_users, vectors).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, cfg.train), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     pop = torch.as_tensor(data.train_counts, dtype=torch.float32, device=device)
     log_pop = torch.log(pop.clamp_min(1) / pop.sum())
     amp = cfg.train.amp and device.type == "cuda"
@@ -141,7 +144,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         losses = []
         for start in range(0, len(perm), cfg.train.batch_size):
             batch = data.train_batch(perm[start:start + cfg.train.batch_size], cfg.model.max_len)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), step_items(model, batch):
                 loss = step_loss(model, batch, cfg, data, log_pop, device)
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, step {start // cfg.train.batch_size + 1}; "
