@@ -41,6 +41,14 @@ def test_axes_times_runs_with_per_run_axes():
     assert len({r.id for r in exp.runs}) == len(exp.runs)
 
 
+def test_a_setting_a_run_fixes_is_not_swept_by_the_top_axis():
+    exp = expand({"name": "q", "axes": {"model.head": ["sasrec", "dssm"], "seed": [0, 1]},
+                  "runs": [{"model.tower": "id"}, {"name": "zs", "model.head": "dssm", "train.lr": 0.01}]})
+    pinned = [r for r in exp.runs if r.name.startswith("zs")]
+    assert [r.name for r in pinned] == ["zs-s0", "zs-s1"] and {r.config.model.head for r in pinned} == {"dssm"}
+    assert len(exp.runs) == 4 + 2
+
+
 def test_run_id_is_a_hash_of_the_settings_not_the_name():
     a = expand({"name": "one", "train": {"lr": 0.01}}).runs[0]
     b = expand({"name": "two", "train": {"lr": 0.01}}).runs[0]

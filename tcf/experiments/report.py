@@ -199,31 +199,78 @@ def answer_scaling(groups: list[Group], s: ReportSettings) -> list[str]:
 
 # ---------------------------------------------------------------- zero-shot
 
-def zeroshot_rows(runs: list[RunResult], s: ReportSettings) -> list[dict]:
-    """One row per zero-shot run: its metrics and those of the baselines it was scored against."""
+def zeroshot_rows(runs: list[RunResult], trained: list[Group], s: ReportSettings) -> list[dict]:
+    """One row per zero-shot run: its metrics, compliance, and the baselines on its own candidate lists
+    (popularity and random from the run; the best trained model of each head, scored here)."""
     rows = []
     for r in runs:
         if r.task != "zeroshot":
             continue
-        res = r.results
-        split = (res.get("metrics") or {}).get(s.split) or {}
-        row = {"run": r, "model": Path(str(r.config.get("zeroshot.model", r.config.get("encoder.model", "?")))).name,
+        split = (r.results.get("metrics") or {}).get(s.split) or {}
+        compliance = split.get("compliance") or {}
+        row = {"run": r, "model": Path(str(r.config.get("zeroshot.model", "?"))).name,
                "protocol": r.config.get("zeroshot.protocol", "?"), "metrics": split.get("metrics", {}),
-               "compliance": _compliance(res, s.split), "baselines": {}}
-        for name, b in ((res.get("baselines") or {}).items()):
-            bm = b.get(s.split, b) if isinstance(b, dict) else {}
-            row["baselines"][name] = bm.get("metrics", bm) if isinstance(bm, dict) else {}
+               "n_users": split.get("n_users"), "compliance": compliance.get("valid"),
+               "partial": compliance.get("partial"), "baselines": {}}
+        for name, b in (split.get("baselines") or {}).items():
+            row["baselines"][name] = b.get("metrics", {}) if isinstance(b, dict) else {}
+        row["baselines"].update(trained_on_candidates(r, trained, s))
         rows.append(row)
     return rows
 
 
-def _compliance(res: dict, split: str) -> float | None:
-    c = res.get("compliance")
-    if isinstance(c, dict):
-        c = c.get(split, c.get("rate"))
-        if isinstance(c, dict):
-            c = c.get("rate")
-    return None if c is None else float(c)
+def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings) -> dict[str, dict]:
+    """The best trained run of each head (same dataset) scored on the zero-shot run's candidate lists."""
+    path = (zs.results.get("candidates") or {}).get("path")
+    fingerprint = (zs.results.get("dataset") or {}).get("fingerprint")
+    if not path or not Path(path).is_file():
+        return {}
+    out = {}
+    for head in sorted({g.first.head for g in trained}):
+        same = [g for g in trained if g.first.head == head
+                and (g.first.results.get("dataset") or {}).get("fingerprint") == fingerprint]
+        best = _best(same, s.metrics[0], s.split)
+        if best is None:
+            continue
+        try:
+            metrics = score_on_candidates(best.first, Path(path), s.split)
+        except Exception as e:  # noqa: BLE001 - a run that cannot be rebuilt is reported, not fatal
+            print(f"tcf report: could not score {best.first.folder} on {path}: {e}")
+            continue
+        out[f"trained {HEAD_NAMES.get(head, head)} ({TOWER_NAMES.get(best.first.tower, best.first.tower)}"
+            + (f", {best.first.encoder})" if best.first.encoder else ")")] = metrics
+    return out
+
+
+def score_on_candidates(run: RunResult, path: Path, split: str) -> dict:
+    """A trained run's best checkpoint ranking each user's zero-shot candidates (first round) -> metric means."""
+    import torch
+
+    from tcf.config import from_dict as build
+    from tcf.data import load_dataset
+    from tcf.eval.metrics import metrics_from_scores
+    from tcf.eval.ranking import score_users
+    from tcf.experiments.config import RunConfig
+    from tcf.models import build_model
+    from tcf.train.data import SeqData
+    from tcf.train.loop import text_vectors
+    from tcf.zeroshot.candidates import Candidates
+
+    cands = Candidates.load(path)
+    cfg = build(RunConfig, run.results["config"])
+    dataset = load_dataset(run.results["dataset"]["path"])
+    data = SeqData(dataset)
+    vectors = text_vectors(cfg, dataset)[0] if cfg.model.tower != "id" else None
+    model = build_model(cfg, data.n_items, data.n_users, vectors)
+    state = torch.load(run.folder / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"], strict=False)
+    model.eval()
+    lists = torch.as_tensor(cands.lists[:, 0, :])
+    with torch.no_grad():
+        scores, _ = score_users(model, data, cands.users, split, max_len=cfg.model.max_len, mask_history=False,
+                                device="cpu")
+    per_user = metrics_from_scores(scores.gather(1, lists), torch.as_tensor(cands.target_pos[:, 0]), ks=(1, 5, 10, 20))
+    return {k: {"mean": float(np.mean(v))} for k, v in per_user.items()}
 
 
 def _mean(m: dict, name: str) -> float | None:
@@ -437,7 +484,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
     runs, failed = load_runs(runs_dir)
     runs = [r for r in runs if out not in r.folder.parents and r.folder != out]
     trained = group_runs([r for r in runs if r.task == "train"])
-    zs = zeroshot_rows(runs, s)
+    zs = zeroshot_rows(runs, trained, s)
     title = s.title or f"{plan.get('name') or runs_dir.name}: {len(runs)} run(s)"
     out.mkdir(parents=True, exist_ok=True)
     figures = {name: fn(data, s, out / f"{name}.png", title) if data else False

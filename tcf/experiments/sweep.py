@@ -10,10 +10,12 @@ An experiment file is a run config (every key of :class:`RunConfig`) plus up to 
       - {model.tower: id}              # an ID run needs no encoder axis ...
       - model.tower: frozen            # ... a text run gets its own axes
         axes: {encoder.model: [minilm-l6, smollm2-135m]}
+      - {name: zs, task: zeroshot, model.head: sasrec}  # a run that fixes a setting is not swept over it
     report: {title: "...", metrics: [ndcg@10, hr@10]}
     description: free text
 
-A plain run config is an experiment of one run.  Each run's id is its readable name plus a
+A run's own settings win over the top-level axes (the axis is dropped for that run); a run
+with a ``name`` is named by it plus its axis values.  A plain run config is an experiment of one run.  Each run's id is its readable name plus a
 short hash of its resolved config (name excluded), so the same settings always land in the
 same folder and a restarted sweep finds what it already did.
 """
@@ -129,8 +131,10 @@ def expand(data: dict, *, where: str = "experiment", overrides: list[str] | None
         if not isinstance(entry, dict):
             raise ConfigError(f"{at}: expected a mapping of settings, got {entry!r}")
         entry = dict(entry)
-        axes = top_axes + _axes(entry.pop("axes", None), f"{at}.axes")
+        own_axes = _axes(entry.pop("axes", None), f"{at}.axes")
         fixed = flatten(nest(entry, at))
+        # a setting the run fixes (or gives its own axis) is not swept by the top-level axis of that name
+        axes = [(k, v) for k, v in top_axes if k not in fixed and k not in dict(own_axes)] + own_axes
         for values in itertools.product(*[v for _, v in axes]):
             point = dict(zip([k for k, _ in axes], values))
             run = _make_run(base, fixed, point, base_name, f"{at}" + (f" {point}" if point else ""))
@@ -143,7 +147,8 @@ def expand(data: dict, *, where: str = "experiment", overrides: list[str] | None
 
 def _make_run(base: dict, fixed: dict, point: dict, base_name: str, where: str) -> Run:
     sets = {**fixed, **point}
-    parts = [str(sets.get("name") or base_name)] + [_label(k, v) for k, v in sets.items() if k != "name"]
+    labelled = point if "name" in fixed else {k: v for k, v in sets.items() if k != "name"}
+    parts = [str(sets.get("name") or base_name)] + [_label(k, v) for k, v in labelled.items()]
     name = "-".join(parts)[:80]
     merged = merge(base, nest({**sets, "name": name}, where))
     try:
