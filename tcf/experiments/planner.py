@@ -1,0 +1,689 @@
+"""The scale planner: what a model costs and which loading strategy a run needs, before any weight is read.
+
+The model's real config is instantiated on PyTorch's ``meta`` device (tensors with a
+shape and no storage), so the parameter count is exact and instant even for
+OPT-175B.  What is exact and what is estimated is kept apart in every plan:
+
+* exact: parameters (total, per block, above layer L-k, loaded by layer-range loading),
+  weight bytes of every precision (bitsandbytes int8 / nf4 layouts included), and the
+  cache files on disk (``np.save`` headers included);
+* estimated: activation memory (closed forms, documented where they are computed),
+  usable memory per device (fixed reserves), FLOPs and time at an assumed throughput.
+
+The OPT family is known offline by hub name: its configs are built from the OPT paper
+(Zhang et al. 2022, Table 1: layers, heads, d_model; ffn = 4 d_model, vocab 50272,
+2048 positions) with the two quirks of the released OPT-350m checkpoint (512-d token
+embeddings projected to 1024, and post-layer-norm blocks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from tcf.errors import ConfigError, TcfError
+
+GiB = 1024**3
+
+# OPT paper, Table 1: size -> (layers, heads, d_model)
+OPT_ARCH = {"125m": (12, 12, 768), "350m": (24, 16, 1024), "1.3b": (24, 32, 2048), "2.7b": (32, 32, 2560),
+            "6.7b": (32, 32, 4096), "13b": (40, 40, 5120), "30b": (48, 56, 7168), "66b": (64, 72, 9216),
+            "175b": (96, 96, 12288)}
+# the sizes the paper names the models by (rounded, as in GPT-3's Table 2.1)
+OPT_PUBLISHED = {"125m": 125e6, "350m": 350e6, "1.3b": 1.3e9, "2.7b": 2.7e9, "6.7b": 6.7e9, "13b": 13e9,
+                 "30b": 30e9, "66b": 66e9, "175b": 175e9}
+_OPT_NAME = re.compile(r"^(?:facebook/)?opt-([0-9.]+[mb])$", re.IGNORECASE)
+
+# Reserves (assumptions, not measurements): CUDA context and kernels take about 1 GiB of
+# every GPU and the caching allocator fragments ~10%; the OS and the process need some RAM.
+GPU_RESERVE_BYTES, GPU_USABLE_FRACTION = 1 * GiB, 0.90
+CPU_RESERVE_BYTES, CPU_USABLE_FRACTION = 2 * GiB, 0.90
+ADAMW_BYTES_PER_PARAM = 16  # weights 4 + grads 4 + AdamW m 4 + v 4 (fp32 or bf16 mixed precision alike)
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+DEFAULT_TFLOPS = {"gpu": 100.0, "cpu": 0.15}  # effective, per device; the CPU figure is benchmarks/README.md's
+HOST_TO_GPU_BYTES_PER_S = 25e9  # PCIe 4.0 x16 in practice: what CPU-offloaded weights stream through
+
+
+# ---------------------------------------------------------------- hardware
+
+@dataclass(frozen=True)
+class Hardware:
+    n_gpus: int
+    gpu_bytes: int  # per GPU
+    cpu_bytes: int
+
+    @property
+    def gpu_usable(self) -> int:
+        return max(0, int(self.gpu_bytes * GPU_USABLE_FRACTION) - GPU_RESERVE_BYTES)
+
+    @property
+    def cpu_usable(self) -> int:
+        return max(0, int(self.cpu_bytes * CPU_USABLE_FRACTION) - CPU_RESERVE_BYTES)
+
+    def describe(self) -> str:
+        gpus = f"{self.n_gpus} x {self.gpu_bytes / GiB:g} GiB GPU" if self.n_gpus else "no GPU"
+        return f"{gpus}, {self.cpu_bytes / GiB:g} GiB CPU memory"
+
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(t|tb|tib|g|gb|gib|m|mb|mib)?\s*$", re.IGNORECASE)
+
+
+def parse_bytes(text: str, what: str) -> int:
+    """'80GB' / '80GiB' / '0.5TB' -> bytes.  Sizes are binary: an '80GB' card holds ~80 GiB."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise ConfigError(f"{what}: cannot read {text!r} as a size (e.g. 80GB, 512GB, 1TB)")
+    unit = (m.group(2) or "g").lower()[0]
+    return int(float(m.group(1)) * {"m": 1024**2, "g": GiB, "t": 1024**4}[unit])
+
+
+def parse_gpus(text: str) -> tuple[int, int]:
+    """'8x80GB' -> (8, bytes per GPU); '80GB' is one GPU; '0', 'none' or 'cpu' is none."""
+    t = str(text).strip().lower()
+    if t in ("0", "none", "cpu", ""):
+        return 0, 0
+    n, sep, size = t.partition("x")
+    if not sep:
+        if not _SIZE.match(t):
+            raise ConfigError(f"--gpus: cannot read {text!r}; write COUNTxSIZE, e.g. 8x80GB, or 0 for CPU only")
+        n, size = "1", t
+    if not n.strip().isdigit():
+        raise ConfigError(f"--gpus: cannot read {text!r}; write COUNTxSIZE, e.g. 8x80GB, or 0 for CPU only")
+    count = int(n)
+    return count, (parse_bytes(size, "--gpus") if count else 0)
+
+
+def hardware(gpus: str, cpu_mem: str) -> Hardware:
+    n, per = parse_gpus(gpus)
+    return Hardware(n, per, parse_bytes(cpu_mem, "--cpu-mem"))
+
+
+# ---------------------------------------------------------------- configs
+
+def opt_config(size: str):
+    """The OPTConfig of a released OPT model, from the paper's architecture table (no download)."""
+    from transformers import OPTConfig
+
+    layers, heads, d = OPT_ARCH[size]
+    quirk = size == "350m"  # the released 350m: 512-d embeddings with in/out projections, post-LN blocks
+    return OPTConfig(hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads, ffn_dim=4 * d,
+                     vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=512 if quirk else d,
+                     do_layer_norm_before=not quirk, pad_token_id=1, bos_token_id=2, eos_token_id=2)
+
+
+def opt_size(name: str) -> str | None:
+    """'facebook/opt-66b' / 'opt-66b' -> '66b'; None for other names; an OPT size that does not exist is refused."""
+    m = _OPT_NAME.match(name.strip())
+    if not m:
+        return None
+    size = m.group(1).lower()
+    if size not in OPT_ARCH:
+        raise ConfigError(f"--model {name}: the OPT family has the sizes {', '.join(OPT_ARCH)} (OPT paper, Table 1)")
+    return size
+
+
+def load_config(model: str):
+    """A model name / folder / config.json -> (config, where it came from).  Reads no weights."""
+    from tcf.encoders import zoo
+
+    size = opt_size(model)
+    if size:
+        return opt_config(size), f"OPT paper Table 1 (built in; {model} needs no download)"
+    path = Path(model).expanduser()
+    if model in zoo.ZOO or path.suffix == ".gguf":
+        from tcf.encoders.base import EncoderSpec
+        from tcf.encoders.hf import resolve_model
+
+        folder, identity = resolve_model(EncoderSpec(model=model))  # GGUF: converted once, as extraction does
+        return _read_config(Path(folder) / "config.json", model), f"{identity} ({folder})"
+    if path.exists() or model.startswith((".", "/", "~")):
+        file = path / "config.json" if path.is_dir() else path
+        if not file.is_file():
+            raise TcfError(f"{path}: no config.json there; {_MODEL_HELP}")
+        return _read_config(file, model), str(path)
+    return _hub_config(model), f"{model} (Hugging Face hub or its local cache)"
+
+
+_MODEL_HELP = ("--model takes an OPT hub name (facebook/opt-125m ... facebook/opt-175b), a zoo name (tcf extract "
+               "--list-models), a model folder, a config.json or a .gguf file")
+
+
+def _read_config(file: Path | str, model: str, **kw):
+    from transformers import AutoConfig
+
+    from tcf.encoders.hf import quiet_transformers
+
+    try:
+        with quiet_transformers():
+            return AutoConfig.from_pretrained(str(file), **kw)
+    except (OSError, ValueError, KeyError) as e:
+        raise TcfError(f"cannot read the config of {model!r} ({file}): {str(e).splitlines()[0].rstrip('.')}. "
+                       f"{_MODEL_HELP}") from None
+
+
+def _hub_config(name: str):
+    """A hub name's config: from the local Hugging Face cache, else from the hub unless it is offline."""
+    from huggingface_hub import constants
+
+    try:
+        return _read_config(name, name, local_files_only=True)
+    except TcfError:
+        if constants.HF_HUB_OFFLINE:
+            raise TcfError(f"{name}: not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE); "
+                           f"{_MODEL_HELP}") from None
+    return _read_config(name, name)
+
+
+# ---------------------------------------------------------------- the model, measured on the meta device
+
+@dataclass(frozen=True)
+class Arch:
+    """What the plan needs from a model, counted on its meta-device instance."""
+
+    n_params: int
+    n_layers: int
+    hidden: int  # width of the hidden states (token cache rows)
+    out_dim: int  # width of the final output (pooled vectors; OPT-350m projects to 512)
+    ffn: int
+    heads: int
+    block_params: tuple[int, ...]  # per transformer block, bottom to top
+    top_extra_params: int  # above the last block: final norm, output projection
+    linear_weights: int  # elements of nn.Linear / Conv1D weight matrices (what bitsandbytes quantizes)
+    linear_rows: int  # their output rows (int8 keeps one fp32 scale per row)
+    model_class: str
+
+    @property
+    def embedding_params(self) -> int:
+        return self.n_params - sum(self.block_params) - self.top_extra_params
+
+    def top_params(self, k: int) -> int:
+        """Trainable parameters of a top-k fine-tuned tower: the last k blocks and what sits above them."""
+        return sum(self.block_params[self.n_layers - k:]) + self.top_extra_params
+
+
+def meta_model(config):
+    """Instantiate ``AutoModel`` for ``config`` with no storage (the class extraction loads)."""
+    import torch
+    from transformers import AutoModel
+
+    from tcf.encoders.hf import quiet_transformers
+
+    with torch.device("meta"), quiet_transformers():
+        return AutoModel.from_config(config)
+
+
+def count_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _blocks(model, n_layers: int):
+    """The ModuleList holding the transformer blocks: the largest list of ``n_layers`` modules."""
+    import torch
+
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers]
+    if not lists:
+        raise TcfError(f"{type(model).__name__}: no list of {n_layers} blocks found; cannot plan per layer")
+    return max(lists, key=count_params)
+
+
+def _top_extra(model) -> int:
+    from tcf.encoders.hf import FINAL_NORMS
+
+    total = 0
+    for owner in (model, getattr(model, "decoder", None), getattr(model, "model", None)):
+        for attr in (*FINAL_NORMS, "project_out"):
+            mod = getattr(owner, attr, None) if owner is not None else None
+            if mod is not None and hasattr(mod, "parameters"):
+                total += count_params(mod)
+    return total
+
+
+def measure(config, keep: int | None = None) -> Arch:
+    """Count everything the plan needs on a meta-device instance of ``config`` (exact, no memory).
+
+    With ``keep``, the model layer-range loading builds for hidden states at layer ``keep``:
+    the first ``keep`` blocks and no final norm / output projection, made exactly as the hf
+    backend makes it (config cut, final norm dropped), so the counts match what it loads.
+    """
+    import copy
+
+    from tcf.encoders.hf import drop_final_norm, text_config, truncate_config
+
+    if keep is not None:
+        config = copy.deepcopy(config)
+        truncate_config(config, keep)
+    model = meta_model(config)
+    if keep is not None:
+        drop_final_norm(model)
+    tc = text_config(config)
+    n_layers = int(tc.num_hidden_layers)
+    blocks = _blocks(model, n_layers) if n_layers else []
+    hidden = int(tc.hidden_size)
+    project_out = getattr(getattr(model, "decoder", None), "project_out", None)
+    linear_weights, linear_rows = _linears(model)
+    ffn = next((int(v) for v in (getattr(tc, a, None) for a in ("intermediate_size", "ffn_dim", "n_inner")) if v),
+               4 * hidden)
+    return Arch(n_params=count_params(model), n_layers=n_layers, hidden=hidden,
+                out_dim=int(project_out.out_features) if project_out is not None else hidden, ffn=ffn,
+                heads=int(tc.num_attention_heads), block_params=tuple(count_params(b) for b in blocks),
+                top_extra_params=_top_extra(model), linear_weights=linear_weights, linear_rows=linear_rows,
+                model_class=type(model).__name__)
+
+
+def _linears(model) -> tuple[int, int]:
+    """(weight elements, output rows) of the layers bitsandbytes replaces: nn.Linear and GPT-2's Conv1D."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    weights = rows = 0
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Linear, Conv1D)):
+            weights += m.weight.numel()
+            rows += m.weight.shape[0] if isinstance(m, torch.nn.Linear) else m.weight.shape[1]
+    return weights, rows
+
+
+# ---------------------------------------------------------------- bytes: weights, cache files
+
+def weight_bytes(arch: Arch, precision: str, dtype: str = "bf16") -> int:
+    """Bytes of the weight tensors (exact; allocator padding excluded).
+
+    int8 (bitsandbytes LLM.int8): Linear weights 1 byte each + one fp32 scale per output row.
+    int4 (nf4, no double quantization, as the hf backend loads it): 0.5 byte + one fp32 absmax per
+    64 weights.  Everything else (embeddings, norms, biases) stays in ``dtype``.
+    """
+    if precision in DTYPE_BYTES:
+        return arch.n_params * DTYPE_BYTES[precision]
+    rest = (arch.n_params - arch.linear_weights) * DTYPE_BYTES[dtype]
+    if precision == "int8":
+        return arch.linear_weights + 4 * arch.linear_rows + rest
+    if precision == "int4":
+        return arch.linear_weights // 2 + 4 * -(-arch.linear_weights // 64) + rest
+    raise ConfigError(f"precision must be one of fp32, bf16, fp16, int8, int4, got {precision!r}")
+
+
+def npy_bytes(shape: tuple[int, ...], dtype: str) -> int:
+    """Size of the file ``np.save`` writes for an array of ``shape`` and ``dtype`` (header included)."""
+    import numpy as np
+
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    n = 1
+    for s in shape:
+        n *= s
+    return len(buf.getvalue()) + n * np.dtype(dtype).itemsize
+
+
+def cache_files(n_items: int, tokens: int, out_dim: int, hidden: int) -> dict:
+    """The cache entry files for a dataset of ``n_items`` (row 0 is the padding item), exactly."""
+    rows = n_items + 1
+    pooled = {"vectors.npy": npy_bytes((rows, out_dim), "float32")}
+    states = {"states.npy": npy_bytes((rows, tokens, hidden), "float16"), "mask.npy": npy_bytes((rows, tokens), "int8")}
+    return {"pooled": {"files": pooled, "bytes": sum(pooled.values()), "storage": "fp32", "shape": [rows, out_dim]},
+            "tokens": {"files": states, "bytes": sum(states.values()), "storage": "fp16",
+                       "shape": [rows, tokens, hidden]}}
+
+
+# ---------------------------------------------------------------- activations (estimates)
+
+def inference_activation_bytes(arch: Arch, batch: int, tokens: int, act_bytes: int) -> int:
+    """Peak transient memory of one forward batch without autograd (ESTIMATE).
+
+    One block is alive at a time: residual and normed input (2d), q, k, v and attention
+    output (4d), the MLP's hidden and activated states (2 ffn) per token, plus eager
+    attention's scores and probabilities (2 x heads x T^2 per text; sdpa / flash attention
+    do not materialise them), plus the fp32 copy of the output handed back.
+    """
+    bt = batch * tokens
+    return act_bytes * (bt * (6 * arch.hidden + 2 * arch.ffn) + 2 * batch * arch.heads * tokens**2) + bt * arch.hidden * 4
+
+
+def training_layer_activation_bytes(arch: Arch, batch: int, tokens: int) -> int:
+    """Activations autograd keeps for one block in 16-bit training (ESTIMATE, an upper bound).
+
+    Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
+    Models", eq. 1): s b h (34 + 5 a s / h) bytes, with dropout masks and eager attention;
+    written here with the MLP width as a parameter: s b (18 d + 4 ffn) + 5 a s^2 b.
+    tests/test_planner.py measures what autograd really saves for OPT blocks (0.66-0.93x of it).
+    """
+    sb = batch * tokens
+    return sb * (18 * arch.hidden + 4 * arch.ffn) + 5 * arch.heads * tokens * sb
+
+
+def finetune_bytes(arch: Arch, k: int, batch: int, tokens: int, checkpointing: bool) -> dict:
+    """Memory of training the top ``k`` blocks on cached layer L-k states (the lower blocks never run)."""
+    params = arch.top_params(k)
+    layer = training_layer_activation_bytes(arch, batch, tokens)
+    if checkpointing:  # block inputs kept (2 bytes each) and one block recomputed at a time during backward
+        acts = (k + 1) * 2 * batch * tokens * arch.hidden + layer
+    else:
+        acts = k * layer
+    return {"trainable_params": params, "weights_grads_adamw": params * ADAMW_BYTES_PER_PARAM, "activations": acts,
+            "total": params * ADAMW_BYTES_PER_PARAM + acts}
+
+
+def flops_per_token(arch: Arch, tokens: int, n_params: int | None = None) -> int:
+    """Forward FLOPs per token (ESTIMATE): 2 x non-embedding parameters + attention (2 x 2 x L x T x d)."""
+    n = (n_params if n_params is not None else arch.n_params) - arch.embedding_params
+    return 2 * n + 4 * len(arch.block_params) * tokens * arch.hidden
+
+
+# ---------------------------------------------------------------- strategies
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    per_gpu: int  # bytes needed on each GPU (0 = CPU only)
+    cpu: int  # bytes needed in CPU memory
+    gpus: int  # GPUs used
+    note: str
+    flags: str  # tcf extract flags that select it
+    launcher: str = ""  # prefix: torchrun / env
+    parallel: int = 1  # devices working at once (data or tensor parallel); sharding by layers works one at a time
+
+
+def extraction_options(arch: Arch, hw: Hardware, job: dict, dtype: str) -> list[Option]:
+    """Every way to run one extraction job, in the order tcf prefers them (same vectors first)."""
+    B, T, n = job["batch"], job["tokens"], hw.n_gpus
+    act16 = inference_activation_bytes(arch, B, T, 2)
+    w = {p: weight_bytes(arch, p, dtype) for p in ("fp32", dtype, "int8", "int4")}
+    if n == 0:
+        act32 = inference_activation_bytes(arch, B, T, 4)
+        return [Option("fp32 on CPU", 0, w["fp32"] + act32, 0, "fastest precision on CPU (bf16 and "
+                       "bitsandbytes were slower on the 2-core machine, benchmarks/README.md)", "--dtype fp32 --device cpu"),
+                Option(f"{dtype} on CPU", 0, w[dtype] + act16, 0, "half the memory of fp32",
+                       f"--dtype {dtype} --device cpu"),
+                Option("int8 on CPU", 0, w["int8"] + act16, 0, "bitsandbytes; vectors change (benchmarks/README.md)",
+                       f"--dtype {dtype} --quantization int8 --device cpu"),
+                Option("int4 on CPU", 0, w["int4"] + act16, 0, "bitsandbytes nf4; vectors change most",
+                       f"--dtype {dtype} --quantization int4 --device cpu")]
+    tp = _tensor_parallel(arch, hw, w[dtype], act16)
+    per_block = max(arch.block_params, default=0) * DTYPE_BYTES[dtype]
+    embed = arch.embedding_params * DTYPE_BYTES[dtype]
+    dp = f"torchrun --nproc-per-node {n} -m tcf.cli" if n > 1 else ""
+    # GPU options read the checkpoint shard by shard straight to the GPUs: little CPU memory
+    opts = [Option(f"{dtype} on one GPU" + (f", data parallel over {n}" if n > 1 else ""), w[dtype] + act16,
+                   0, n, "every GPU holds the whole model; items are split across processes",
+                   f"--dtype {dtype}", dp, max(n, 1))]
+    if job["kind"] == "pooled" and tp:
+        opts.append(Option(f"vLLM tensor parallel {tp}", -(-w[dtype] // tp) + act16, 0, tp,
+                           "final-layer pooled vectors only", f"--backend vllm --dtype {dtype}",
+                           f"TCF_VLLM_TP={tp}", tp))
+    if n > 1:
+        opts.append(Option(f"{dtype}, device_map sharding over {n}", -(-w[dtype] // n) + act16, 0, n,
+                           "accelerate splits the blocks across GPUs; one GPU works at a time",
+                           f"--dtype {dtype} --device-map auto"))
+    for q in ("int8", "int4"):
+        opts.append(Option(f"{q} on one GPU", w[q] + act16, 0, 1, "bitsandbytes; vectors change "
+                           "(benchmarks/README.md measures by how much)", f"--dtype {dtype} --quantization {q}"))
+        if n > 1:
+            opts.append(Option(f"{q}, device_map sharding over {n}", -(-w[q] // n) + act16, 0, n,
+                               "bitsandbytes; vectors change", f"--dtype {dtype} --quantization {q} --device-map auto"))
+    opts.append(Option(f"DeepSpeed ZeRO-3, CPU offload, {n} GPU(s)", max(2 * per_block, embed) + act16, w[dtype], n,
+                       "weights live in CPU memory and stream through the GPUs layer by layer (slow: PCIe-bound); "
+                       "every process runs every item", f"--backend deepspeed --dtype {dtype} --set zero_stage=3 "
+                       "offload=true", f"torchrun --nproc-per-node {n} -m tcf.cli"))
+    return opts
+
+
+def _tensor_parallel(arch: Arch, hw: Hardware, weights: int, act: int) -> int | None:
+    """The smallest power-of-two tensor-parallel size (dividing the heads) whose weight slice fits a GPU."""
+    tp = 1
+    while tp <= hw.n_gpus:
+        if arch.heads % tp == 0 and -(-weights // tp) + act <= hw.gpu_usable:
+            return tp
+        tp *= 2
+    return None
+
+
+def fits(opt: Option, hw: Hardware) -> bool:
+    return opt.per_gpu <= hw.gpu_usable and opt.cpu <= hw.cpu_usable and opt.gpus <= max(hw.n_gpus, 0)
+
+
+def finetune_options(arch: Arch, hw: Hardware, job: dict) -> list[dict]:
+    """Top-k fine-tuning on the layer L-k cache: one device, checkpointing, or ZeRO-3 (with offload)."""
+    k, B, T, n = job["k"], job["batch"], job["tokens"], hw.n_gpus
+    plain, ckpt = (finetune_bytes(arch, k, B, T, c) for c in (False, True))
+    states = plain["weights_grads_adamw"]
+    opts = []
+    where = "GPU" if n else "CPU"
+    for label, need in (("", plain), (" with gradient checkpointing", ckpt)):
+        opt = Option(f"one {where}{label}", need["total"] if n else 0, 0 if n else need["total"], min(n, 1),
+                     "", "")
+        opts.append({"option": opt, "deepspeed": None})
+    if n > 1:
+        shard = states // n + ckpt["activations"]
+        opts.append({"option": Option(f"DeepSpeed ZeRO-3 over {n} GPUs, gradient checkpointing", shard, 0, n,
+                                      "weights, gradients and AdamW states partitioned", ""),
+                     "deepspeed": train_deepspeed_config(job, offload=False)})
+    if n:
+        per_gpu = ckpt["activations"] + 2 * max(arch.block_params[arch.n_layers - k:], default=0) * 2
+        opts.append({"option": Option(f"DeepSpeed ZeRO-3 over {n} GPU(s), optimizer and weights offloaded to CPU",
+                                      per_gpu, states, n, "AdamW steps run on the CPU (slow)", ""),
+                     "deepspeed": train_deepspeed_config(job, offload=True)})
+    return opts
+
+
+def train_deepspeed_config(job: dict, *, offload: bool) -> dict:
+    """The DeepSpeed config a ZeRO-3 top-k fine-tuning run would use."""
+    zero = {"stage": 3, "overlap_comm": True, "contiguous_gradients": True,
+            "stage3_gather_16bit_weights_on_model_save": True}
+    if offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {"train_micro_batch_size_per_gpu": job["batch"], "gradient_accumulation_steps": 1,
+            "gradient_clipping": 1.0, "bf16": {"enabled": True}, "zero_optimization": zero,
+            "activation_checkpointing": {"partition_activations": False, "contiguous_memory_optimization": False},
+            "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "weight_decay": 0.0}}}
+
+
+# ---------------------------------------------------------------- the plan
+
+def plan(model: str, hw: Hardware, *, items: int | None = None, tokens: int = 64, batch: int = 64,
+         finetune_layers: int = 2, dtype: str = "bf16", dataset: str | None = None,
+         tflops: float | None = None) -> dict:
+    """Everything ``tcf plan`` reports, as one JSON-ready dict (exact and estimated numbers marked)."""
+    if dtype not in DTYPE_BYTES:
+        raise ConfigError(f"--dtype must be one of {list(DTYPE_BYTES)}, got {dtype!r}")
+    if tokens < 1 or batch < 1:
+        raise ConfigError("--tokens and --batch must be >= 1")
+    if dataset is not None:
+        items = _dataset_items(dataset)
+    config, source = load_config(model)
+    arch = measure(config)
+    k = finetune_layers
+    if not 0 <= k <= arch.n_layers:
+        raise ConfigError(f"--finetune-layers {k} is outside 0..{arch.n_layers} for {model} ({arch.n_layers} blocks)")
+    cut = measure(config, keep=arch.n_layers - k) if k else arch
+    out = {"model": model, "source": source, "model_class": arch.model_class, "hardware": dataclasses.asdict(hw),
+           "hardware_text": hw.describe(), "settings": {"items": items, "tokens": tokens, "batch": batch,
+                                                        "finetune_layers": k, "dtype": dtype},
+           "parameters": _parameters(arch, cut, k), "weights": _weights(arch, cut, dtype),
+           "activations": _activations(arch, batch, tokens, k, dtype)}
+    out["cache"] = _cache(arch, items, tokens, k)
+    jobs = [{"name": "extract pooled vectors (final layer)", "kind": "pooled", "arch": arch,
+             "flags": f"--kind pooled --max-tokens {tokens} --batch-size {batch}"}]
+    if k:
+        jobs.append({"name": f"extract layer {arch.n_layers - k} token states (for top-{k} fine-tuning)",
+                     "kind": "tokens", "arch": cut,
+                     "flags": f"--kind tokens --layer {arch.n_layers - k} --max-tokens {tokens} --batch-size {batch}"})
+    out["extraction"] = [_extraction_plan(j, hw, dtype, model, dataset, items, tokens, batch, tflops) for j in jobs]
+    out["finetune"] = _finetune_plan(arch, hw, k, batch, tokens) if k else None
+    return out
+
+
+def _dataset_items(path: str) -> int:
+    from tcf.data import load_dataset
+
+    return load_dataset(path, verify=False).n_items
+
+
+def _parameters(arch: Arch, cut: Arch, k: int) -> dict:
+    return {"exact": True, "total": arch.n_params, "embeddings_and_other": arch.embedding_params,
+            "blocks": arch.n_layers, "per_block": max(arch.block_params, default=0), "top_k_trainable": arch.top_params(k) if k
+            else 0, "layer_range_loaded": cut.n_params, "hidden": arch.hidden, "pooled_dim": arch.out_dim,
+            "ffn": arch.ffn, "heads": arch.heads}
+
+
+def _weights(arch: Arch, cut: Arch, dtype: str) -> dict:
+    precisions = ("fp32", "bf16", "int8", "int4")
+    return {"exact": True, "note": "tensor bytes; CUDA context and allocator padding not included",
+            "full": {p: weight_bytes(arch, p, dtype) for p in precisions},
+            "layer_range": {p: weight_bytes(cut, p, dtype) for p in precisions}}
+
+
+def _activations(arch: Arch, batch: int, tokens: int, k: int, dtype: str) -> dict:
+    out = {"exact": False, "note": "closed-form estimates (see tcf/experiments/planner.py); eager attention, "
+           "an upper bound for sdpa / flash attention",
+           "extraction": inference_activation_bytes(arch, batch, tokens, DTYPE_BYTES[dtype])}
+    if k:
+        out["finetune"] = finetune_bytes(arch, k, batch, tokens, False)
+        out["finetune_checkpointing"] = finetune_bytes(arch, k, batch, tokens, True)
+    return out
+
+
+def _cache(arch: Arch, items: int | None, tokens: int, k: int) -> dict:
+    per_item = cache_files(1, tokens, arch.out_dim, arch.hidden)
+    out = {"exact": True, "note": "bytes of the .npy files (row 0 = padding item); manifest.json not included",
+           "per_item": {kind: v["bytes"] - cache_files(0, tokens, arch.out_dim, arch.hidden)[kind]["bytes"]
+                        for kind, v in per_item.items()}}
+    if items is not None:
+        files = cache_files(items, tokens, arch.out_dim, arch.hidden)
+        out["pooled"] = files["pooled"]
+        if k:
+            out["tokens"] = {**files["tokens"], "layer": arch.n_layers - k}
+    return out
+
+
+def _extraction_plan(job: dict, hw: Hardware, dtype: str, model: str, dataset: str | None, items: int | None,
+                     tokens: int, batch: int, tflops: float | None) -> dict:
+    arch = job["arch"]
+    opts = extraction_options(arch, hw, {"kind": job["kind"], "batch": batch, "tokens": tokens}, dtype)
+    chosen = next((o for o in opts if fits(o, hw)), None)
+    out = {"job": job["name"], "loaded_parameters": arch.n_params,
+           "options": [{"name": o.name, "per_gpu_bytes": o.per_gpu, "cpu_bytes": o.cpu, "gpus": o.gpus,
+                        "fits": fits(o, hw), "note": o.note} for o in opts],
+           "chosen": chosen.name if chosen else None}
+    if chosen is None:
+        short = min(opts, key=lambda o: max(o.per_gpu - hw.gpu_usable, o.cpu - hw.cpu_usable))
+        out["why_not"] = (f"nothing fits {hw.describe()}; closest: {short.name} needs "
+                          f"{_gib(short.per_gpu)} per GPU and {_gib(short.cpu)} CPU memory")
+        return out
+    ds = dataset or "DATASET"
+    cmd = f"tcf extract --dataset {ds} --model {model} {job['flags']} {chosen.flags}"
+    if chosen.launcher.endswith("tcf.cli"):
+        cmd = f"{chosen.launcher} {cmd[len('tcf '):]}"
+    elif chosen.launcher:
+        cmd = f"{chosen.launcher} {cmd}"
+    out["command"] = cmd
+    if "deepspeed" in chosen.flags:
+        from tcf.encoders.ds import zero3_config
+
+        out["deepspeed_config"] = zero3_config(offload=True)
+        out["deepspeed_note"] = "built by the deepspeed backend itself from zero_stage / offload (tcf/encoders/ds.py)"
+    if items is not None:
+        n_tok = items * tokens
+        flops = flops_per_token(arch, tokens) * n_tok
+        devices = chosen.parallel
+        rate = (tflops or DEFAULT_TFLOPS["gpu" if hw.n_gpus else "cpu"]) * 1e12 * devices
+        seconds = flops / rate
+        if "offload" in chosen.flags:  # every batch streams all weights from CPU memory
+            seconds = max(seconds, -(-items // batch) * weight_bytes(arch, dtype) / HOST_TO_GPU_BYTES_PER_S)
+        out["time"] = {"exact": False, "flops": flops, "tokens_upper_bound": n_tok, "tflops_per_device": rate / 1e12
+                       / devices, "devices_working": devices, "seconds": seconds,
+                       "offload_bound": "offload" in chosen.flags}
+    return out
+
+
+def _finetune_plan(arch: Arch, hw: Hardware, k: int, batch: int, tokens: int) -> dict:
+    job = {"k": k, "batch": batch, "tokens": tokens}
+    opts = finetune_options(arch, hw, job)
+    chosen = next((o for o in opts if fits(o["option"], hw)), None)
+    out = {"job": f"fine-tune the top {k} of {arch.n_layers} blocks on the layer {arch.n_layers - k} cache "
+                  f"({batch} item texts x {tokens} tokens per step)",
+           "options": [{"name": o["option"].name, "per_gpu_bytes": o["option"].per_gpu, "cpu_bytes": o["option"].cpu,
+                        "fits": fits(o["option"], hw), "note": o["option"].note} for o in opts],
+           "chosen": chosen["option"].name if chosen else None,
+           "note": "the recommender head (SASRec / DSSM) adds little and is not counted; tcf train does not take "
+                   "a DeepSpeed config yet, so ZeRO-3 rows say what such a run needs"}
+    if chosen and chosen["deepspeed"]:
+        out["deepspeed_config"] = chosen["deepspeed"]
+        out["command"] = f"deepspeed --num_gpus {hw.n_gpus} -m tcf.cli train --config CONFIG (DeepSpeed config above)"
+    if chosen is None:
+        out["why_not"] = f"the top {k} blocks cannot be trained on {hw.describe()}; lower --finetune-layers or --batch"
+    return out
+
+
+# ---------------------------------------------------------------- text
+
+def _gib(n: int | float) -> str:
+    if n >= 1024 * GiB:
+        return f"{n / 1024**4:,.2f} TiB"
+    if n >= GiB:
+        return f"{n / GiB:,.2f} GiB"
+    return f"{n / 1024**2:,.1f} MiB"
+
+
+def render(p: dict) -> str:
+    """The plan as text for a terminal."""
+    s, par, w, a = p["settings"], p["parameters"], p["weights"], p["activations"]
+    lines = [f"model      {p['model']}  [{p['model_class']}; config from {p['source']}]",
+             f"hardware   {p['hardware_text']}",
+             f"parameters {par['total']:,} (exact, meta device): {par['blocks']} blocks x {par['per_block']:,}, "
+             f"embeddings and other {par['embeddings_and_other']:,}; hidden {par['hidden']}, ffn {par['ffn']}, "
+             f"heads {par['heads']}",
+             "weights    (exact tensor bytes) " + ", ".join(f"{k} {_gib(v)}" for k, v in w["full"].items())]
+    if s["finetune_layers"]:
+        k = s["finetune_layers"]
+        lines.append(f"           layer-range loading of the first {par['blocks'] - k} blocks: "
+                     f"{par['layer_range_loaded']:,} parameters, " +
+                     ", ".join(f"{q} {_gib(v)}" for q, v in w["layer_range"].items()))
+    lines.append(f"activations (estimate) extraction, {s['batch']} texts x {s['tokens']} tokens in {s['dtype']}: "
+                 f"{_gib(a['extraction'])}")
+    if s["finetune_layers"]:
+        f0, f1 = a["finetune"], a["finetune_checkpointing"]
+        lines.append(f"           top-{s['finetune_layers']} fine-tuning: {f0['trainable_params']:,} trainable "
+                     f"parameters, weights+grads+AdamW {_gib(f0['weights_grads_adamw'])} (exact), activations "
+                     f"{_gib(f0['activations'])} ({_gib(f1['activations'])} with gradient checkpointing)")
+    c = p["cache"]
+    if "pooled" in c:
+        lines.append(f"cache      (exact) pooled {c['pooled']['shape']} fp32: {_gib(c['pooled']['bytes'])}")
+        if "tokens" in c:
+            t = c["tokens"]
+            lines.append(f"           layer {t['layer']} token states {t['shape']} fp16 + mask: {_gib(t['bytes'])}")
+    else:
+        lines.append(f"cache      (exact) per item: pooled {c['per_item']['pooled']:,} B, token states "
+                     f"{c['per_item']['tokens']:,} B (give --items or --dataset for totals)")
+    for e in p["extraction"]:
+        lines += _render_job(e)
+    if p["finetune"]:
+        lines += _render_job(p["finetune"])
+    return "\n".join(lines)
+
+
+def _render_job(e: dict) -> list[str]:
+    lines = ["", f"{e['job']}:"]
+    for o in e["options"]:
+        need = f"{_gib(o['per_gpu_bytes'])}/GPU" if o["per_gpu_bytes"] else ""
+        cpu = f"{_gib(o['cpu_bytes'])} CPU" if o["cpu_bytes"] else ""
+        mark = "->" if o["name"] == e["chosen"] else ("ok" if o["fits"] else "  ")
+        lines.append(f"  {mark} {o['name']:58s} {', '.join(x for x in (need, cpu) if x)}"
+                     + (f"  ({o['note']})" if o.get("note") else ""))
+    if e["chosen"] is None:
+        lines.append(f"  NOT POSSIBLE: {e.get('why_not')}")
+    if "command" in e:
+        lines.append(f"  run: {e['command']}")
+    if "time" in e:
+        t = e["time"]
+        lines.append(f"  time (estimate): {t['flops']:.3g} FLOPs over at most {t['tokens_upper_bound']:,} tokens, "
+                     f"{t['seconds']:,.0f} s at {t['tflops_per_device']:g} TFLOP/s x {t['devices_working']} "
+                     "(--tflops)" + (f"; bound by streaming the weights at {HOST_TO_GPU_BYTES_PER_S / 1e9:g} GB/s "
+                                     "per batch" if t["offload_bound"] else ""))
+    if "deepspeed_config" in e:
+        lines.append("  DeepSpeed config: " + json.dumps(e["deepspeed_config"]))
+    return lines
