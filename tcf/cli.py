@@ -296,6 +296,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from tcf.experiments.planner import hardware, plan, render
+
+    if args.dataset is not None and args.items is not None:
+        raise ConfigError("give --dataset or --items, not both")
+    p = plan(args.model, hardware(args.gpus, args.cpu_mem), items=args.items, tokens=args.tokens, batch=args.batch,
+             finetune_layers=args.finetune_layers, dtype=args.dtype, dataset=args.dataset, tflops=args.tflops)
+    print(json.dumps(p, indent=2) if args.json else render(p))
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -426,6 +437,31 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="report folder (default RUNS_DIR/report)")
     rp.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="report settings: title, split, metrics, alpha")
     rp.set_defaults(func=cmd_report)
+
+    pl = sub.add_parser("plan", help="parameters, memory, cache size and loading strategy for a model and hardware",
+                        description="Instantiate the model's real config on the meta device (no weights), count its "
+                                    "parameters exactly, and report weight memory per precision, activation memory "
+                                    "(estimated), the cache size on disk (exact) and which strategy extraction and "
+                                    "top-k fine-tuning need on the given hardware, with the command to run.",
+                        epilog="examples:\n"
+                               "  tcf plan --model facebook/opt-66b --gpus 8x80GB --dataset data/ml-100k\n"
+                               "  tcf plan --model facebook/opt-175b --gpus 1x80GB --cpu-mem 1TB --items 1000000\n"
+                               "  tcf plan --model minilm-l6 --gpus 0 --cpu-mem 24GB --json",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pl.add_argument("--model", required=True, help="OPT hub name (facebook/opt-125m ... facebook/opt-175b, known "
+                    "offline), zoo name, model folder, config.json, .gguf file or cached hub name")
+    pl.add_argument("--gpus", default="0", help="COUNTxSIZE, e.g. 8x80GB (sizes in GiB); 0 = CPU only (default)")
+    pl.add_argument("--cpu-mem", default="512GB", help="CPU memory, e.g. 512GB (default), 24GB, 1TB")
+    pl.add_argument("--dataset", help="dataset folder: its item count sizes the cache")
+    pl.add_argument("--items", type=int, help="number of items, instead of --dataset")
+    pl.add_argument("--tokens", type=int, default=64, help="text length in tokens (max_tokens; default 64)")
+    pl.add_argument("--batch", type=int, default=64, help="item texts per forward / training step (default 64)")
+    pl.add_argument("--finetune-layers", type=int, default=2, help="top-k blocks fine-tuned (0 = frozen only)")
+    pl.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="GPU weights and activations")
+    pl.add_argument("--tflops", type=float, help="effective TFLOP/s per device for the time estimate "
+                    "(default 100 on GPU, 0.15 on CPU)")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.set_defaults(func=cmd_plan)
     return p
 
 
