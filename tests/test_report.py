@@ -121,3 +121,52 @@ def test_report_command_on_a_real_tiny_sweep(tiny_dataset, tiny_models, tmp_path
     groups = json.loads((out / "report" / "report.json").read_text())["groups"]
     sizes = sorted(g["encoder_parameters"] for g in groups if g["encoder_parameters"])
     assert len(sizes) == 2 and sizes[0] < sizes[1]
+
+
+class ReverseRanker:
+    """A scripted chat backend: ranks the presented candidates in reverse order, always in the format."""
+
+    name, identity, calls = "scripted", "scripted:reverse", 0
+
+    def generate(self, prompts, params, on_reply=None):
+        import re
+
+        from tcf.zeroshot.backend import Reply
+
+        replies = []
+        for i, messages in enumerate(prompts):
+            numbers = re.findall(r"^\[(\d+)\]", messages[-1]["content"], re.MULTILINE)
+            replies.append(Reply(", ".join(reversed(numbers)), 50, 10))
+            self.calls += 1
+            if on_reply is not None:
+                on_reply(i, replies[-1])
+        return replies
+
+    def close(self):
+        pass
+
+
+def test_zero_shot_against_baselines_and_a_trained_model_on_the_same_candidates(tiny_dataset, tmp_path):
+    from tcf.experiments.config import load_config
+    from tcf.train.loop import train
+    from tcf.zeroshot import run_zeroshot
+
+    common = [f"data.dataset={tiny_dataset.path}", f"cache_root={tmp_path / 'cache'}", "eval.bootstrap=20"]
+    train(load_config(None, [*common, "model.dim=16", "model.max_len=8", "train.epochs=2", "train.batch_size=16"]),
+          tmp_path / "runs" / "sasrec-id", progress=False)
+    zs = load_config(None, [*common, "task=zeroshot", "zeroshot.protocol=rank", "zeroshot.n_candidates=5",
+                            "zeroshot.limit=12", "zeroshot.history_len=4", "zeroshot.use_cache=false"])
+    run_zeroshot(zs, tmp_path / "runs" / "zs", progress=False, backend=ReverseRanker())
+    md = report_text(tmp_path / "runs")
+    answer = md.split("**How far is zero-shot prompting from trained models?**")[1].split("## ")[0]
+    assert "smollm2-135m (rank): ndcg@10" in answer and "pop " in answer and "random " in answer
+    assert "100% of replies followed the format" in answer
+    assert "below the trained SASRec (ID) on the same candidates**" in answer or "vs the trained SASRec (ID)" in answer
+    assert "popularity by" in answer
+    row = next(line for line in md.splitlines() if line.startswith("| smollm2-135m | rank |"))
+    assert row.endswith("| 100.0% |")
+    assert (tmp_path / "runs" / "report" / "zeroshot.png").read_bytes()[:8] == PNG
+    zs_summary = json.loads((tmp_path / "runs" / "report" / "report.json").read_text())["zeroshot"][0]
+    trained = zs_summary["baselines"]["trained SASRec (ID)"]
+    assert 0 <= trained <= 1 and zs_summary["baselines"]["random"] == pytest.approx(
+        np.mean([1 / np.log2(r + 2) for r in range(5)]))  # random order over 5 candidates: exact expectation

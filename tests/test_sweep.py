@@ -15,7 +15,6 @@ import yaml
 
 from tcf.cli import main
 from tcf.errors import ConfigError
-from tcf.experiments import sweep
 from tcf.experiments.sweep import expand, load_experiment, parse_shard, run_sweep, shard
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"

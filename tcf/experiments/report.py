@@ -285,21 +285,24 @@ def answer_zeroshot(rows: list[dict], s: ReportSettings) -> list[str]:
         own = _mean(row["metrics"], m)
         if own is None:
             continue
-        parts = [f"{row['model']} ({row['protocol']}): {m} {own:.4f} on its candidate lists"]
-        for name, bm in row["baselines"].items():
-            b = _mean(bm, m)
-            if b is not None:
-                parts.append(f"{name} {b:.4f}")
+        n = f" of {row['n_users']} users" if row.get("n_users") else ""
+        parts = [f"{row['model']} ({row['protocol']}): {m} {own:.4f} on the candidate lists{n}"]
+        parts += [f"{name} {b:.4f}" for name, b in ((k, _mean(v, m)) for k, v in row["baselines"].items())
+                  if b is not None]
         if row["compliance"] is not None:
             parts.append(f"{row['compliance']:.0%} of replies followed the format")
-        trained = [(n, _mean(bm, m)) for n, bm in row["baselines"].items() if n.lower() not in ("pop", "popularity",
-                                                                                            "random")]
-        trained = [(n, v) for n, v in trained if v is not None]
+        verdicts = []
+        pop = _mean(row["baselines"].get("pop", {}), m)
+        if pop is not None:
+            verdicts.append(f"{'above' if own > pop else 'below'} popularity by {abs(own - pop):.4f}")
+        trained = [(k, _mean(v, m)) for k, v in row["baselines"].items() if k.startswith("trained")]
+        trained = [(k, v) for k, v in trained if v is not None]
         if trained:
             name, best = max(trained, key=lambda t: t[1])
-            gap = "reaches" if own >= best else f"is {best - own:.4f} below"
-            parts.append(f"**zero-shot {gap} the trained {name} on the same candidates**")
-        out.append("; ".join(parts) + ".")
+            verdicts.append((f"{own - best:+.4f} vs" if own >= best else f"{best - own:.4f} below")
+                            + f" the {name} on the same candidates")
+        line = "; ".join(parts)
+        out.append(line + (f" — **zero-shot is {', and '.join(verdicts)}**." if verdicts else "."))
     return out or ["not measured (no zero-shot run)."]
 
 
@@ -417,24 +420,30 @@ def plot_zeroshot(rows: list[dict], s: ReportSettings, path: Path, title: str) -
     if not rows:
         return False
     plt = _plt()
-    fig, axes = plt.subplots(1, len(s.metrics), figsize=(6.2 * len(s.metrics), 1.2 + 0.9 * len(rows)), squeeze=False)
+    names = ["zero-shot LLM"] + sorted({n for r in rows for n in r["baselines"]}, key=lambda n: (n.startswith("t"), n))
+    height = 1.0 + 0.28 * len(names) * len(rows)
+    fig, axes = plt.subplots(1, len(s.metrics), figsize=(6.4 * len(s.metrics), height + 1.0), squeeze=False)
+    width = 0.8 / len(names)
     for ax, metric in zip(axes[0], s.metrics):
-        names = ["zero-shot LLM"] + sorted({n for r in rows for n in r["baselines"]})
-        width = 0.8 / len(names)
         for j, name in enumerate(names):
-            vals = [(_mean(r["metrics"], metric) if j == 0 else _mean(r["baselines"].get(name, {}), metric)) or 0.0
-                    for r in rows]
-            ax.barh(np.arange(len(rows)) + j * width, vals, height=width, label=name)
-        labels = [f"{r['model']} · {r['protocol']}" + (f"\n{r['compliance']:.0%} replies followed the format"
-                                                        if r["compliance"] is not None else "") for r in rows]
+            vals = [_mean(r["metrics"] if j == 0 else r["baselines"].get(name, {}), metric) for r in rows]
+            bars = ax.barh(np.arange(len(rows)) + j * width, [v or 0.0 for v in vals], height=width * 0.92,
+                           label=name)
+            ax.bar_label(bars, [("—" if v is None else f"{v:.3f}") for v in vals], padding=2, fontsize=7)
+        labels = [f"{r['model']} · {r['protocol']}" + (f"\n{r['n_users']} users" if r.get("n_users") else "")
+                  + (f"\nformat followed: {r['compliance']:.0%}" if r["compliance"] is not None else "")
+                  for r in rows]
         ax.set_yticks(np.arange(len(rows)) + width * (len(names) - 1) / 2, labels, fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlabel(f"{s.split} {metric.upper()} on the candidate lists")
-        ax.set_title(f"Zero-shot {metric.upper()} vs baselines")
+        ax.set_xlim(0, 1.12 * max(1e-9, *[_mean(r["metrics"], metric) or 0 for r in rows],
+                                  *[_mean(b, metric) or 0 for r in rows for b in r["baselines"].values()]))
+        ax.set_xlabel(f"{metric.upper()} on {s.split}, ranking each user's candidate list")
+        ax.set_title(f"Zero-shot {metric.upper()} vs baselines on the same candidates")
         ax.grid(True, axis="x", alpha=0.3)
-        ax.legend(fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.35 / (height + 1.0), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
