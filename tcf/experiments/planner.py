@@ -442,7 +442,7 @@ def _tensor_parallel(arch: Arch, hw: Hardware, weights: int, act: int) -> int | 
 
 
 def fits(opt: Option, hw: Hardware) -> bool:
-    return opt.per_gpu <= hw.gpu_usable and opt.cpu <= hw.cpu_usable and opt.gpus <= max(hw.n_gpus, 0)
+    return opt.per_gpu <= hw.gpu_usable and opt.cpu <= hw.cpu_usable and opt.gpus <= hw.n_gpus
 
 
 def finetune_options(arch: Arch, hw: Hardware, job: dict) -> list[dict]:
@@ -621,7 +621,7 @@ def _finetune_plan(arch: Arch, hw: Hardware, k: int, batch: int, tokens: int) ->
 
 # ---------------------------------------------------------------- text
 
-def _gib(n: int | float) -> str:
+def _gib(n: float) -> str:
     if n >= 1024 * GiB:
         return f"{n / 1024**4:,.2f} TiB"
     if n >= GiB:
@@ -634,9 +634,9 @@ def render(p: dict) -> str:
     s, par, w, a = p["settings"], p["parameters"], p["weights"], p["activations"]
     lines = [f"model      {p['model']}  [{p['model_class']}; config from {p['source']}]",
              f"hardware   {p['hardware_text']}",
-             f"parameters {par['total']:,} (exact, meta device): {par['blocks']} blocks x {par['per_block']:,}, "
-             f"embeddings and other {par['embeddings_and_other']:,}; hidden {par['hidden']}, ffn {par['ffn']}, "
-             f"heads {par['heads']}",
+             (f"parameters {par['total']:,} (exact, meta device): {par['blocks']} blocks x {par['per_block']:,}, "
+              f"embeddings and other {par['embeddings_and_other']:,}; hidden {par['hidden']}, ffn {par['ffn']}, "
+              f"heads {par['heads']}"),
              "weights    (exact tensor bytes) " + ", ".join(f"{k} {_gib(v)}" for k, v in w["full"].items())]
     if s["finetune_layers"]:
         k = s["finetune_layers"]
