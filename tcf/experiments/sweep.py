@@ -109,8 +109,13 @@ def _label(key: str, value: Any) -> str:
 
 
 def config_hash(cfg: RunConfig) -> str:
-    """Short hash of the resolved config without its name: equal settings, equal hash."""
-    data = {k: v for k, v in to_dict(cfg).items() if k != "name"}
+    """Short hash of the resolved config's settings that differ from the defaults, name excluded.
+
+    Equal settings give equal hashes; a setting added to RunConfig later (with a default that
+    keeps the old behaviour) leaves every existing run id, and so every finished run, as it was.
+    """
+    defaults = flatten(to_dict(RunConfig()))
+    data = {k: v for k, v in flatten(to_dict(cfg)).items() if k != "name" and (k not in defaults or defaults[k] != v)}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -270,7 +275,17 @@ def execute(run: Run, folder: Path, *, progress: bool) -> dict:
         return run_zeroshot(run.config, folder, progress=progress)
     from tcf.train.loop import train
 
-    return train(run.config, folder, resume=(folder / "checkpoints" / "last.pt").is_file(), progress=progress)
+    return train(run.config, folder, resume=can_resume(run, folder), progress=progress)
+
+
+def can_resume(run: Run, folder: Path) -> bool:
+    """A checkpoint made with exactly this run's config is continued; any other is trained over."""
+    last = folder / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return False
+    import torch
+
+    return torch.load(last, map_location="cpu", weights_only=False).get("config") == to_dict(run.config)
 
 
 def run_sweep(exp: Experiment, out: str | Path, *, shard_of: tuple[int, int] = (0, 1), progress: bool = True,
@@ -292,7 +307,7 @@ def run_sweep(exp: Experiment, out: str | Path, *, shard_of: tuple[int, int] = (
         if run.id in failed_extract:
             _record_failure(summary, run, folder, failed_extract[run.id], None, log)
             continue
-        resumed = (folder / "checkpoints" / "last.pt").is_file()
+        resumed = getattr(run.config, "task", "train") == "train" and can_resume(run, folder)
         log(f"[{k}/{len(todo)}] {run.id}" + (" (resuming from its checkpoint)" if resumed else ""))
         t0 = time.perf_counter()
         try:
