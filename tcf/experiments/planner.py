@@ -394,7 +394,7 @@ def extraction_options(arch: Arch, hw: Hardware, job: dict, dtype: str) -> list[
     w = {p: weight_bytes(arch, p, dtype) for p in ("fp32", dtype, "int8", "int4")}
     if n == 0:
         act32 = inference_activation_bytes(arch, B, T, 4)
-        return [Option("fp32 on CPU", 0, w["fp32"] + act32, 0, "fastest precision on CPU (bf16 and "
+        cpu = [Option("fp32 on CPU", 0, w["fp32"] + act32, 0, "fastest precision on CPU (bf16 and "
                        "bitsandbytes were slower on the 2-core machine, benchmarks/README.md)", "--dtype fp32 --device cpu"),
                 Option(f"{dtype} on CPU", 0, w[dtype] + act16, 0, "half the memory of fp32",
                        f"--dtype {dtype} --device cpu"),
@@ -402,6 +402,7 @@ def extraction_options(arch: Arch, hw: Hardware, job: dict, dtype: str) -> list[
                        f"--dtype {dtype} --quantization int8 --device cpu"),
                 Option("int4 on CPU", 0, w["int4"] + act16, 0, "bitsandbytes nf4; vectors change most",
                        f"--dtype {dtype} --quantization int4 --device cpu")]
+        return [o for i, o in enumerate(cpu) if i == 0 or o.name != cpu[0].name]  # --dtype fp32: listed once
     tp = _tensor_parallel(arch, hw, w[dtype], act16)
     per_block = max(arch.block_params, default=0) * DTYPE_BYTES[dtype]
     embed = arch.embedding_params * DTYPE_BYTES[dtype]
@@ -626,7 +627,9 @@ def _gib(n: float) -> str:
         return f"{n / 1024**4:,.2f} TiB"
     if n >= GiB:
         return f"{n / GiB:,.2f} GiB"
-    return f"{n / 1024**2:,.1f} MiB"
+    if n >= 1024**2:
+        return f"{n / 1024**2:,.1f} MiB"
+    return f"{n / 1024:,.1f} KiB"
 
 
 def render(p: dict) -> str:
