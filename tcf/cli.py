@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -229,6 +230,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         digest = hashlib.sha256(json.dumps(resolved(cfg), sort_keys=True).encode()).hexdigest()[:8]
         out = Path("runs") / f"{cfg.name}-{digest}"
     results = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    if os.environ.get("RANK", "0") != "0":  # torchrun / deepspeed launch: rank 0 reports
+        return 0
     m = results["metrics"]
     for split in ("valid", "test"):
         ms = m[split]["metrics"]

@@ -15,6 +15,8 @@ from tcf.errors import ConfigError
 HEADS = ("sasrec", "dssm")
 TOWERS = ("id", "frozen", "id+text", "finetune", "lora")
 LOSSES = ("ce", "inbatch", "bce")
+STRATEGIES = ("none", "ddp", "deepspeed")
+RANKERS = ("matmul", "faiss")
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,9 @@ class TrainConfig:
     patience: int = 10  # epochs without a better validation NDCG@10 before stopping
     logq: bool = True  # inbatch: subtract log popularity
     temperature: float = 1.0  # inbatch / ce logits are divided by it
+    strategy: str = "none"  # none | ddp (torchrun) | deepspeed (ZeRO): see tcf/train/distributed.py
+    zero_stage: int = 2  # deepspeed: ZeRO stage 1, 2 or 3
+    offload: bool = False  # deepspeed: optimizer states in CPU memory (ZeRO-Offload)
     device: str = "auto"
     amp: bool = True  # bf16 autocast where the device supports it (CUDA)
     threads: int = 0  # torch threads on CPU (0 = leave as is)
@@ -71,6 +76,10 @@ class TrainConfig:
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ConfigError(f"train.loss must be one of {list(LOSSES)}, got {self.loss!r}")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"train.strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
+        if self.zero_stage not in (1, 2, 3):
+            raise ConfigError(f"train.zero_stage must be 1, 2 or 3, got {self.zero_stage}")
 
 
 @dataclass(frozen=True)
@@ -78,9 +87,17 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [5, 10, 20])
     mask_history: bool = True  # the user's earlier items cannot be recommended (the TCF protocol)
     batch_users: int = 512
+    ranker: str = "matmul"  # matmul (chunked, exact) | faiss (inner-product index over the item vectors)
+    faiss_index: str = "flat"  # ranker faiss: flat (exact) | hnsw (approximate)
     bootstrap: int = 1000  # resamples for 95% CIs (0 = none)
     cold_max_count: int = 5  # a target with at most this many training interactions is "cold"
     history_buckets: list[int] = field(default_factory=lambda: [10, 50, 200])
+
+    def __post_init__(self):
+        if self.ranker not in RANKERS:
+            raise ConfigError(f"eval.ranker must be one of {list(RANKERS)}, got {self.ranker!r}")
+        if self.faiss_index not in ("flat", "hnsw"):
+            raise ConfigError(f"eval.faiss_index must be flat or hnsw, got {self.faiss_index!r}")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from tcf.fsutil import atomic_write_text
 from tcf.models import build_model
 from tcf.models.lm_tower import LM_TOWERS, param_groups, step_items, token_cache
 from tcf.provenance import provenance
+from tcf.train import distributed
 from tcf.train.data import SeqData
 from tcf.train.losses import full_ce, inbatch, sampled_bce
 
@@ -102,7 +103,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     seeds = seed_everything(cfg.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = pick_device(cfg.train.device)
+    par = distributed.setup(cfg, resume=resume)  # train.strategy: this process's rank, group and device
+    device = par.device or pick_device(cfg.train.device)
     dataset = ensure_dataset(cfg.data.dataset, root=cfg.data.root)
     data = SeqData(dataset)
     vectors, text_info = (text_vectors(cfg, dataset) if cfg.model.tower != "id" else (None, {}))
@@ -112,7 +114,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     log_pop = torch.log(pop.clamp_min(1) / pop.sum())
     amp = cfg.train.amp and device.type == "cuda"
     eval_kw = dict(ks=tuple(cfg.eval.ks), max_len=cfg.model.max_len, mask_history=cfg.eval.mask_history,
-                   batch_users=cfg.eval.batch_users, device=device)
+                   batch_users=cfg.eval.batch_users, device=device, ranker=cfg.eval.ranker,
+                   faiss_index=cfg.eval.faiss_index)
 
     state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [], "train_seconds": 0.0,
              "seconds_to_best": None}
@@ -130,8 +133,9 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         np.random.set_state(ck["rng"]["numpy"])
         random.setstate(ck["rng"]["python"])
 
+    par.wrap(model, opt, cfg)  # DDP, or a DeepSpeed engine around model and optimizer
     bar = None
-    if progress:
+    if progress and par.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.train.epochs, initial=state["epoch"], unit="epoch", desc=cfg.name, dynamic_ncols=True)
@@ -141,34 +145,41 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         model.train()
         t0 = time.perf_counter()
         perm = windows[np.random.default_rng(cfg.seed + epoch).permutation(len(windows))]
+        par.seed_epoch(cfg.seed, epoch)
         losses = []
-        for start in range(0, len(perm), cfg.train.batch_size):
-            batch = data.train_batch(perm[start:start + cfg.train.batch_size], cfg.model.max_len)
+        for step, (part, real) in enumerate(par.batches(perm, cfg.train.batch_size), start=1):  # this rank's part
+            batch = data.train_batch(part, cfg.model.max_len)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), step_items(model, batch):
-                loss = step_loss(model, batch, cfg, data, log_pop, device)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, step {start // cfg.train.batch_size + 1}; "
+                loss, value = par.loss(lambda m, b=batch: step_loss(m, b, cfg, data, log_pop, device), batch[2], real)
+            if not math.isfinite(value):
+                raise TrainingError(f"loss became {value} at epoch {epoch + 1}, step {step}; "
                                     f"stopped. The last good checkpoint is {last if last.exists() else 'none yet'} "
                                     "(lower train.lr, or check the text vectors)")
+            losses.append(value)
+            if par.step(loss):  # DeepSpeed: backward, clipping and the step are the engine's
+                continue
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.train.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             opt.step()
-            losses.append(loss.item())
-        valid = evaluate(model, data, "valid", **eval_kw).mean(SELECT_METRIC)
+        valid = par.on_main(lambda: evaluate(model, data, "valid", **eval_kw).mean(SELECT_METRIC))  # to every rank
         state["train_seconds"] += time.perf_counter() - t0
         state["epoch"] = epoch + 1
         state["history"].append({"epoch": epoch + 1, "loss": float(np.mean(losses)), f"valid_{SELECT_METRIC}": valid,
                                  "seconds": time.perf_counter() - t0})
+        weights = par.state_dict()  # on every rank (gathered under ZeRO-3); rank 0 writes
         if valid > state["best"]:
             state.update(best=valid, best_epoch=epoch + 1, bad_epochs=0, seconds_to_best=state["train_seconds"])
-            _save(ckpt_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch + 1})
+            if par.is_main:
+                _save(ckpt_dir / "best.pt", {"model": weights, "epoch": epoch + 1})
         else:
             state["bad_epochs"] += 1
-        _save(last, {"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state,
-                     "config": resolved(cfg), "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                                                      "python": random.getstate()}})
+        if par.is_main:
+            _save(last, {"model": weights, "optimizer": par.optimizer_state(opt), "state": state,
+                         "config": resolved(cfg),
+                         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                                 "python": random.getstate()}})
         if bar is not None:
             bar.update(1)
             bar.set_postfix_str(f"loss {np.mean(losses):.4f}  valid {SELECT_METRIC} {valid:.4f}  "
@@ -176,15 +187,19 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     if bar is not None:
         bar.close()
 
+    par.barrier()  # best.pt is written
     best = torch.load(ckpt_dir / "best.pt", map_location=device, weights_only=False)
-    model.load_state_dict(best["model"], strict=False)
+    par.load_state_dict(best["model"])
+    if not (par.is_main or par.everyone_evaluates):
+        return par.finish(None)  # rank 0 tests and writes; its results come back
     results = {"metrics": {}, "config": resolved(cfg)}
     for split in ("valid", "test"):
-        r = evaluate(model, data, split, **eval_kw)
+        r = par.run(lambda s=split: evaluate(model, data, s, **eval_kw))
         results["metrics"][split] = report(r, data, bootstrap=cfg.eval.bootstrap, cold_max_count=cfg.eval.cold_max_count,
                                            history_buckets=cfg.eval.history_buckets, seed=cfg.seed)
-        np.save(out / f"per_user_{split}.npy", np.stack([r.users, *[r.per_user[k] for k in sorted(r.per_user)]]))
-    n_total = sum(p.numel() for p in model.parameters())
+        if par.is_main:
+            np.save(out / f"per_user_{split}.npy", np.stack([r.users, *[r.per_user[k] for k in sorted(r.per_user)]]))
+    n_total = sum(distributed.numel(p) for p in model.parameters())
     results.update({
         "name": cfg.name,
         "dataset": {"path": str(dataset.path), "fingerprint": dataset.fingerprint, "n_users": data.n_users,
@@ -195,11 +210,13 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         "history": state["history"],
         "timings": {"train_seconds": state["train_seconds"], "seconds_to_best": state["seconds_to_best"],
                     "wall_seconds": time.perf_counter() - t_start},
-        "parameters": {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "parameters": {"trainable": sum(distributed.numel(p) for p in model.parameters() if p.requires_grad),
                        "total": n_total, **({"encoder": text_info.get("encoder_parameters")} if text_info else {})},
         "text_cache": text_info or None,
+        "distributed": par.describe(),
         "per_user_columns": ["user_id", *sorted(r.per_user)],
         **provenance(),
     })
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=float) + "\n")
-    return results
+    if par.is_main:
+        atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=float) + "\n")
+    return par.finish(results)

@@ -1,0 +1,282 @@
+"""Data-parallel training across processes: DDP (``torchrun``) and DeepSpeed ZeRO.
+
+The training loop stays one loop.  A :class:`Parallel` (``setup(cfg)``) tells it which
+windows this process trains on, runs the loss through the wrapped model, and does the
+optimizer step where DeepSpeed owns it.  ``train.strategy: none`` is a pass-through.
+
+What a step means with N processes:
+
+* ``train.batch_size`` is per process; one step consumes ``batch_size x N`` windows of
+  the epoch's permutation (seeded, the same on every rank), rank r taking every N-th
+  window of the step's chunk.  The windows of a step are those one process with a
+  batch of ``batch_size x N`` would take.
+* Each rank's mean loss is weighted by its share of the step's label positions, so
+  the gradient averaged over ranks (DDP, ZeRO) is the gradient of the mean loss over
+  the whole step.  With dropout off and the full-softmax loss, N processes follow the
+  loss trajectory of one process with the N-times batch (tests/test_train_distributed.py).
+  ``inbatch`` takes its negatives from the rank's own part of the batch.
+* Rank 0 evaluates and writes checkpoints and results; the others wait and receive
+  the validation score, so early stopping ends every rank at the same epoch.  Under
+  ZeRO-3 the parameters are partitioned, so every rank gathers them and evaluates.
+* Dropout draws from ``seed + epoch + rank``-seeded streams when N > 1, so a resumed
+  run repeats the epochs it redoes exactly.
+
+Process groups: gloo on CPU, nccl on CUDA (one GPU per process, ``LOCAL_RANK``).
+Without a launcher (no ``WORLD_SIZE``) a strategy runs as one process in an in-memory
+group, with no port to collide on: that is how the DeepSpeed stages are tested on CPU.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+from contextlib import nullcontext
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from tcf.errors import ConfigError
+
+WAIT = timedelta(hours=2)  # how long ranks wait at a barrier while rank 0 evaluates
+
+
+class _Call(nn.Module):
+    """Runs ``fn(model)`` as the module's forward, so that DDP's gradient hooks and
+    DeepSpeed's ZeRO-3 parameter gathering see the whole step (the loss uses methods
+    other than ``forward``: states, item vectors, the full catalogue)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn):
+        return fn(self.model)
+
+
+def rank_batches(perm: np.ndarray, batch_size: int, rank: int, world: int):
+    """-> (windows, real) per step for this rank.  A rank left without windows in the
+    last step gets one duplicate window with ``real=False`` (zero weight): every rank
+    must run the same number of steps, or DDP / ZeRO would wait forever."""
+    step = batch_size * world
+    for start in range(0, len(perm), step):
+        chunk = perm[start:start + step]
+        mine = chunk[rank::world]
+        yield (mine, True) if len(mine) else (chunk[:1], False)
+
+
+def numel(p: torch.Tensor) -> int:
+    """A parameter's full size, also when ZeRO-3 holds only this rank's partition of it."""
+    return getattr(p, "ds_numel", None) or p.numel()
+
+
+def _launched() -> bool:
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+class Parallel:
+    def __init__(self, strategy: str = "none", *, zero_stage: int = 2, offload: bool = False, device=None):
+        self.strategy, self.zero_stage, self.offload = strategy, zero_stage, offload
+        self.rank = int(os.environ.get("RANK", "0")) if strategy != "none" else 0
+        self.world = int(os.environ.get("WORLD_SIZE", "1")) if strategy != "none" else 1
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0")) if strategy != "none" else 0
+        self.device = device  # None: the loop picks (strategy none)
+        self.wrapped = None  # DDP module or DeepSpeed engine, called with a loss function
+        self.engine = None
+        self.model = None
+        self._owns_group = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def everyone_evaluates(self) -> bool:
+        """ZeRO-3 partitions the parameters: gathering them is collective, so all ranks evaluate."""
+        return self.engine is not None and self.zero_stage == 3
+
+    # -------------------------------------------------------------- set-up
+
+    def _init_group(self, backend: str) -> None:
+        if dist.is_initialized():
+            return
+        if _launched():
+            dist.init_process_group(backend, timeout=WAIT)
+        else:  # one process, no launcher: an in-memory store instead of a TCP port
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=WAIT)
+        self._owns_group = True
+
+    def wrap(self, model: nn.Module, opt: torch.optim.Optimizer, cfg) -> None:
+        """DDP around the model, or a DeepSpeed engine around model and optimizer (its
+        param groups, e.g. a separate learning rate for LM parameters, pass through)."""
+        self.model = model
+        if self.strategy == "ddp":
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # buffers (cached text vectors) are constant: no broadcast each step (the flag's name since torch 2.13)
+            newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            sync = {"forward_sync_buffers" if newer else "broadcast_buffers": False}
+            self.wrapped = DistributedDataParallel(_Call(model), device_ids=ids, static_graph=True, **sync)
+        elif self.strategy == "deepspeed":
+            import deepspeed
+
+            self.engine, *_ = deepspeed.initialize(model=_Call(model), optimizer=opt,
+                                                   config=zero_config(cfg.train, self.device))
+            self.wrapped = self.engine
+
+    def seed_epoch(self, seed: int, epoch: int) -> None:
+        """Per-rank dropout streams that depend only on (seed, epoch, rank): resumable."""
+        if self.world > 1:
+            torch.manual_seed(seed + 1000 * epoch + self.rank)
+
+    # -------------------------------------------------------------- a step
+
+    def batches(self, perm: np.ndarray, batch_size: int):
+        return rank_batches(perm, batch_size, self.rank, self.world)
+
+    def loss(self, fn, labels: torch.Tensor, real: bool = True) -> tuple[torch.Tensor, float]:
+        """-> (loss to back-propagate, the step's mean loss over all ranks).  ``fn(model)``
+        gives this rank's mean loss; ``labels`` ([B, L], 0 = none) count its positions."""
+        if self.wrapped is None:
+            loss = fn(self.model)
+            return loss, loss.item()
+        loss = self.wrapped(fn)
+        count = torch.tensor([float((labels != 0).sum()) if real else 0.0], device=self.device)
+        total = count.clone()
+        dist.all_reduce(total)
+        local = loss * (count[0] * self.world / total[0])
+        value = local.detach().float().reshape(1) / self.world
+        dist.all_reduce(value)
+        return local, value.item()
+
+    def step(self, loss: torch.Tensor) -> bool:
+        """DeepSpeed: backward, clipping and the optimizer step are the engine's (True).
+        Otherwise the loop does them (False); DDP averages gradients in backward."""
+        if self.engine is None:
+            return False
+        self.engine.backward(loss)
+        self.engine.step()
+        return True
+
+    # -------------------------------------------------------------- rank 0's work
+
+    def gathered(self, modify: bool = False):
+        """ZeRO-3: the full parameters on every rank inside (collective: all ranks enter);
+        ``modify``: rank 0's changes are kept on exit.  A no-op for every other strategy.
+        No forward pass inside: ZeRO-3's module hooks would release the parameters."""
+        if not self.everyone_evaluates:
+            return nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=0 if modify else None)
+
+    def run(self, fn):
+        """``fn()`` (an evaluation); under ZeRO-3 inside the engine's forward, where the
+        parameters are gathered module by module, on every rank in step."""
+        if not self.everyone_evaluates:
+            return fn()
+        box = []
+        self.engine(lambda model: box.append(fn()))
+        return box[0]
+
+    def on_main(self, fn) -> float:
+        """``fn()`` on rank 0 (on every rank under ZeRO-3), its value given to all ranks."""
+        value = float(self.run(fn)) if self.is_main or self.everyone_evaluates else math.nan
+        if self.world > 1:
+            t = torch.tensor([value], dtype=torch.float64, device=self.device)
+            dist.broadcast(t, src=0)
+            value = t.item()
+        return value
+
+    def state_dict(self) -> dict:
+        """The model's full weights (gathered under ZeRO-3; every rank must call it)."""
+        if not self.everyone_evaluates:
+            return self.model.state_dict()
+        with self.gathered():  # copies: the gathered tensors are freed on leaving
+            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def optimizer_state(self, opt: torch.optim.Optimizer):
+        """What ``--resume`` restores; DeepSpeed's optimizer state is partitioned: not saved here."""
+        return opt.state_dict() if self.engine is None else None
+
+    def load_state_dict(self, weights: dict) -> None:
+        with self.gathered(modify=True):
+            self.model.load_state_dict(weights, strict=False)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def finish(self, results: dict | None) -> dict:
+        """Rank 0 passes its results, the others None; everyone returns rank 0's."""
+        if self.world > 1:
+            box = [results]
+            dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
+            results = box[0]
+        if self._owns_group and self.engine is None:  # DeepSpeed keeps global state bound to its group
+            dist.destroy_process_group()
+        return results
+
+    def describe(self) -> dict:
+        out = {"strategy": self.strategy, "world_size": self.world}
+        if self.strategy == "ddp":
+            out["backend"] = dist.get_backend() if dist.is_initialized() else None
+        if self.strategy == "deepspeed":
+            out.update(zero_stage=self.zero_stage, offload=self.offload)
+        return out
+
+
+def zero_config(t, device: torch.device) -> dict:
+    """A DeepSpeed config from ``train``: ZeRO stage, bf16 on CUDA (fp32 on CPU), optional
+    optimizer offload.  The loop's own AdamW is kept (``zero_force_ds_cpu_optimizer`` off),
+    so its param groups and learning rates are the ones trained with."""
+    zero: dict = {"stage": t.zero_stage}
+    if t.offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": device.type == "cuda"}
+    return {
+        "train_micro_batch_size_per_gpu": t.batch_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": float(t.grad_clip),
+        "zero_optimization": zero,
+        "bf16": {"enabled": device.type == "cuda" and t.amp},
+        "fp16": {"enabled": False},
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def setup(cfg, *, resume: bool = False) -> Parallel:
+    """The process group and device for ``cfg.train.strategy``; a pass-through for ``none``."""
+    t = cfg.train
+    if resume and t.strategy == "deepspeed":
+        raise ConfigError("--resume with train.strategy=deepspeed is not supported (ZeRO partitions the optimizer "
+                          "state across ranks; last.pt does not hold it): start a new --out")
+    if t.strategy == "none":
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError(f"launched as {os.environ['WORLD_SIZE']} processes but train.strategy is none: "
+                              "set train.strategy=ddp (or deepspeed), or launch one process")
+        return Parallel()
+    cuda = torch.cuda.is_available() and t.device in ("auto", "cuda")
+    if t.device not in ("auto", "cuda", "cpu"):
+        raise ConfigError(f"train.device={t.device!r} with train.strategy={t.strategy}: use auto, cuda or cpu "
+                          "(each process takes the GPU of its LOCAL_RANK)")
+    if t.strategy == "deepspeed":
+        try:
+            import deepspeed  # noqa: F401
+        except ImportError:
+            raise ConfigError("train.strategy=deepspeed needs DeepSpeed: DS_BUILD_OPS=0 pip install 'tcf[deepspeed]'") \
+                from None
+    par = Parallel(t.strategy, zero_stage=t.zero_stage, offload=t.offload)
+    if cuda:
+        torch.cuda.set_device(par.local_rank)
+    par.device = torch.device("cuda", par.local_rank) if cuda else torch.device("cpu")
+    if not _launched():  # DeepSpeed reads these even in one process
+        os.environ.setdefault("LOCAL_RANK", "0")
+    par._init_group("nccl" if cuda else "gloo")
+    return par
