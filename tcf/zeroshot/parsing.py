@@ -151,23 +151,31 @@ def segments(reply: str, matcher: Matcher) -> list[str | int]:
     candidate titles they mention.  Ints are positions already resolved."""
     out: list[str | int] = []
     for line in reply.splitlines():
-        line = line.strip().strip("*")
+        line = re.sub(r"\*\*|__", "", line).strip()  # markdown bold around enumerators and titles
         if not line:
             continue
         m = re.match(r"^(?:rank\s*)?\d{1,3}[.)]\s+(\S.*)$", line, re.I)
-        if m:
+        if m and len(index_list(m.group(1), matcher)) < 2:
             out.append(m.group(1))
             continue
+        if m:  # "20. 3, 1, 2, ...": a list of indices whose first entry reads like an enumerator
+            line = re.sub(r"^(?:rank\s*)?(\d{1,3})[.)]", r"\1,", line, flags=re.I)
         for tail in (line, line.rsplit(":", 1)[-1]):
-            pieces = [p for part in re.split(r"\s*[,;>|]\s*", tail.strip()) for p in
-                      (part.split() if re.fullmatch(r"[\d\s]+", part) else [part]) if p.strip(" .")]
-            if pieces and all(matcher.index(p)[1] for p in pieces):
+            pieces = index_list(tail, matcher)
+            if pieces:
                 out.extend(pieces)
                 break
         else:
             brackets = re.findall(r"\[(\d{1,4}|[A-Z])\]", line)
             out.extend(f"[{b}]" for b in brackets) if brackets else out.extend(matcher.titles_in(line))
     return out
+
+
+def index_list(text: str, matcher: Matcher) -> list[str]:
+    """The pieces of "3, 1, 2" / "[3] > [1]" / "3 1 2" when every piece reads as an index; else []."""
+    pieces = [p for part in re.split(r"\s*[,;>|]\s*", text.strip()) for p in
+              (part.split() if re.fullmatch(r"[\d\s]+", part) else [part]) if p.strip(" .")]
+    return pieces if pieces and all(matcher.index(p)[1] for p in pieces) else []
 
 
 def choice_pieces(reply: str, matcher: Matcher) -> list[str | int]:
