@@ -100,10 +100,103 @@ class EvalConfig:
             raise ConfigError(f"eval.faiss_index must be flat or hnsw, got {self.faiss_index!r}")
 
 
+PROTOCOLS = ("rank", "rank-recency", "rank-icl", "choice", "topk-json")
+NEGATIVES = ("uniform", "popularity", "hard")
+TASKS = ("train", "zeroshot")
+
+
+@dataclass(frozen=True)
+class ZeroShotConfig:
+    """A chat LLM prompted to rank candidates, scored with the trained recommenders' metrics (``task: zeroshot``)."""
+
+    protocol: str = "rank"  # rank | rank-recency | rank-icl (LLMRank) | choice (A-D) | topk-json (top k of 100)
+    prompt: str | None = None  # template name in prompts/ or a file path (default: the protocol's own)
+    n_candidates: int | None = None  # target + negatives (default: rank* 20, choice 4, topk-json 100)
+    top_k: int = 10  # topk-json: how many the model is asked to return
+    negatives: str = "uniform"  # uniform | popularity | hard (a trained run's top items)
+    hard_run: str | None = None  # negatives: hard: folder of a `tcf train` run (results.json + checkpoints/best.pt)
+    position: str = "shuffle"  # shuffle (seeded) | pinned (the target at pinned_position, for position-bias studies)
+    pinned_position: int = 0  # 0-based slot of the target when position: pinned
+    history_len: int = 20  # the most recent H items shown
+    limit: int | None = 100  # users sampled with the run seed (None: every user)
+    split: str = "test"  # test | valid: which leave-one-out target is the answer
+    bootstrap: int = 1  # B: score each user B times with reshuffled candidates and aggregate (Borda)
+    unranked: str = "order"  # candidates a reply leaves out go last: in presented order | tie (exact expectation)
+    candidates_path: str | None = None  # candidate file (default: under cache_root/zeroshot, keyed by its settings)
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    # backend and model
+    backend: str = "hf"  # hf | vllm | openai
+    model: str = "smollm2-135m"  # zoo name, local folder, .gguf file, hub name, or the server's model name
+    revision: str | None = None
+    dtype: str = "fp32"
+    device: str = "auto"
+    batch_size: int = 16  # hf: prompts per generate() call (left padded, length-sorted)
+    plain_prompt: bool = False  # a model with no chat template: join the messages as plain text instead of failing
+    system_prompt: str | None = None  # None: the template's / model's default
+    # generation
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    max_new_tokens: int | None = None  # default per protocol (bounded: rank* 4 per candidate + 16, choice 8, topk-json 4k+16)
+    gen_seed: int | None = None  # sampled replies (temperature > 0) are cached only with a seed
+    # response cache
+    cache_path: str | None = None  # SQLite file (default cache_root/zeroshot/responses.sqlite)
+    use_cache: bool = True
+    # openai backend
+    api_base: str | None = None  # e.g. http://127.0.0.1:8000/v1
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this environment variable only
+    concurrency: int = 4
+    timeout_s: float = 60.0
+    max_retries: int = 3
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"zeroshot.protocol must be one of {list(PROTOCOLS)}, got {self.protocol!r}")
+        if self.negatives not in NEGATIVES:
+            raise ConfigError(f"zeroshot.negatives must be one of {list(NEGATIVES)}, got {self.negatives!r}")
+        if self.negatives == "hard" and not self.hard_run:
+            raise ConfigError("zeroshot.negatives: hard needs zeroshot.hard_run (a `tcf train` run folder)")
+        if self.position not in ("shuffle", "pinned"):
+            raise ConfigError(f"zeroshot.position must be shuffle or pinned, got {self.position!r}")
+        if self.split not in ("test", "valid"):
+            raise ConfigError(f"zeroshot.split must be test or valid, got {self.split!r}")
+        if self.unranked not in ("order", "tie"):
+            raise ConfigError(f"zeroshot.unranked must be order or tie, got {self.unranked!r}")
+        n = self.candidates()
+        if n < 2 or (self.protocol == "choice" and n > 26):
+            raise ConfigError(f"zeroshot.n_candidates must be 2..{26 if self.protocol == 'choice' else 'N'}, got {n}")
+        if not 0 <= self.pinned_position < n:
+            raise ConfigError(f"zeroshot.pinned_position must be within 0..{n - 1}, got {self.pinned_position}")
+        if self.protocol == "topk-json" and not 1 <= self.top_k <= n:
+            raise ConfigError(f"zeroshot.top_k must be within 1..{n}, got {self.top_k}")
+        if min(self.history_len, self.bootstrap, self.batch_size, self.concurrency) < 1 or self.max_retries < 0:
+            raise ConfigError("zeroshot.history_len, bootstrap, batch_size and concurrency must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"zeroshot.limit must be >= 1 (or null for every user), got {self.limit}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError("zeroshot.temperature must be >= 0 and zeroshot.top_p within (0, 1]")
+
+    def candidates(self) -> int:
+        """The number of candidates per list (the protocol's default when not set)."""
+        if self.n_candidates is not None:
+            return self.n_candidates
+        return {"choice": 4, "topk-json": 100}.get(self.protocol, 20)
+
+    def new_tokens(self) -> int:
+        """Generation bound: enough for the asked format (indices), short enough to keep CPU runs fast."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        if self.protocol == "choice":
+            return 8
+        if self.protocol == "topk-json":
+            return 4 * self.top_k + 16
+        return 4 * self.candidates() + 16
+
+
 @dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
     seed: int = 2020
+    task: str = "train"  # train | zeroshot
     data: DataConfig = field(default_factory=DataConfig)
     encoder: EncoderSpec = field(default_factory=EncoderSpec)  # text towers only
     cache_root: str = "embeddings_cache"
@@ -111,6 +204,11 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)  # task: zeroshot only
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {list(TASKS)}, got {self.task!r}")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
