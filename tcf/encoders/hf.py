@@ -214,7 +214,10 @@ class HFEncoder(Encoder):
         model.eval()
         self.model = model
         self.runner = self._place(model)  # what a forward pass calls: the model, or an engine around it
-        self._takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+        # RoBERTa-style embeddings (RoBERTa, XLM-R, MPNet) number positions from padding_idx + 1 and
+        # skip pads themselves; positions from 0 would shift every token of theirs
+        self._takes_positions = ("position_ids" in inspect.signature(model.forward).parameters
+                                 and getattr(getattr(model, "embeddings", None), "padding_idx", None) is None)
         tc = text_config(config)
         self.dim = int(getattr(tc, "hidden_size", 0) or model.get_input_embeddings().embedding_dim)
         if not partial and getattr(getattr(model, "decoder", None), "project_out", None) is not None:
