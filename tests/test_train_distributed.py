@@ -81,8 +81,6 @@ def test_bad_settings_are_named(monkeypatch):
         load_config(None, ["eval.ranker=annoy"])
     with pytest.raises(ConfigError, match="eval.faiss_index must be flat or hnsw"):
         load_config(None, ["eval.faiss_index=ivfpq"])
-    with pytest.raises(ConfigError, match="not supported"):
-        distributed.setup(load_config(None, ["train.strategy=deepspeed"]), resume=True)
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="launched as 2 processes but train.strategy is none"):
         distributed.setup(load_config(None, []))
@@ -138,9 +136,10 @@ def test_ddp_two_processes_equal_one_process_with_the_doubled_batch(tiny_dataset
     assert trajectory(half)[0] != pytest.approx(trajectory(ddp)[0], rel=1e-5)
 
 
-# a child that partitions every parameter under ZeRO-3 (DeepSpeed keeps small ones whole by default)
+# a child that partitions every parameter under ZeRO-3 (DeepSpeed keeps small ones whole by default);
+# mode "kill": SIGKILL right after last.pt for epoch 2 is written; "resume": --resume
 ZERO_CHILD = """
-import json, sys
+import json, os, signal, sys
 from tcf.experiments.config import load_config
 from tcf.train import distributed, loop
 real = distributed.zero_config
@@ -149,7 +148,15 @@ def zero_config(t, device):
     c["zero_optimization"]["stage3_param_persistence_threshold"] = 0
     return c
 distributed.zero_config = zero_config
-r = loop.train(load_config(None, sys.argv[2:]), sys.argv[1], progress=False)
+save = loop._save
+def kill_after_epoch_2(path, state):
+    save(path, state)
+    if path.name == "last.pt" and state["state"]["epoch"] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+mode = sys.argv[2]
+if mode == "kill":
+    loop._save = kill_after_epoch_2
+r = loop.train(load_config(None, sys.argv[3:]), sys.argv[1], progress=False, resume=mode == "resume")
 print(json.dumps(r, default=float))
 """
 
@@ -159,7 +166,7 @@ print(json.dumps(r, default=float))
 def test_deepspeed_zero_stages_in_one_cpu_process(tiny_dataset, tmp_path, stage, offload):
     pytest.importorskip("deepspeed")
     extra = ["train.batch_size=16", "train.strategy=deepspeed", f"train.zero_stage={stage}", f"train.offload={offload}"]
-    out = run([sys.executable, "-c", ZERO_CHILD, tmp_path / "ds", *sets(tiny_dataset, *extra)])
+    out = run([sys.executable, "-c", ZERO_CHILD, tmp_path / "ds", "fresh", *sets(tiny_dataset, *extra)])
     ds = json.loads(out.stdout.strip().splitlines()[-1])
     assert ds["distributed"] == {"strategy": "deepspeed", "world_size": 1, "zero_stage": stage, "offload": offload}
     assert (tmp_path / "ds" / "results.json").is_file() and (tmp_path / "ds" / "checkpoints" / "best.pt").is_file()
@@ -175,7 +182,7 @@ def test_deepspeed_zero3_two_processes_equal_one_process(tiny_dataset, tmp_path)
     """Partitioned parameters, gathered for evaluation and checkpoints by both ranks in step."""
     pytest.importorskip("deepspeed")
     extra = ["train.batch_size=8", "train.strategy=deepspeed", "train.zero_stage=3"]
-    out = run(torchrun(2, "--no-python", sys.executable, "-c", ZERO_CHILD, tmp_path / "ds",
+    out = run(torchrun(2, "--no-python", sys.executable, "-c", ZERO_CHILD, tmp_path / "ds", "fresh",
                        *sets(tiny_dataset, *extra)))
     ranks = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert len(ranks) == 2 and ranks[0]["metrics"] == ranks[1]["metrics"]
@@ -215,3 +222,25 @@ def test_ddp_killed_then_resumed_equals_an_uninterrupted_run(tiny_dataset, tmp_p
     assert resumed["epochs_run"] == 4 and len(resumed["history"]) == 4
     assert trajectory(resumed) == trajectory(clean)
     assert resumed["metrics"]["test"]["metrics"] == clean["metrics"]["test"]["metrics"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_killed_then_resumed_equals_an_uninterrupted_run(tiny_dataset, tmp_path, stage):
+    """The partitioned optimizer state comes back from DeepSpeed's own checkpoint (checkpoints/deepspeed/epochN)."""
+    pytest.importorskip("deepspeed")
+    s = sets(tiny_dataset, "train.batch_size=16", "train.strategy=deepspeed", f"train.zero_stage={stage}",
+             "train.epochs=4", "model.dropout=0.3")
+    killed = subprocess.run([sys.executable, "-c", ZERO_CHILD, str(tmp_path / "killed"), "kill", *s],
+                            capture_output=True, text=True, timeout=600, env=ENV, check=False)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "killed" / "checkpoints" / "deepspeed").glob("epoch*")) == \
+        ["epoch1", "epoch2"]
+    resumed = json.loads(run([sys.executable, "-c", ZERO_CHILD, tmp_path / "killed", "resume", *s])
+                         .stdout.strip().splitlines()[-1])
+    clean = json.loads(run([sys.executable, "-c", ZERO_CHILD, tmp_path / "clean", "fresh", *s])
+                       .stdout.strip().splitlines()[-1])
+    assert resumed["epochs_run"] == 4 and trajectory(resumed) == trajectory(clean)
+    assert resumed["metrics"]["test"]["metrics"] == clean["metrics"]["test"]["metrics"]
+    assert sorted(p.name for p in (tmp_path / "clean" / "checkpoints" / "deepspeed").glob("epoch*")) == \
+        ["epoch3", "epoch4"]

@@ -18,7 +18,7 @@ What a step means with N processes:
 * Rank 0 evaluates and writes checkpoints and results; the others wait and receive
   the validation score, so early stopping ends every rank at the same epoch.  Under
   ZeRO-3 the parameters are partitioned, so every rank gathers them and evaluates.
-* Dropout draws from ``seed + epoch + rank``-seeded streams when N > 1, so a resumed
+* Dropout draws from streams seeded by (seed, epoch, rank) when N > 1, so a resumed
   run repeats the epochs it redoes exactly.
 
 Process groups: gloo on CPU, nccl on CUDA (one GPU per process, ``LOCAL_RANK``).
@@ -31,8 +31,10 @@ from __future__ import annotations
 import inspect
 import math
 import os
+import shutil
 from contextlib import nullcontext
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -200,8 +202,31 @@ class Parallel:
             return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
 
     def optimizer_state(self, opt: torch.optim.Optimizer):
-        """What ``--resume`` restores; DeepSpeed's optimizer state is partitioned: not saved here."""
+        """For last.pt; DeepSpeed's optimizer state is partitioned: :meth:`save_engine` keeps it."""
         return opt.state_dict() if self.engine is None else None
+
+    def save_engine(self, folder: Path, epoch: int) -> None:
+        """DeepSpeed: weights and optimizer state, each rank its partition (collective), under the tag
+        ``epoch{N}``.  Written before last.pt, so last.pt never names a tag that is not complete;
+        the tag before it is kept (last.pt may still name it), older ones are removed."""
+        if self.engine is None:
+            return
+        self.engine.save_checkpoint(str(folder), tag=f"epoch{epoch}")
+        if self.is_main:
+            for old in folder.glob("epoch*"):
+                if old.name[5:].isdigit() and int(old.name[5:]) < epoch - 1:
+                    shutil.rmtree(old, ignore_errors=True)
+
+    def load_engine(self, folder: Path, epoch: int) -> None:
+        """DeepSpeed ``--resume``: the partitions saved with last.pt's epoch, by the same number of ranks."""
+        if self.engine is None or epoch == 0:
+            return
+        if not (folder / f"epoch{epoch}").is_dir():
+            raise ConfigError(f"--resume: no DeepSpeed checkpoint {folder / f'epoch{epoch}'} for the epoch in last.pt")
+        path, _ = self.engine.load_checkpoint(str(folder), tag=f"epoch{epoch}", load_optimizer_states=True)
+        if path is None:
+            raise ConfigError(f"--resume: DeepSpeed could not load {folder / f'epoch{epoch}'} (saved by another "
+                              "number of processes or ZeRO stage?)")
 
     def load_state_dict(self, weights: dict) -> None:
         with self.gathered(modify=True):
@@ -251,12 +276,9 @@ def zero_config(t, device: torch.device) -> dict:
     }
 
 
-def setup(cfg, *, resume: bool = False) -> Parallel:
+def setup(cfg) -> Parallel:
     """The process group and device for ``cfg.train.strategy``; a pass-through for ``none``."""
     t = cfg.train
-    if resume and t.strategy == "deepspeed":
-        raise ConfigError("--resume with train.strategy=deepspeed is not supported (ZeRO partitions the optimizer "
-                          "state across ranks; last.pt does not hold it): start a new --out")
     if t.strategy == "none":
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError(f"launched as {os.environ['WORLD_SIZE']} processes but train.strategy is none: "

@@ -103,7 +103,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     seeds = seed_everything(cfg.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    par = distributed.setup(cfg, resume=resume)  # train.strategy: this process's rank, group and device
+    par = distributed.setup(cfg)  # train.strategy: this process's rank, group and device
     device = par.device or pick_device(cfg.train.device)
     dataset = ensure_dataset(cfg.data.dataset, root=cfg.data.root)
     data = SeqData(dataset)
@@ -127,13 +127,16 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         if ck["config"] != resolved(cfg):
             raise TrainingError(f"--resume: {last} was made with another config; use a new --out")
         model.load_state_dict(ck["model"], strict=False)
-        opt.load_state_dict(ck["optimizer"])
+        if ck["optimizer"] is not None:  # DeepSpeed keeps its (partitioned) optimizer state in its own checkpoint
+            opt.load_state_dict(ck["optimizer"])
         state = ck["state"]
         torch.set_rng_state(ck["rng"]["torch"])
         np.random.set_state(ck["rng"]["numpy"])
         random.setstate(ck["rng"]["python"])
 
     par.wrap(model, opt, cfg)  # DDP, or a DeepSpeed engine around model and optimizer
+    if resume:
+        par.load_engine(ckpt_dir / "deepspeed", state["epoch"])
     bar = None
     if progress and par.is_main:
         from tqdm.auto import tqdm
@@ -175,6 +178,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
                 _save(ckpt_dir / "best.pt", {"model": weights, "epoch": epoch + 1})
         else:
             state["bad_epochs"] += 1
+        par.save_engine(ckpt_dir / "deepspeed", epoch + 1)  # DeepSpeed: every rank its part, before last.pt
         if par.is_main:
             _save(last, {"model": weights, "optimizer": par.optimizer_state(opt), "state": state,
                          "config": resolved(cfg),
