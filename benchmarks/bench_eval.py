@@ -1,0 +1,161 @@
+"""Full-ranking evaluation throughput (users/s) on ml-100k: tcf (matmul, FAISS) vs RecBole 1.2.1.
+
+The same SASRec size on both sides (hidden 64, 2 blocks, 2 heads, max length 50), every
+ml-100k user's test target ranked against all 1,682 items.  Throughput does not depend on
+the weights, so both models are freshly initialised (seed 2020), not trained; tcf's
+matmul and exact FAISS ranker are checked to give the same metrics.  Timed: the whole
+evaluation call (batching of the user sequences, forward pass, scoring, metrics), best
+of ``--repeats`` after one warm-up; dataset loading is not timed on either side.
+
+* tcf: ``tcf.eval.ranking.evaluate`` with ``ranker`` matmul / faiss (flat, hnsw), history
+  masked (the default protocol) and not, 512 users per chunk.
+* RecBole: ``Trainer.evaluate`` on its full-sort test loader (top-k metrics, its own
+  code), at its default ``eval_batch_size`` 4096 interactions (2 users of 1,683 columns
+  per batch) and at 512 users per batch, like tcf's chunk.
+
+RecBole runs in its own virtualenv (see ``bench_recbole.py`` for how it is made):
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_eval.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RECBOLE_PY = ROOT / ".bench" / "recbole-venv" / "bin" / "python"
+
+CHILD = r"""
+import json, sys, time, importlib.util
+from pathlib import Path
+import torch
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.model.sequential_recommender import SASRec
+from recbole.trainer import Trainer
+from recbole.utils import init_seed
+out, threads, repeats = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+data_path = Path(importlib.util.find_spec("recbole").submodule_search_locations[0]) / "dataset_example"
+base = {
+    "data_path": str(data_path), "checkpoint_dir": str(out / "saved"), "device": "cpu", "use_gpu": False,
+    "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
+    "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+    "MAX_ITEM_LIST_LENGTH": 50, "hidden_size": 64, "inner_size": 256, "n_layers": 2, "n_heads": 2,
+    "hidden_dropout_prob": 0.2, "attn_dropout_prob": 0.2, "loss_type": "CE", "train_neg_sample_args": None,
+    "seed": 2020, "reproducibility": True,
+    "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
+    "metrics": ["Hit", "NDCG", "MRR"], "topk": [5, 10, 20], "valid_metric": "NDCG@10",
+    "show_progress": False, "log_wandb": False,
+}
+rows = []
+for users_per_batch in (None, 512):
+    cfg = dict(base)
+    if users_per_batch:
+        cfg["eval_batch_size"] = users_per_batch * 1683  # RecBole counts interactions: users x (items + padding)
+    config = Config(model="SASRec", dataset="ml-100k", config_dict=cfg)
+    init_seed(config["seed"], config["reproducibility"])
+    torch.set_num_threads(threads)
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    model = SASRec(config, train_data.dataset).to("cpu")
+    trainer = Trainer(config, model)
+    n_users = sum(len(batch[0]) for batch in test_data)
+    trainer.evaluate(test_data, load_best_model=False, show_progress=False)  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        res = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+        times.append(time.perf_counter() - t)
+    rows.append({"eval_batch_size": config["eval_batch_size"], "users": n_users, "seconds": min(times),
+                 "all_seconds": times, "metrics": {k: float(v) for k, v in res.items()}})
+print(json.dumps(rows))
+"""
+
+
+def time_call(fn, repeats: int) -> tuple[float, list[float], object]:
+    fn()  # warm-up
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return min(times), times, out
+
+
+def run_tcf(threads: int, repeats: int) -> list[dict]:
+    from tcf.data import ensure_dataset
+    from tcf.eval.ranking import evaluate
+    from tcf.experiments.config import load_config
+    from tcf.models import build_model
+    from tcf.train.data import SeqData
+
+    torch.set_num_threads(threads)
+    cfg = load_config(ROOT / "experiments" / "ml100k-sasrec-id.yaml", [f"data.root={ROOT / 'data'}"])
+    data = SeqData(ensure_dataset(cfg.data.dataset, root=cfg.data.root))
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data.n_items, data.n_users)
+    rows, reference = [], None
+    for ranker, kind, masked in [("matmul", "flat", True), ("matmul", "flat", False), ("faiss", "flat", True),
+                                 ("faiss", "flat", False), ("faiss", "hnsw", True)]:
+        def call(ranker=ranker, kind=kind, masked=masked):
+            return evaluate(model, data, "test", ks=(5, 10, 20), max_len=cfg.model.max_len, mask_history=masked,
+                            batch_users=512, ranker=ranker, faiss_index=kind)
+
+        best, times, r = time_call(call, repeats)
+        if ranker == "matmul":
+            reference = r if masked else reference
+        name = "matmul" if ranker == "matmul" else f"faiss {kind}"
+        rows.append({"ranker": name, "masked": masked, "users": len(r.users), "seconds": best, "all_seconds": times,
+                     "ndcg@10": r.mean("ndcg@10"),
+                     "max_abs_diff_vs_matmul": (max(float(np.abs(r.per_user[k] - reference.per_user[k]).max())
+                                                    for k in r.per_user) if masked else None)})
+    return rows
+
+
+def run_recbole(threads: int, repeats: int) -> list[dict]:
+    if not RECBOLE_PY.exists():
+        sys.exit(f"no RecBole virtualenv at {RECBOLE_PY.parent.parent}; see bench_recbole.py's docstring")
+    with tempfile.TemporaryDirectory() as tmp:
+        r = subprocess.run([str(RECBOLE_PY), "-c", CHILD, tmp, str(threads), str(repeats)], capture_output=True,
+                           text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, check=False)
+    if r.returncode != 0:
+        sys.exit(f"RecBole failed:\n{r.stderr[-4000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--skip-recbole", action="store_true")
+    args = p.parse_args()
+    threads = int(os.environ.get("OMP_NUM_THREADS", 2))
+    ours = run_tcf(threads, args.repeats)
+    theirs = [] if args.skip_recbole else run_recbole(threads, args.repeats)
+    print(f"threads {threads}, best of {args.repeats} after a warm-up\n")
+    print("| system | ranking | history masked | users | seconds | users/s | test NDCG@10 (untrained) |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for row in ours:
+        print(f"| tcf | {row['ranker']} | {'yes' if row['masked'] else 'no'} | {row['users']} | {row['seconds']:.3f} | "
+              f"{row['users'] / row['seconds']:,.0f} | {row['ndcg@10']:.4f} |")
+    for row in theirs:
+        batch = row["eval_batch_size"]
+        label = f"full sort, eval_batch_size {batch}" + (" (default)" if batch == 4096 else f" ({batch // 1683} users)")
+        print(f"| RecBole 1.2.1 | {label} | no | {row['users']} | {row['seconds']:.3f} | "
+              f"{row['users'] / row['seconds']:,.0f} | {row['metrics'].get('ndcg@10', float('nan')):.4f} |")
+    diffs = {r["ranker"]: r["max_abs_diff_vs_matmul"] for r in ours if r["max_abs_diff_vs_matmul"] is not None}
+    print(f"\nlargest per-user metric difference from matmul (history masked): {json.dumps(diffs)}")
+    print("raw:", json.dumps({"tcf": ours, "recbole": theirs}))
+
+
+if __name__ == "__main__":
+    main()
