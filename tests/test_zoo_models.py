@@ -237,8 +237,8 @@ def test_roberta_style_positions_are_the_models_own(tmp_path, family, padding_si
 
     torch.manual_seed(0)
     tok = tinymodels.train_tokenizer()
-    size = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                max_position_embeddings=64, pad_token_id=0)
+    size = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "max_position_embeddings": 64, "pad_token_id": 0}
     model = (MPNetModel(MPNetConfig(**size)) if family == "mpnet" else RobertaModel(RobertaConfig(**size))).eval()
     model.save_pretrained(tmp_path / family)
     tok.save_pretrained(tmp_path / family)
