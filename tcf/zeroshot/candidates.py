@@ -37,7 +37,7 @@ class Candidates:
         atomic_write_text(path, json.dumps(data, separators=(",", ":")) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> "Candidates":
+    def load(cls, path: Path) -> Candidates:
         try:
             data = json.loads(Path(path).read_text())
             if data.get("format") != FORMAT:
@@ -69,9 +69,11 @@ def key_hash(key: dict) -> str:
 
 
 def sample_users(all_users: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """A seeded sample; samples are nested (limit 20 is the first 20 of limit 100), so a larger run
+    reuses every cached reply of a smaller one."""
     if limit is None or limit >= len(all_users):
         return np.asarray(all_users)
-    return np.sort(np.random.default_rng(seed).choice(all_users, size=limit, replace=False))
+    return np.sort(np.random.default_rng(seed).permutation(np.asarray(all_users))[:limit])
 
 
 def draw_negatives(allowed: np.ndarray, n: int, how: str, rng, counts: np.ndarray, user: int) -> np.ndarray:

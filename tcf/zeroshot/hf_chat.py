@@ -72,8 +72,8 @@ class HFChat(ChatBackend):
     def _generate(self, ids: list[list[int]], params: GenParams) -> list[tuple[list[int], int]]:
         torch = self._torch
         batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
-        kw = dict(max_new_tokens=params.max_new_tokens, do_sample=params.temperature > 0,
-                  pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos or None)
+        kw = {"max_new_tokens": params.max_new_tokens, "do_sample": params.temperature > 0,
+                  "pad_token_id": self.tokenizer.pad_token_id, "eos_token_id": self.eos or None}
         if params.temperature > 0:
             kw.update(temperature=params.temperature, top_p=params.top_p)
             if params.seed is not None:

@@ -128,9 +128,9 @@ def json_entries(reply: str) -> list | None:
         if end != -1:
             try:
                 value = json.loads(chunk)
-                if isinstance(value, list) and len(value) >= 1 and not any(isinstance(v, (list, dict)) for v in value):
-                    if len(value) >= 2 or end - m.start() > 3:  # "[3]" alone is an index label, not an answer
-                        return value
+                flat = isinstance(value, list) and value and not any(isinstance(v, (list, dict)) for v in value)
+                if flat and (len(value) >= 2 or reply.strip() == chunk):  # "[3] Babe" is a label, not an answer
+                    return value
                 continue
             except ValueError:
                 body = chunk[1:-1]
@@ -154,12 +154,12 @@ def segments(reply: str, matcher: Matcher) -> list[str | int]:
         line = re.sub(r"\*\*|__", "", line).strip()  # markdown bold around enumerators and titles
         if not line:
             continue
-        m = re.match(r"^(?:rank\s*)?\d{1,3}[.)]\s+(\S.*)$", line, re.I)
+        m = re.match(r"^(?:rank\s*)?\d{1,3}[.)]\s+(\S.*)$", line, re.IGNORECASE)
         if m and len(index_list(m.group(1), matcher)) < 2:
             out.append(m.group(1))
             continue
         if m:  # "20. 3, 1, 2, ...": a list of indices whose first entry reads like an enumerator
-            line = re.sub(r"^(?:rank\s*)?(\d{1,3})[.)]", r"\1,", line, flags=re.I)
+            line = re.sub(r"^(?:rank\s*)?(\d{1,3})[.)]", r"\1,", line, flags=re.IGNORECASE)
         for tail in (line, line.rsplit(":", 1)[-1]):
             pieces = index_list(tail, matcher)
             if pieces:

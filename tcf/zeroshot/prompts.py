@@ -70,7 +70,7 @@ class PromptTemplate:
     path: Path
 
     @classmethod
-    def named(cls, name: str) -> "PromptTemplate":
+    def named(cls, name: str) -> PromptTemplate:
         return cls(template_path(name))
 
     def text(self) -> str:
@@ -83,14 +83,14 @@ class PromptTemplate:
         noun, nouns, verb, verb_base, verb_past = WORDS.get(source or "", DEFAULT_WORDS)
         n = len(candidates)
         example = [3, 1, 2, 4, 5][: min(n, 5)] if n >= 3 else list(range(1, n + 1))
-        values = dict(
-            history=list(history), n=n, k=k, noun=noun, nouns=nouns, verb=verb, verb_base=verb_base,
-            verb_past=verb_past, letters=", ".join(LETTERS[:n]),
-            candidates=[{"index": i + 1, "label": LETTERS[i] if i < len(LETTERS) else str(i + 1), "text": t}
+        values = {
+            "history": list(history), "n": n, "k": k, "noun": noun, "nouns": nouns, "verb": verb, "verb_base": verb_base,
+            "verb_past": verb_past, "letters": ", ".join(LETTERS[:n]),
+            "candidates": [{"index": i + 1, "label": LETTERS[i] if i < len(LETTERS) else str(i + 1), "text": t}
                         for i, t in enumerate(candidates)],
-            example=", ".join(map(str, example)) + (", ..." if n > len(example) else ""),
-            example_json="[" + ", ".join(map(str, sorted(example, reverse=True)[:3])) + ", ...]",
-        )
+            "example": ", ".join(map(str, example)) + (", ..." if n > len(example) else ""),
+            "example_json": "[" + ", ".join(map(str, sorted(example, reverse=True)[:3])) + ", ...]",
+        }
         try:
             out = _load(str(self.path), self.path.stat().st_mtime_ns).render(**values)
         except jinja2.UndefinedError as e:

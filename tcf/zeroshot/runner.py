@@ -154,7 +154,7 @@ def run_zeroshot(cfg, out, *, progress: bool = True, backend=None) -> dict:
     results = {
         "task": "zeroshot", "name": cfg.name,
         "metrics": {split: {
-            "n_users": int(len(cands.users)), "metrics": summarize(per_user, ci=ci, seed=cfg.seed),
+            "n_users": len(cands.users), "metrics": summarize(per_user, ci=ci, seed=cfg.seed),
             "baselines": {"pop": {"metrics": summarize(pop, ci=ci, seed=cfg.seed)},
                           "random": {"metrics": summarize(rand, ci=False), "note": "exact expectation"}},
             "vs_pop": {m: paired_test(per_user[m], pop[m], seed=cfg.seed) for m in ("hr@1", "ndcg@10")
@@ -169,7 +169,7 @@ def run_zeroshot(cfg, out, *, progress: bool = True, backend=None) -> dict:
         "dataset": {"path": str(dataset.path), "fingerprint": dataset.fingerprint, "n_users": data.n_users,
                     "n_items": data.n_items},
         "seeds": {"candidates": cfg.seed, "generation": z.gen_seed},
-        "candidates": {"path": str(cand_path), "key": cands.key, "n_users": int(len(cands.users)),
+        "candidates": {"path": str(cand_path), "key": cands.key, "n_users": len(cands.users),
                        "n_candidates": int(cands.lists.shape[2]), "bootstrap": int(cands.lists.shape[1])},
         "backend": {"name": z.backend, "identity": stats["identity"], "calls": stats["calls"],
                     "cache_hits": stats["cache_hits"], "retries": stats.get("retries", 0),

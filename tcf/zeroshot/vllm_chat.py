@@ -24,7 +24,7 @@ class VLLMChat(ChatBackend):
             from vllm import LLM
 
             llm = LLM(model=str(source), dtype=VLLM_DTYPES.get(z.dtype, "auto"), seed=0,
-                      tensor_parallel_size=int(os.environ.get("TCF_VLLM_TP", 1)))
+                      tensor_parallel_size=int(os.environ.get("TCF_VLLM_TP", "1")))
         self.llm = llm
         self.calls = 0
 
