@@ -135,7 +135,7 @@ def run_recbole(threads: int, repeats: int) -> list[dict]:
     if not RECBOLE_PY.exists():
         sys.exit(f"no RecBole virtualenv at {RECBOLE_PY.parent.parent}; see bench_recbole.py's docstring")
     with tempfile.TemporaryDirectory() as tmp:
-        r = subprocess.run([str(RECBOLE_PY), "-c", CHILD, tmp, str(threads), str(repeats)], capture_output=True,
+        r = subprocess.run([str(RECBOLE_PY), "-c", CHILD, tmp, str(threads), str(repeats)], capture_output=True, cwd=tmp,  # RecBole writes log_tensorboard/ into its cwd
                            text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, check=False)
     if r.returncode != 0:
         sys.exit(f"RecBole failed:\n{r.stderr[-4000:]}")

@@ -93,7 +93,7 @@ json.dump({"log": log, "total_seconds": total, "recbole_test": {k: float(v) for 
 def run_recbole(out: Path, epochs: int, threads: int) -> dict:
     if not RECBOLE_PY.exists():
         sys.exit(f"no RecBole virtualenv at {RECBOLE_PY.parent.parent}; see this script's docstring")
-    r = subprocess.run([str(RECBOLE_PY), "-c", CHILD, str(out), str(epochs), str(threads)], capture_output=True,
+    r = subprocess.run([str(RECBOLE_PY), "-c", CHILD, str(out), str(epochs), str(threads)], capture_output=True, cwd=out,  # RecBole writes log_tensorboard/ into its cwd
                        text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
     if r.returncode != 0:
         sys.exit(f"RecBole failed:\n{r.stderr[-4000:]}")
