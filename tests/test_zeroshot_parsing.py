@@ -61,6 +61,10 @@ TABLE = [
     ("topk-json", "[101, 0, 7]", [6], "partial"),  # out of range ignored
     ("topk-json", "1. [12] Movie number 12\n2. [5] Movie number 5\n3. [40] Movie number 40", [11, 4, 39], "valid"),
     ("topk-json", "{\"top\": }", [], "failed"),
+    ("topk-json", "```json\n{\n  \"id\": 10,\n  \"name\": \"Movie number 7\",\n  \"genres\": [\n    \"Action\",\n"
+                  "    \"Comedy\",", [6], "partial"),  # smollm2: an object with a genres array, a title inside
+    ("topk-json", "```python\nimport json\n\ndef get_json_list(json_data):\n    return json.loads(json_data)\n",
+     [], "failed"),  # smollm2: code instead of an answer
 ]
 
 

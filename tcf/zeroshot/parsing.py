@@ -158,6 +158,9 @@ def segments(reply: str, matcher: Matcher) -> list[str | int]:
         if m and len(index_list(m.group(1), matcher)) < 2:
             out.append(m.group(1))
             continue
+        if re.match(r'^"[^"]+"\s*:', line):  # a JSON field ("id": 10): only a candidate title in its value counts
+            out.extend(matcher.titles_in(line.split(":", 1)[1]))
+            continue
         if m:  # "20. 3, 1, 2, ...": a list of indices whose first entry reads like an enumerator
             line = re.sub(r"^(?:rank\s*)?(\d{1,3})[.)]", r"\1,", line, flags=re.IGNORECASE)
         for tail in (line, line.rsplit(":", 1)[-1]):
@@ -211,7 +214,10 @@ def parse(reply: str | None, candidates: list[str], protocol: str, *, k: int | N
     if protocol == "choice":
         pieces, method = choice_pieces(reply, matcher), "letters"
     elif protocol == "topk-json" and (entries := json_entries(reply)) is not None:
-        pieces, method = [e if isinstance(e, str) else str(e) for e in entries], "json"
+        parsed = collect([e if isinstance(e, str) else str(e) for e in entries], matcher, want, "json")
+        if parsed.ranking:
+            return parsed
+        pieces, method = segments(reply, matcher), None  # an array of something else (genres, code): read the text
     else:
         pieces, method = segments(reply, matcher), None
     return collect(pieces, matcher, want, method)
