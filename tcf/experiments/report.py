@@ -144,7 +144,8 @@ def answer_text_vs_id(groups: list[Group], s: ReportSettings) -> list[str]:
                 f"{m} {_rel(c)} — **{c.verdict(s.alpha, 'text beats ID', 'ID beats text')}**.")
         cold_t, cold_i = best.slice_mean("cold", m, s.split), base.slice_mean("cold", m, s.split)
         if cold_t is not None and cold_i is not None:
-            line += f" On cold targets: {cold_t:.4f} vs {cold_i:.4f}."
+            n = best.first.slice_users("cold", s.split)
+            line += f" On cold targets{f' ({n} users)' if n is not None else ''}: {cold_t:.4f} vs {cold_i:.4f}."
         out.append(line)
     return out or ["not measured (no ID run and text run with the same head)."]
 
@@ -340,7 +341,8 @@ def _size_ticks(ax, series: dict) -> None:
         for p, _, g in pts:
             names.setdefault(p, set()).add(g.first.encoder)
     xs = sorted(names)
-    ax.set_xticks(xs, [f"{'/'.join(sorted(names[x]))}\n{params_text(x)}" for x in xs], fontsize=8)
+    ax.set_xticks(xs, [f"{'/'.join(sorted(names[x]))} ({params_text(x)})" for x in xs], fontsize=8, rotation=40,
+                  ha="right", rotation_mode="anchor")
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlim(xs[0] / 1.8, xs[-1] * 1.8)
 
@@ -461,7 +463,8 @@ def table(groups: list[Group], s: ReportSettings) -> list[str]:
         cold = g.slice_mean("cold", s.metrics[0], s.split)
         cells = [HEAD_NAMES.get(r.head, r.head), TOWER_NAMES.get(r.tower, r.tower), r.encoder or "—",
                  params_text(r.encoder_parameters), str(len(g.runs)),
-                 *[st.text() if st else "—" for st in stats], "—" if cold is None else f"{cold:.4f}",
+                 *[st.text() if st else "—" for st in stats],
+                 "—" if cold is None else f"{cold:.4f} (n={r.slice_users('cold', s.split)})",
                  _extra(g) or "", ", ".join(f"`{x.folder.name}`" for x in g.runs[:3]) + (" …" if len(g.runs) > 3 else "")]
         lines.append("| " + " | ".join(cells) + " |")
     return lines

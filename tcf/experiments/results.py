@@ -94,6 +94,10 @@ class RunResult:
         value = (s or {}).get("metrics", {}).get(name)
         return None if value is None else float(value)
 
+    def slice_users(self, slice_name: str, split: str = "test") -> int | None:
+        s = (self.results.get("metrics") or {}).get(split, {}).get("slices", {}).get(slice_name)
+        return None if not s or s.get("n_users") is None else int(s["n_users"])
+
     def per_user(self, name: str, split: str = "test") -> tuple[np.ndarray, np.ndarray] | None:
         """(user ids, per-user metric) from ``per_user_SPLIT.npy``, for paired tests; None when absent."""
         cols = self.results.get("per_user_columns")
