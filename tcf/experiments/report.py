@@ -291,11 +291,13 @@ def answer_zeroshot(rows: list[dict], s: ReportSettings) -> list[str]:
         parts += [f"{name} {b:.4f}" for name, b in ((k, _mean(v, m)) for k, v in row["baselines"].items())
                   if b is not None]
         if row["compliance"] is not None:
-            parts.append(f"{row['compliance']:.0%} of replies followed the format")
+            partly = f" ({row['partial']:.0%} partly)" if row.get("partial") else ""
+            parts.append(f"{row['compliance']:.0%} of replies followed the format{partly}")
         verdicts = []
-        pop = _mean(row["baselines"].get("pop", {}), m)
-        if pop is not None:
-            verdicts.append(f"{'above' if own > pop else 'below'} popularity by {abs(own - pop):.4f}")
+        for name, label in (("random", "random"), ("pop", "popularity")):
+            b = _mean(row["baselines"].get(name, {}), m)
+            if b is not None:
+                verdicts.append(f"{'above' if own > b else 'below'} {label} by {abs(own - b):.4f}")
         trained = [(k, _mean(v, m)) for k, v in row["baselines"].items() if k.startswith("trained")]
         trained = [(k, v) for k, v in trained if v is not None]
         if trained:
@@ -303,7 +305,8 @@ def answer_zeroshot(rows: list[dict], s: ReportSettings) -> list[str]:
             verdicts.append((f"{own - best:+.4f} vs" if own >= best else f"{best - own:.4f} below")
                             + f" the {name} on the same candidates")
         line = "; ".join(parts)
-        out.append(line + (f" — **zero-shot is {', and '.join(verdicts)}**." if verdicts else "."))
+        said = ", ".join(verdicts[:-1]) + (" and " if len(verdicts) > 1 else "") + (verdicts[-1] if verdicts else "")
+        out.append(line + (f" — **zero-shot is {said}**." if verdicts else "."))
     return out or ["not measured (no zero-shot run)."]
 
 
@@ -443,9 +446,9 @@ def plot_zeroshot(rows: list[dict], s: ReportSettings, path: Path, title: str) -
         ax.set_title(f"Zero-shot {metric.upper()} vs baselines on the same candidates")
         ax.grid(True, axis="x", alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.35 / (height + 1.0), 1, 1))
+    fig.tight_layout(rect=(0, (0.15 + 0.22 * -(-len(labels) // 5)) / (height + 1.0), 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
