@@ -183,6 +183,6 @@ def hard_negatives(cfg, dataset, data, users: np.ndarray, n_neg: int) -> np.ndar
                                           mask_history=True, device="cpu")
             scores[torch.arange(len(chunk)), targets] = float("-inf")
             for row, u in enumerate(chunk):  # items after the target (the valid split's test item) are not negatives
-                scores[row, torch.as_tensor(data.seqs[u])] = float("-inf")
+                scores[row, torch.tensor(data.seqs[u])] = float("-inf")
             out.append(scores.topk(n_neg, dim=1).indices.numpy())
     return np.concatenate(out)
