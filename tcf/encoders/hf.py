@@ -186,11 +186,17 @@ def load_tokenizer(source, spec: EncoderSpec):
     return tok
 
 
+# Part of every cache key: bump it whenever a change here alters the vectors computed for the same
+# weights and settings, so caches written by the older code are recomputed instead of silently reused.
+# 2: RoBERTa-style models (MPNet, XLM-R) number their own positions from padding_idx + 1.
+CODE_VERSION = 2
+
+
 class HFEncoder(Encoder):
     @classmethod
     def key_for(cls, spec: EncoderSpec) -> dict:
         _, identity, _, _, layer_index = describe(spec)
-        return encoder_key(spec, identity, layer_index)
+        return {**encoder_key(spec, identity, layer_index), "code_version": CODE_VERSION}
 
     def __init__(self, spec: EncoderSpec):
         import torch
