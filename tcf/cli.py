@@ -159,12 +159,8 @@ def index_spec(args: argparse.Namespace):
     return IndexSpec(type=args.type, normalize=not args.no_normalize, gpu=args.gpu)
 
 
-def index_path(entry_path: Path, spec) -> Path:
-    return entry_path / f"index-{spec.type}{'' if spec.normalize else '-ip'}.faiss"
-
-
 def cmd_index(args: argparse.Namespace) -> int:
-    from tcf.encoders.index import ItemIndex
+    from tcf.encoders.index import ItemIndex, index_path
 
     ds, spec, r = _cached(args)
     ispec = index_spec(args)
@@ -180,7 +176,7 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
     import numpy as np
 
     from tcf.encoders import build_encoder
-    from tcf.encoders.index import ItemIndex
+    from tcf.encoders.index import ItemIndex, index_path
 
     ds, spec, r = _cached(args, progress=False)
     ispec = index_spec(args)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tcf.cli import main
-from tcf.experiments.report import ReportSettings, write_report
+from tcf.experiments.report import ReportSettings, neighbor_table, write_report
 from tcf.experiments.results import group_runs, load_runs
 from tcf.experiments.sweep import expand, run_sweep
 
@@ -121,6 +121,15 @@ def test_report_command_on_a_real_tiny_sweep(tiny_dataset, tiny_models, tmp_path
     groups = json.loads((out / "report" / "report.json").read_text())["groups"]
     sizes = sorted(g["encoder_parameters"] for g in groups if g["encoder_parameters"])
     assert len(sizes) == 2 and sizes[0] < sizes[1]
+    # the sweep built an exact FAISS index beside each pooled cache; the report lists neighbours from it
+    assert len(list((tmp_path / "cache").glob("*-pooled-*/index-flat.faiss"))) == 2
+    query = tiny_dataset.item_texts(tiny_dataset.template)[3]
+    rows = neighbor_table(group_runs(load_runs(out)[0]), ReportSettings(neighbors=[query, "no such item"],
+                                                                        neighbors_k=3))
+    assert len(rows) == 2 + 2  # header, rule, one row per encoder; the unknown name is skipped
+    for row in rows[2:]:
+        cells = row.strip("|").split("|")
+        assert cells[0].strip() == query and len(cells[2].split(";")) == 3
 
 
 class ReverseRanker:

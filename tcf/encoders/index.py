@@ -151,3 +151,23 @@ class ItemIndex:
         meta = {k: v for k, v in info.items() if k not in ("spec", "n_items", "dim")}
         meta["gpu"] = on_gpu
         return cls(index, spec, info["n_items"], info["dim"], meta)
+
+
+def index_path(entry_path: str | Path, spec: IndexSpec) -> Path:
+    """Where the index of ``spec`` over the cache entry at ``entry_path`` lives (beside its vectors)."""
+    return Path(entry_path) / f"index-{spec.type}{'' if spec.normalize else '-ip'}.faiss"
+
+
+def cached_index(entry, spec: IndexSpec = IndexSpec(), *, gpu: str = "auto") -> ItemIndex:
+    """The saved index over a cache entry, built and saved first if there is none (or it was built over
+    other vectors: the sidecar's ``cache_key_hash`` is checked)."""
+    path = index_path(entry.path, spec)
+    key_hash = entry.manifest["key_hash"]
+    if path.is_file() and path.with_suffix(".json").is_file():
+        index = ItemIndex.load(path, gpu=gpu)
+        if index.meta.get("cache_key_hash") == key_hash:
+            return index
+    index = ItemIndex.build(np.asarray(entry.vectors), spec)
+    index.save(path, {"cache_key_hash": key_hash})
+    return index
+

@@ -38,6 +38,8 @@ class ReportSettings:
     split: str = "test"  # the split tables and plots show (the checkpoint is always chosen on valid)
     metrics: list[str] = field(default_factory=lambda: ["ndcg@10", "hr@10"])  # the first one is the headline
     alpha: float = 0.05  # a difference counts as significant below this p-value (or without CI overlap)
+    neighbors: list[str] = field(default_factory=lambda: ["Toy Story", "Star Wars"])  # item texts to show kNN of
+    neighbors_k: int = 5
 
 
 # ---------------------------------------------------------------- helpers
@@ -456,6 +458,44 @@ def plot_zeroshot(rows: list[dict], s: ReportSettings, path: Path, title: str) -
 
 # ---------------------------------------------------------------- markdown
 
+def _find_item(texts: list[str], query: str) -> int | None:
+    """The item whose text is ``query`` (case-folded), else the first whose text contains it."""
+    q = query.casefold()
+    exact = [i for i, t in enumerate(texts) if i and t.casefold() == q]
+    return exact[0] if exact else next((i for i, t in enumerate(texts) if i and q in t.casefold()), None)
+
+
+def neighbor_table(groups: list[Group], s: ReportSettings) -> list[str]:
+    """Nearest items (cosine, exact FAISS index over each pooled cache the runs used) of a few named items:
+    a look at what each encoder considers similar, next to what the recommenders learned from it."""
+    from tcf.data import load_dataset
+    from tcf.encoders.cache import read_entry
+    from tcf.encoders.index import cached_index
+
+    caches: dict[str, RunResult] = {}
+    for g in groups:
+        info = g.first.results.get("text_cache") or {}
+        if info.get("cache") and Path(info["cache"]).is_dir():
+            caches.setdefault(info["cache"], g.first)
+    rows = []
+    for path, run in caches.items():
+        entry = read_entry(Path(path))
+        if entry.key.get("kind") != "pooled":
+            continue
+        texts = load_dataset(run.results["dataset"]["path"]).item_texts(entry.key["template"])
+        index = cached_index(entry)
+        for query in s.neighbors:
+            item = _find_item(texts, query)
+            if item is None:
+                continue
+            _, ids = index.search(np.asarray(entry.vectors[item], dtype=np.float32), s.neighbors_k, exclude=[item])
+            names = "; ".join(texts[i] for i in ids[0] if i > 0)
+            rows.append(f"| {texts[item]} | {run.encoder} | {names} |")
+    if not rows:
+        return []
+    return ["| item | encoder | nearest items (cosine, exact FAISS index) |", "|---|---|---|", *rows]
+
+
 def table(groups: list[Group], s: ReportSettings) -> list[str]:
     cols = ["head", "tower", "encoder", "encoder params", "seeds", *[f"{s.split} {m}" for m in s.metrics],
             f"cold {s.metrics[0]}", "other settings", "runs"]
@@ -534,6 +574,9 @@ def _markdown(title, runs_dir, plan, trained, zs, failed, figures, s) -> list[st
         md += ["## Trained recommenders", "", *table(trained, s), ""]
     if zs:
         md += ["## Zero-shot", "", *zeroshot_table(zs, s), ""]
+    neighbors = neighbor_table(trained, s)
+    if neighbors:
+        md += ["## Nearest items by encoder", "", *neighbors, ""]
     captions = {"scaling": "Accuracy against encoder size", "towers": "Item towers compared",
                 "zeroshot": "Zero-shot against baselines"}
     for name, made in figures.items():

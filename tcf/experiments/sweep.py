@@ -242,9 +242,11 @@ def _extract_one(cfg: RunConfig, progress: bool) -> str:
 
         return str(token_cache(cfg, dataset)[0].path)
     from tcf.encoders.extract import extract
+    from tcf.encoders.index import cached_index
 
-    return str(extract(dataset, cfg.encoder, root=cfg.cache_root, template=cfg.data.template,
-                       progress=progress).entry.path)
+    entry = extract(dataset, cfg.encoder, root=cfg.cache_root, template=cfg.data.template, progress=progress).entry
+    cached_index(entry)  # exact FAISS index beside the vectors: the report's neighbour lists and `tcf neighbors`
+    return str(entry.path)
 
 
 def extract_caches(runs: list[Run], *, progress: bool, log: Callable[[str], None]) -> dict[str, str]:
