@@ -428,7 +428,6 @@ def load_top_layers(spec: EncoderSpec, k: int):
     """
     import re
 
-    import torch
     from accelerate import init_empty_weights
     from transformers import AutoModel
 
