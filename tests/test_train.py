@@ -182,15 +182,21 @@ def test_synthetic_text_beats_id_on_cold_items_and_heads_beat_popularity(tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["ml100k-sasrec-id", "ml100k-dssm-id"])
-@pytest.mark.parametrize("tower", ["id", "frozen", "id+text"])
+@pytest.mark.parametrize("tower", ["id", "frozen", "id+text", "finetune", "lora"])
 def test_ml100k_one_epoch_smoke(config, tower, tmp_path):
-    """The shipped configs run as they are on ml-100k (one epoch here), with every tower."""
+    """The shipped configs run as they are on ml-100k (one epoch here), with every tower.
+
+    The LM towers train MiniLM's top layer from its cached token states, with in-batch negatives
+    (full-softmax CE would run the layer over the whole catalogue each step and is refused) and
+    large batches, so that an epoch stays well under a minute on 2 cores."""
     from pathlib import Path
 
     path = Path(__file__).resolve().parent.parent / "experiments" / f"{config}.yaml"
+    lm = (["train.loss=inbatch", "train.batch_size=512", "model.finetune_layers=1", "encoder.max_tokens=16"]
+          if tower in ("finetune", "lora") else [])
     cfg = load_config(path, ["train.epochs=1", f"model.tower={tower}", "encoder.model=minilm-l6",
                              f"cache_root={tmp_path / 'cache'}", f"data.root={tmp_path / 'data'}",
-                             "eval.bootstrap=100"])
+                             "eval.bootstrap=100", *lm])
     r = loop.train(cfg, tmp_path / "run", progress=False)
     assert r["dataset"]["n_users"] == 943 and r["dataset"]["n_items"] == 1682
     assert r["metrics"]["test"]["n_users"] == 943
