@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tcf.config import flatten
 from tcf.errors import TcfError
 
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (1.96 beyond)
@@ -23,16 +24,6 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2
         2.12, 2.11, 2.101, 2.093, 2.086, 2.08, 2.074, 2.069, 2.064, 2.06, 2.056, 2.052, 2.048, 2.045, 2.042)
 NOT_A_SETTING = ("name", "seed")  # differ between the members of a group
 TEXT_ONLY = ("encoder.", "cache_root", "cache_path", "data.template")  # meaningless for an ID tower
-
-
-def flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 @dataclass
@@ -58,7 +49,7 @@ class RunResult:
 
     @cached_property
     def config(self) -> dict:
-        return flat(self.results.get("config") or {})
+        return flatten(self.results.get("config") or {})
 
     @property
     def task(self) -> str:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tcf.config import from_dict, load_yaml, merge, parse_overrides, to_dict
+from tcf.config import flatten, from_dict, load_yaml, merge, parse_overrides, to_dict
 from tcf.errors import ConfigError
 from tcf.experiments.config import RunConfig
 from tcf.fsutil import atomic_write_text
@@ -76,16 +76,6 @@ def nest(flat: dict, where: str) -> dict:
                 raise ConfigError(f"{where}: '{key}' sets inside {p}, which is not a section")
         value = nest(value, f"{where}.{key}") if isinstance(value, dict) else value
         node[parts[-1]] = merge(node[parts[-1]], value) if isinstance(node.get(parts[-1]), dict) else value
-    return out
-
-
-def flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
     return out
 
 
