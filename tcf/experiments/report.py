@@ -352,6 +352,20 @@ def _size_ticks(ax, series: dict) -> None:
     ax.set_xlim(xs[0] / 1.8, xs[-1] * 1.8)
 
 
+def _save_figure(plt, fig, path: Path, title: str, *, legend_from=None, ncol: int = 4, bottom=None) -> bool:
+    """Title, an optional shared legend under the axes (``bottom(legend rows)`` is the space it keeps), save, close."""
+    rect = (0, 0, 1, 1)
+    if legend_from is not None:
+        handles, labels = legend_from.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(ncol, len(labels)), fontsize=8, frameon=False)
+        rect = (0, bottom(-(-len(labels) // ncol)), 1, 1)
+    fig.suptitle(title)
+    fig.tight_layout(rect=rect)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def plot_scaling(groups: list[Group], s: ReportSettings, path: Path, title: str) -> bool:
     if not any(len(v) for v in scaling_series(groups, s.metrics[0], s.split).values()):
         return False
@@ -382,13 +396,8 @@ def plot_scaling(groups: list[Group], s: ReportSettings, path: Path, title: str)
         ax.set_ylabel(f"{metric.upper()} on {s.split} (mean, 95% CI)")
         ax.set_title(f"{metric.upper()} vs encoder size")
         ax.grid(True, which="major", alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(labels) - 1) // 4), 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save_figure(plt, fig, path, title, legend_from=axes[0][0], ncol=4,
+                        bottom=lambda rows: 0.06 + 0.04 * (rows - 1))
 
 
 def plot_towers(groups: list[Group], s: ReportSettings, path: Path, title: str) -> bool:
@@ -415,11 +424,7 @@ def plot_towers(groups: list[Group], s: ReportSettings, path: Path, title: str) 
             ax.set_xlabel(f"{s.split} {metric.upper()} (mean, 95% CI)")
             ax.set_title(f"{HEAD_NAMES.get(head, head)}: {metric.upper()} by item tower")
             ax.grid(True, axis="x", alpha=0.3)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save_figure(plt, fig, path, title)
 
 
 def plot_zeroshot(rows: list[dict], s: ReportSettings, path: Path, title: str) -> bool:
@@ -447,13 +452,8 @@ def plot_zeroshot(rows: list[dict], s: ReportSettings, path: Path, title: str) -
         ax.set_xlabel(f"{metric.upper()} on {s.split}, ranking each user's candidate list")
         ax.set_title(f"Zero-shot {metric.upper()} vs baselines on the same candidates")
         ax.grid(True, axis="x", alpha=0.3)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8, frameon=False)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, (0.15 + 0.22 * -(-len(labels) // 5)) / (height + 1.0), 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return _save_figure(plt, fig, path, title, legend_from=axes[0][0], ncol=5,
+                        bottom=lambda rows: (0.15 + 0.22 * rows) / (height + 1.0))
 
 
 # ---------------------------------------------------------------- markdown
