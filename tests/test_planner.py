@@ -7,8 +7,8 @@ import json
 
 import numpy as np
 import pytest
-import tinymodels
 
+import tinymodels
 from tcf.cli import main
 from tcf.encoders import EncoderSpec, build_encoder
 from tcf.errors import ConfigError, TcfError
@@ -61,6 +61,17 @@ def test_opt_counts_against_published_sizes(size):
         assert 0.05 < error < 0.06 and not rounds_to(n, P.OPT_PUBLISHED[size])
     else:
         assert 0.01 <= error < 0.02 and rounds_to(n, P.OPT_PUBLISHED[size])
+
+
+@pytest.mark.parametrize("size", ["125m", "350m", "13b"])
+def test_plan_shows_the_count_against_the_papers_name(size):
+    plan = P.plan(f"facebook/opt-{size}", P.Hardware(1, 80 * P.GiB, 512 * P.GiB), items=1682)
+    pub = plan["parameters"]["published"]
+    assert pub["name"] == size.upper() and pub["count"] == P.OPT_PUBLISHED[size]
+    assert pub["relative_difference"] == pytest.approx((OPT_EXACT[size] - P.OPT_PUBLISHED[size]) / P.OPT_PUBLISHED[size])
+    assert f"the OPT paper names it {size.upper()}: {pub['relative_difference']:+.2%}" in P.render(plan)
+    assert ("512 dimensions" in pub["note"]) == (size == "350m")
+    assert "published" not in P.plan("minilm-l6", P.Hardware(0, 0, 24 * P.GiB))["parameters"]
 
 
 def test_opt_350m_quirks_match_transformers_layout():

@@ -506,6 +506,9 @@ def plan(model: str, hw: Hardware, *, items: int | None = None, tokens: int = 64
                                                         "finetune_layers": k, "dtype": dtype},
            "parameters": _parameters(arch, cut, k), "weights": _weights(arch, cut, dtype),
            "activations": _activations(arch, batch, tokens, k, dtype)}
+    size = opt_size(model)
+    if size:
+        out["parameters"]["published"] = _published(size, arch.n_params)
     out["cache"] = _cache(arch, items, tokens, k)
     jobs = [{"name": "extract pooled vectors (final layer)", "kind": "pooled", "arch": arch,
              "flags": f"--kind pooled --max-tokens {tokens} --batch-size {batch}"}]
@@ -529,6 +532,14 @@ def _parameters(arch: Arch, cut: Arch, k: int) -> dict:
             "blocks": arch.n_layers, "per_block": max(arch.block_params, default=0), "top_k_trainable": arch.top_params(k) if k
             else 0, "layer_range_loaded": cut.n_params, "hidden": arch.hidden, "pooled_dim": arch.out_dim,
             "ffn": arch.ffn, "heads": arch.heads}
+
+
+def _published(size: str, count: int) -> dict:
+    """How the exact count compares with the size the OPT paper names the model by (a rounded name)."""
+    named = OPT_PUBLISHED[size]
+    note = ("the released checkpoint embeds tokens in 512 dimensions and projects them to 1024, which the name "
+            "does not reflect" if size == "350m" else "the names are rounded, as in GPT-3's Table 2.1")
+    return {"name": size.upper(), "count": int(named), "relative_difference": (count - named) / named, "note": note}
 
 
 def _weights(arch: Arch, cut: Arch, dtype: str) -> dict:
@@ -640,6 +651,8 @@ def render(p: dict) -> str:
              (f"parameters {par['total']:,} (exact, meta device): {par['blocks']} blocks x {par['per_block']:,}, "
               f"embeddings and other {par['embeddings_and_other']:,}; hidden {par['hidden']}, ffn {par['ffn']}, "
               f"heads {par['heads']}"),
+             *([f"           the OPT paper names it {pub['name']}: {pub['relative_difference']:+.2%} ({pub['note']})"]
+               if (pub := par.get("published")) else []),
              "weights    (exact tensor bytes) " + ", ".join(f"{k} {_gib(v)}" for k, v in w["full"].items())]
     if s["finetune_layers"]:
         k = s["finetune_layers"]
