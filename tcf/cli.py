@@ -17,7 +17,6 @@ from pathlib import Path
 from tcf import __version__
 from tcf.errors import ConfigError, TcfError
 
-
 # ---------------------------------------------------------------- data
 
 def _split_settings(source: str, settings: dict) -> tuple[dict, dict]:

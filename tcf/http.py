@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import random
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -74,7 +73,7 @@ def post_json(url: str, payload: dict, *, key: str | None, policy: RetryPolicy, 
             if e.code != 429 and e.code < 500:
                 raise ServerError(f"{url}: HTTP {e.code}: {detail}") from None
             last, retry_after = f"HTTP {e.code}: {detail}", e.headers.get("Retry-After")
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
             last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
         if attempt < policy.max_retries:
             if stats is not None:

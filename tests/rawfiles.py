@@ -5,8 +5,8 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from tcf.data.sources.ml100k import GENRES
 from tcf.data.sources.mind import NEWS_COLUMNS
+from tcf.data.sources.ml100k import GENRES
 
 # A tiny MovieLens: 4 users x 5 movies.  (user, item, rating, timestamp) in file order.
 ML_RATINGS = [

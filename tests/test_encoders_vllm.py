@@ -16,8 +16,8 @@ import torch
 import tinymodels
 from tcf.encoders import ENCODERS, EncoderSpec, build_encoder
 from tcf.encoders.pooling import pool
-from tcf.errors import ConfigError, TcfError
 from tcf.encoders.vllm_backend import VLLMEncoder
+from tcf.errors import ConfigError, TcfError
 
 
 class StandInLLM:

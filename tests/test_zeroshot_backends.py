@@ -9,9 +9,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
 import tinymodels
 from fakeserver import FakeServer
-
 from tcf.errors import ConfigError
 from tcf.experiments.config import ZeroShotConfig
 from tcf.zeroshot import CHAT_BACKENDS, GenParams, build_backend

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakeserver import FakeServer
 
+from fakeserver import FakeServer
 from tcf.errors import ConfigError
 from tcf.experiments.config import RunConfig, ZeroShotConfig, load_config
 from tcf.zeroshot import ChatBackend, Reply, run_zeroshot

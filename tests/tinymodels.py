@@ -34,7 +34,7 @@ def train_tokenizer(texts=CORPUS, vocab_size: int = 200, bos: bool = False):
 def build(kind: str, folder: Path, *, layers: int = 3, hidden: int = 32, seed: int = 0) -> Path:
     """Save a randomly initialised tiny model of family ``kind`` with its tokenizer to ``folder``."""
     import torch
-    from transformers import (AutoModel, BertConfig, Gemma3TextConfig, GPT2Config, LlamaConfig, OPTConfig)
+    from transformers import AutoModel, BertConfig, Gemma3TextConfig, GPT2Config, LlamaConfig, OPTConfig
 
     torch.manual_seed(seed)
     tok = train_tokenizer(bos=kind in ("llama", "opt"))

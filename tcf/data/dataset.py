@@ -14,8 +14,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tcf.data.prepare import (FORMAT_VERSION, INTERACTIONS_FILE, ITEMS_FILE, META_FILE, SPLIT_NAMES, TEST, TRAIN,
-                              USERS_FILE, VALID, dataset_fingerprint, render_texts, text_fingerprint)
+from tcf.data.prepare import (
+    FORMAT_VERSION,
+    INTERACTIONS_FILE,
+    ITEMS_FILE,
+    META_FILE,
+    SPLIT_NAMES,
+    TEST,
+    TRAIN,
+    USERS_FILE,
+    VALID,
+    dataset_fingerprint,
+    render_texts,
+    text_fingerprint,
+)
 from tcf.errors import DataError
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import csv
 import sys
 import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd

@@ -87,7 +87,7 @@ class Canonical:
 
 def template_fields(template: str) -> list[str]:
     names = []
-    for _, name, spec, conv in string.Formatter().parse(template):
+    for _, name, _spec, _conv in string.Formatter().parse(template):
         if name is None:
             continue
         if not name.isidentifier():

@@ -108,5 +108,5 @@ class Encoder(ABC):
         """Token-level hidden states at ``layer`` (for top-k fine-tuning caches)."""
         raise ConfigError(f"backend {self.spec.backend!r} does not give token-level hidden states; use backend hf")
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op unless a backend holds a model
         """Free the model (GPU memory); the encoder is unusable afterwards."""

@@ -16,8 +16,15 @@ import numpy as np
 from tcf import __version__
 from tcf.data import Dataset
 from tcf.encoders import ENCODERS, Encoder, EncoderSpec
-from tcf.encoders.cache import (FORMAT_VERSION, CacheEntry, entry_path, merge_shards, read_entry, valid_shard,
-                                write_shard)
+from tcf.encoders.cache import (
+    FORMAT_VERSION,
+    CacheEntry,
+    entry_path,
+    merge_shards,
+    read_entry,
+    valid_shard,
+    write_shard,
+)
 from tcf.errors import ConfigError
 from tcf.provenance import provenance
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import importlib.metadata
 import importlib.util
+import io
 import json
 import os
 import shutil
