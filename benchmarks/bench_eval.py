@@ -17,7 +17,7 @@ machine they move far less than wall time, and with one thread they are the cost
   all 943 in one batch; 512 matches tcf's chunk.  RecBole does not mask the history of
   sequential models.
 
-RecBole runs in its own virtualenv (see ``bench_recbole.py`` for how it is made):
+RecBole runs in its own virtualenv (``recbole_child.py`` says how it is made):
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_eval.py
 """
@@ -27,43 +27,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-RECBOLE_PY = ROOT / ".bench" / "recbole-venv" / "bin" / "python"
+from recbole_child import ROOT, run_child
 
 CHILD = r"""
-import json, sys, time, importlib.util
-from pathlib import Path
-import torch
-from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
-from recbole.model.sequential_recommender import SASRec
-from recbole.trainer import Trainer
-from recbole.utils import init_seed
-out, threads, repeats = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-data_path = Path(importlib.util.find_spec("recbole").submodule_search_locations[0]) / "dataset_example"
-base = {
-    "data_path": str(data_path), "checkpoint_dir": str(out / "saved"), "device": "cpu", "use_gpu": False,
-    "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
-    "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-    "MAX_ITEM_LIST_LENGTH": 50, "hidden_size": 64, "inner_size": 256, "n_layers": 2, "n_heads": 2,
-    "hidden_dropout_prob": 0.2, "attn_dropout_prob": 0.2, "loss_type": "CE", "train_neg_sample_args": None,
-    "seed": 2020, "reproducibility": True,
-    "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
-    "metrics": ["Hit", "NDCG", "MRR"], "topk": [5, 10, 20], "valid_metric": "NDCG@10",
-    "show_progress": False, "log_wandb": False,
-}
+threads, repeats = int(sys.argv[2]), int(sys.argv[3])
 rows = []
 for users_per_batch in (None, 512):
-    cfg = dict(base)
+    cfg = {**BASE, "topk": [5, 10, 20]}
     if users_per_batch:
         cfg["eval_batch_size"] = users_per_batch  # sequential full sort: users per batch
     config = Config(model="SASRec", dataset="ml-100k", config_dict=cfg)
@@ -132,13 +108,8 @@ def run_tcf(threads: int, repeats: int) -> list[dict]:
 
 
 def run_recbole(threads: int, repeats: int) -> list[dict]:
-    if not RECBOLE_PY.exists():
-        sys.exit(f"no RecBole virtualenv at {RECBOLE_PY.parent.parent}; see bench_recbole.py's docstring")
     with tempfile.TemporaryDirectory() as tmp:
-        r = subprocess.run([str(RECBOLE_PY), "-c", CHILD, tmp, str(threads), str(repeats)], capture_output=True, cwd=tmp,  # RecBole writes log_tensorboard/ into its cwd
-                           text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}, check=False)
-    if r.returncode != 0:
-        sys.exit(f"RecBole failed:\n{r.stderr[-4000:]}")
+        r = run_child(CHILD, tmp, threads, repeats)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 

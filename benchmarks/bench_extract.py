@@ -106,7 +106,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--memory-models", nargs="*", default=["smollm2-135m", "gemma3-270m"])
     args = p.parse_args()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     texts = titles()
     peak = matmul_gflops()
     print(f"{len(texts)} ml-100k titles; torch {torch.__version__}, {torch.get_num_threads()} threads; "
@@ -154,7 +154,7 @@ def main() -> None:
 
                     layer = describe(EncoderSpec(model=model))[3] // 2
                 m = memory(model, layer)
-                print(f"| {model} | {m['layer']} of {m['of']} | {m['layer'] if m['layer'] < m['of'] else m['of']} | "
+                print(f"| {model} | {m['layer']} of {m['of']} | {min(m['of'], m['layer'])} | "
                       f"{m['params'] / 1e6:.1f}M | {m['rss_mb']:,.0f} | {m['seconds']:.1f} |")
 
 

@@ -92,7 +92,7 @@ class FullEncoder(torch.nn.Module):
 
     def vectors(self, batches) -> torch.Tensor:
         parts = []
-        for input_ids, mask, order in batches:
+        for input_ids, mask, _order in batches:
             kw = {"input_ids": input_ids, "attention_mask": mask}
             if self.takes_positions:  # as in extraction: positions from the mask
                 kw["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0)

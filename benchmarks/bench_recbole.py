@@ -6,6 +6,7 @@ RecBole runs in its own virtualenv (it pins numpy < 2), created on first use:
         "numpy<2" "pandas<2.3" "scipy<1.15"
 
 (RecBole 1.2.1 uses ``np.float_``, gone in numpy 2; its own requirements do not say so.)
+The RecBole side shares its preamble and fixed settings with ``bench_eval.py`` (``recbole_child.py``).
 
 Both use the same ml-100k file (the copy the recbole package ships), leave-one-out by
 time with ties in file order, full ranking, the same model size (hidden 64, 2 blocks,
@@ -25,8 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,36 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-RECBOLE_PY = ROOT / ".bench" / "recbole-venv" / "bin" / "python"
+from recbole_child import ROOT, run_child
 
 CHILD = r"""
-import json, sys, time, importlib.util
-from pathlib import Path
-import numpy as np, torch
-from recbole.config import Config
-from recbole.data import create_dataset, data_preparation
-from recbole.model.sequential_recommender import SASRec
-from recbole.trainer import Trainer
-from recbole.utils import init_seed
-out = Path(sys.argv[1]); epochs = int(sys.argv[2])
-_load = torch.load  # RecBole 1.2.1 reloads its own checkpoint with torch.load's pre-2.6 default
-torch.load = lambda *a, **k: _load(*a, **{"weights_only": False, **k})
-data_path = Path(importlib.util.find_spec("recbole").submodule_search_locations[0]) / "dataset_example"
-cfg = {
-    "data_path": str(data_path), "checkpoint_dir": str(out / "saved"), "device": "cpu", "use_gpu": False,
-    "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
-    "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-    "MAX_ITEM_LIST_LENGTH": 50, "hidden_size": 64, "inner_size": 256, "n_layers": 2, "n_heads": 2,
-    "hidden_dropout_prob": 0.2, "attn_dropout_prob": 0.2, "loss_type": "CE", "train_neg_sample_args": None,
-    "learning_rate": 0.001, "train_batch_size": 256, "eval_batch_size": 4096, "seed": 2020, "reproducibility": True,
-    "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
-    "metrics": ["Hit", "NDCG", "MRR"], "topk": [10], "valid_metric": "NDCG@10", "stopping_step": 10,
-    "epochs": epochs, "show_progress": False, "log_wandb": False,
-}
+epochs, threads = int(sys.argv[2]), int(sys.argv[3])
+cfg = {**BASE, "learning_rate": 0.001, "train_batch_size": 256, "eval_batch_size": 4096, "topk": [10],
+       "stopping_step": 10, "epochs": epochs}
 config = Config(model="SASRec", dataset="ml-100k", config_dict=cfg)
 init_seed(config["seed"], config["reproducibility"])
-torch.set_num_threads(int(sys.argv[3]))
+torch.set_num_threads(threads)
 dataset = create_dataset(config)
 train_data, valid_data, test_data = data_preparation(config, dataset)
 model = SASRec(config, train_data.dataset).to(config["device"])
@@ -91,12 +69,7 @@ json.dump({"log": log, "total_seconds": total, "recbole_test": {k: float(v) for 
 
 
 def run_recbole(out: Path, epochs: int, threads: int) -> dict:
-    if not RECBOLE_PY.exists():
-        sys.exit(f"no RecBole virtualenv at {RECBOLE_PY.parent.parent}; see this script's docstring")
-    r = subprocess.run([str(RECBOLE_PY), "-c", CHILD, str(out), str(epochs), str(threads)], capture_output=True, cwd=out,  # RecBole writes log_tensorboard/ into its cwd
-                       text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    if r.returncode != 0:
-        sys.exit(f"RecBole failed:\n{r.stderr[-4000:]}")
+    run_child(CHILD, out, epochs, threads)
     info = json.loads((out / "recbole.json").read_text())
     info["scores"] = np.load(out / "scores.npy")
     return info
@@ -153,7 +126,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=300, help="RecBole's epoch cap (it stops early)")
     p.add_argument("--batch-size", type=int, default=64, help="tcf training windows per step")
     args = p.parse_args()
-    threads = int(os.environ.get("OMP_NUM_THREADS", 2))
+    threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t = time.perf_counter()
