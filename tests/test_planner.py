@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import tinymodels
 from tcf.cli import main
@@ -262,8 +263,23 @@ def test_plan_emits_commands_and_deepspeed_configs():
     assert pooled["deepspeed_config"]["zero_optimization"]["offload_param"]["device"] == "cpu"
     assert pooled["time"]["offload_bound"] and not pooled["time"]["exact"]
     _, _, p = choice("facebook/opt-175b", "8x80GB", "512GB", finetune_layers=8)
-    assert p["finetune"]["deepspeed_config"]["zero_optimization"]["stage"] == 3
-    assert p["finetune"]["deepspeed_config"]["train_micro_batch_size_per_gpu"] == 64
+    ft = p["finetune"]
+    assert ft["command"] == ("torchrun --standalone --nproc-per-node 8 -m tcf train --config CONFIG --set "
+                             "model.tower=finetune model.finetune_layers=8 train.grad_checkpointing=true "
+                             "train.strategy=deepspeed train.zero_stage=3")
+    # the config is the one tcf train builds from those settings (bf16 on CUDA), not a separate guess
+    from tcf.experiments.config import load_config
+    from tcf.train.distributed import zero_config
+
+    sets = ft["command"].split(" --set ")[1].split()
+    assert ft["deepspeed_config"] == zero_config(load_config(None, sets).train, torch.device("cuda"))
+    assert ft["deepspeed_config"]["zero_optimization"] == {"stage": 3} and ft["deepspeed_config"]["bf16"]["enabled"]
+    _, _, p = choice("facebook/opt-175b", "1x48GB", "512GB", finetune_layers=2)  # 56 GiB on one GPU; 36 offloaded
+    assert p["finetune"]["chosen"].endswith("AdamW states offloaded to CPU")
+    assert p["finetune"]["command"].endswith("train.zero_stage=3 train.offload=true")
+    assert p["finetune"]["deepspeed_config"]["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+    _, _, p = choice("facebook/opt-125m", "1x80GB", "64GB")
+    assert p["finetune"]["command"] == "tcf train --config CONFIG --set model.tower=finetune model.finetune_layers=2"
     _, _, p = choice("facebook/opt-175b", "8x80GB", "512GB")
     assert p["extraction"][0]["command"].startswith("TCF_VLLM_TP=8 tcf extract ")
     assert p["extraction"][1]["command"].endswith("--device-map auto") and "--layer 94" in p["extraction"][1]["command"]

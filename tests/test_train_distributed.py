@@ -178,6 +178,24 @@ def test_deepspeed_zero_stages_in_one_cpu_process(tiny_dataset, tmp_path, stage,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("offload", [False, True])
+def test_finetuned_lm_tower_under_zero3_equals_the_plain_loop(tiny_dataset, tiny_model, tmp_path, offload):
+    """What `tcf plan` tells a top-k fine-tuning run that needs ZeRO-3: the LM layers and their own
+    learning rate go through DeepSpeed's partitioning (and CPU optimizer offload) unchanged."""
+    pytest.importorskip("deepspeed")
+    lm = [f"encoder.model={tiny_model}", "encoder.max_tokens=12", f"cache_root={tmp_path / 'cache'}",
+          "model.tower=finetune", "model.finetune_layers=2", "train.loss=inbatch", "train.epochs=2",
+          "train.batch_size=16", "train.grad_checkpointing=true"]
+    extra = [*lm, "train.strategy=deepspeed", "train.zero_stage=3", f"train.offload={offload}"]
+    out = run([sys.executable, "-c", ZERO_CHILD, tmp_path / "ds", "fresh", *sets(tiny_dataset, *extra)])
+    ds = json.loads(out.stdout.strip().splitlines()[-1])
+    assert ds["distributed"] == {"strategy": "deepspeed", "world_size": 1, "zero_stage": 3, "offload": offload}
+    single = loop.train(load_config(None, sets(tiny_dataset, *lm)), tmp_path / "one", progress=False)
+    assert ds["parameters"] == single["parameters"] and ds["parameters"]["trainable"] > 0
+    assert_same_run(ds, single)
+
+
+@pytest.mark.slow
 def test_deepspeed_zero3_two_processes_equal_one_process(tiny_dataset, tmp_path):
     """Partitioned parameters, gathered for evaluation and checkpoints by both ranks in step."""
     pytest.importorskip("deepspeed")

@@ -447,40 +447,50 @@ def fits(opt: Option, hw: Hardware) -> bool:
 
 
 def finetune_options(arch: Arch, hw: Hardware, job: dict) -> list[dict]:
-    """Top-k fine-tuning on the layer L-k cache: one device, checkpointing, or ZeRO-3 (with offload)."""
+    """Top-k fine-tuning on the layer L-k cache: one device, checkpointing, or ZeRO-3 (with optimizer offload),
+    each with the ``tcf train`` settings that run it."""
     k, B, T, n = job["k"], job["batch"], job["tokens"], hw.n_gpus
     plain, ckpt = (finetune_bytes(arch, k, B, T, c) for c in (False, True))
     states = plain["weights_grads_adamw"]
     opts = []
     where = "GPU" if n else "CPU"
-    for label, need in (("", plain), (" with gradient checkpointing", ckpt)):
+    for label, need, sets in (("", plain, {}), (" with gradient checkpointing", ckpt, {"grad_checkpointing": True})):
         opt = Option(f"one {where}{label}", need["total"] if n else 0, 0 if n else need["total"], min(n, 1),
                      "", "")
-        opts.append({"option": opt, "deepspeed": None})
+        opts.append({"option": opt, "train": sets})
+    zero3 = {"grad_checkpointing": True, "strategy": "deepspeed", "zero_stage": 3}
     if n > 1:
         shard = states // n + ckpt["activations"]
         opts.append({"option": Option(f"DeepSpeed ZeRO-3 over {n} GPUs, gradient checkpointing", shard, 0, n,
-                                      "weights, gradients and AdamW states partitioned", ""),
-                     "deepspeed": train_deepspeed_config(job, offload=False)})
+                                      "weights, gradients and AdamW states partitioned", ""), "train": zero3})
     if n:
-        per_gpu = ckpt["activations"] + 2 * max(arch.block_params[arch.n_layers - k:], default=0) * 2
-        opts.append({"option": Option(f"DeepSpeed ZeRO-3 over {n} GPU(s), optimizer and weights offloaded to CPU",
-                                      per_gpu, states, n, "AdamW steps run on the CPU (slow)", ""),
-                     "deepspeed": train_deepspeed_config(job, offload=True)})
+        # AdamW moments and fp32 master weights move to CPU memory (ZeRO-Offload); weights and gradients stay
+        # partitioned on the GPUs, one block at a time gathered whole
+        gather = 2 * max(arch.block_params[arch.n_layers - k:], default=0) * 2
+        per_gpu = ckpt["activations"] + states // (2 * n) + gather
+        opts.append({"option": Option(f"DeepSpeed ZeRO-3 over {n} GPU(s), AdamW states offloaded to CPU", per_gpu,
+                                      states, n, "AdamW steps run on the CPU (slow)", ""),
+                     "train": {**zero3, "offload": True}})
     return opts
 
 
-def train_deepspeed_config(job: dict, *, offload: bool) -> dict:
-    """The DeepSpeed config a ZeRO-3 top-k fine-tuning run would use."""
-    zero = {"stage": 3, "overlap_comm": True, "contiguous_gradients": True,
-            "stage3_gather_16bit_weights_on_model_save": True}
-    if offload:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
-    return {"train_micro_batch_size_per_gpu": job["batch"], "gradient_accumulation_steps": 1,
-            "gradient_clipping": 1.0, "bf16": {"enabled": True}, "zero_optimization": zero,
-            "activation_checkpointing": {"partition_activations": False, "contiguous_memory_optimization": False},
-            "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "weight_decay": 0.0}}}
+def finetune_command(k: int, n_gpus: int, train: dict) -> str:
+    """The ``tcf train`` command line of one fine-tuning option (CONFIG: the run's experiment file)."""
+    sets = ["model.tower=finetune", f"model.finetune_layers={k}",
+            *(f"train.{key}={str(v).lower() if isinstance(v, bool) else v}" for key, v in train.items())]
+    launch = f"torchrun --standalone --nproc-per-node {n_gpus} -m tcf" if train.get("strategy") else "tcf"
+    return f"{launch} train --config CONFIG --set {' '.join(sets)}"
+
+
+def train_deepspeed_config(train: dict) -> dict:
+    """The DeepSpeed config ``tcf train`` builds for these ``train.*`` settings on CUDA (tcf/train/distributed.py);
+    ``train_micro_batch_size_per_gpu`` is the config's ``train.batch_size`` (the default shown)."""
+    import torch
+
+    from tcf.experiments.config import TrainConfig
+    from tcf.train.distributed import zero_config
+
+    return zero_config(TrainConfig(**train), torch.device("cuda"))
 
 
 # ---------------------------------------------------------------- the plan
@@ -621,11 +631,14 @@ def _finetune_plan(arch: Arch, hw: Hardware, k: int, batch: int, tokens: int) ->
            "options": [{"name": o["option"].name, "per_gpu_bytes": o["option"].per_gpu, "cpu_bytes": o["option"].cpu,
                         "fits": fits(o["option"], hw), "note": o["option"].note} for o in opts],
            "chosen": chosen["option"].name if chosen else None,
-           "note": "the recommender head (SASRec / DSSM) adds little and is not counted; tcf train does not take "
-                   "a DeepSpeed config yet, so ZeRO-3 rows say what such a run needs"}
-    if chosen and chosen["deepspeed"]:
-        out["deepspeed_config"] = chosen["deepspeed"]
-        out["command"] = f"deepspeed --num_gpus {hw.n_gpus} -m tcf.cli train --config CONFIG (DeepSpeed config above)"
+           "note": "the recommender head (SASRec / DSSM) adds little and is not counted; CONFIG is the run's "
+                   "experiment file"}
+    if chosen:
+        out["command"] = finetune_command(k, hw.n_gpus, chosen["train"])
+        if chosen["train"].get("strategy") == "deepspeed":
+            out["deepspeed_config"] = train_deepspeed_config(chosen["train"])
+            out["deepspeed_note"] = ("built by tcf train itself from train.zero_stage / train.offload / "
+                                     "train.batch_size / train.grad_clip (tcf/train/distributed.py zero_config)")
     if chosen is None:
         out["why_not"] = f"the top {k} blocks cannot be trained on {hw.describe()}; lower --finetune-layers or --batch"
     return out
