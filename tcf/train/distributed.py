@@ -242,6 +242,7 @@ class Parallel:
             box = [results]
             dist.broadcast_object_list(box, src=0, device=self.device if self.device.type == "cuda" else None)
             results = box[0]
+            dist.barrier()  # every rank has its copy before any rank tears the group down
         if self._owns_group and self.engine is None:  # DeepSpeed keeps global state bound to its group
             dist.destroy_process_group()
         return results
