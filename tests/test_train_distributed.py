@@ -136,6 +136,24 @@ def test_ddp_two_processes_equal_one_process_with_the_doubled_batch(tiny_dataset
     assert trajectory(half)[0] != pytest.approx(trajectory(ddp)[0], rel=1e-5)
 
 
+@pytest.mark.slow
+def test_ddp_inbatch_negatives_from_every_rank_equal_one_process_with_the_doubled_batch(tiny_dataset, tmp_path):
+    """In-batch negatives gathered from both ranks (the default): the candidates, the logQ correction's
+    label count and the gradient are those of one process with the doubled batch.  With
+    train.gather_negatives=false each rank sees only its own labels, and the runs differ."""
+    inb = ("train.loss=inbatch",)
+    run(torchrun(2, "-m", "tcf", "train", "--quiet", "--out", tmp_path / "ddp", "--set",
+                 *sets(tiny_dataset, "train.batch_size=8", "train.strategy=ddp", *inb)))
+    ddp = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    single = loop.train(load_config(None, sets(tiny_dataset, "train.batch_size=16", *inb)), tmp_path / "one",
+                        progress=False)
+    assert_same_run(ddp, single)
+    run(torchrun(2, "-m", "tcf", "train", "--quiet", "--out", tmp_path / "local", "--set",
+                 *sets(tiny_dataset, "train.batch_size=8", "train.strategy=ddp", "train.gather_negatives=false", *inb)))
+    local = json.loads((tmp_path / "local" / "results.json").read_text())
+    assert trajectory(local)[0] != pytest.approx(trajectory(single)[0], rel=1e-5)
+
+
 # a child that partitions every parameter under ZeRO-3 (DeepSpeed keeps small ones whole by default);
 # mode "kill": SIGKILL right after last.pt for epoch 2 is written; "resume": --resume
 ZERO_CHILD = """

@@ -30,9 +30,12 @@ class SeqData:
         self.seqs = dataset.sequences()  # index = user_id; [0] empty
         self.users = np.arange(1, self.n_users + 1)
         counts = np.zeros(self.n_items + 1, dtype=np.int64)
+        labels = np.zeros(self.n_items + 1, dtype=np.int64)
         for s in self.seqs[1:]:
             np.add.at(counts, s[:-2], 1)
+            np.add.at(labels, s[1:-2], 1)
         self.train_counts = counts  # training interactions per item (popularity)
+        self.label_counts = labels  # training labels per item (every training interaction but a user's first)
 
     def train_part(self, u: int) -> np.ndarray:
         return self.seqs[u][:-2]

@@ -14,7 +14,10 @@ What a step means with N processes:
   the gradient averaged over ranks (DDP, ZeRO) is the gradient of the mean loss over
   the whole step.  With dropout off and the full-softmax loss, N processes follow the
   loss trajectory of one process with the N-times batch (tests/test_train_distributed.py).
-  ``inbatch`` takes its negatives from the rank's own part of the batch.
+  ``inbatch`` takes its negatives from the labels of the whole step (every rank's part,
+  gathered with gradients: :meth:`Parallel.gather_candidates`), so N processes train as
+  one process with the N-times batch; ``train.gather_negatives: false`` keeps each rank's
+  negatives to its own part.
 * Rank 0 evaluates and writes checkpoints and results; the others wait and receive
   the validation score, so early stopping ends every rank at the same epoch.  Under
   ZeRO-3 the parameters are partitioned, so every rank gathers them and evaluates.
@@ -90,6 +93,7 @@ class Parallel:
         self.engine = None
         self.model = None
         self._owns_group = False
+        self._real = True  # whether this rank's current step has windows of its own
 
     @property
     def is_main(self) -> bool:
@@ -146,6 +150,7 @@ class Parallel:
         if self.wrapped is None:
             loss = fn(self.model)
             return loss, loss.item()
+        self._real = real
         loss = self.wrapped(fn)
         count = torch.tensor([float((labels != 0).sum()) if real else 0.0], device=self.device)
         total = count.clone()
@@ -154,6 +159,33 @@ class Parallel:
         value = local.detach().float().reshape(1) / self.world
         dist.all_reduce(value)
         return local, value.item()
+
+    def gather_candidates(self, cands: torch.Tensor, vecs: torch.Tensor, draws: int):
+        """In-batch candidates of the whole step: this rank's ``cands`` [M] (sorted item ids), their vectors
+        [M, D] and label count -> every rank's, made unique [M'] (sorted), [M', D], and the step's label count.
+        Vectors cross ranks with autograd (``torch.distributed.nn``): each rank's loss sends gradients back to
+        the rank that computed a vector, and DDP's average of the weighted losses (:meth:`loss`) is then the
+        gradient of the whole step's mean loss.  A rank whose step has no windows of its own adds nothing."""
+        from torch.distributed.nn.functional import all_gather
+
+        if not self._real:
+            cands, vecs, draws = cands[:0], vecs[:0], 0
+        sizes = torch.tensor([len(cands), draws], device=cands.device)
+        every = [torch.zeros_like(sizes) for _ in range(self.world)]
+        dist.all_gather(every, sizes)
+        counts = [int(s[0]) for s in every]
+        width = max(max(counts), 1)
+        pad = width - len(cands)
+        padded_ids = torch.cat([cands, cands.new_zeros(pad)])
+        ids = [torch.zeros_like(padded_ids) for _ in range(self.world)]
+        dist.all_gather(ids, padded_ids)
+        parts = all_gather(torch.cat([vecs, vecs.new_zeros(pad, vecs.shape[1])]))
+        all_ids = torch.cat([i[:n] for i, n in zip(ids, counts)])
+        all_vecs = torch.cat([v[:n] for v, n in zip(parts, counts)])
+        uniq, inverse = torch.unique(all_ids, sorted=True, return_inverse=True)
+        first = torch.full((len(uniq),), len(all_ids), device=uniq.device, dtype=torch.long)
+        first = first.scatter_reduce(0, inverse, torch.arange(len(all_ids), device=uniq.device), "amin")
+        return uniq, all_vecs[first], sum(int(s[1]) for s in every)
 
     def step(self, loss: torch.Tensor) -> bool:
         """DeepSpeed: backward, clipping and the optimizer step are the engine's (True).

@@ -79,18 +79,26 @@ def _save(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
-def step_loss(model, batch, cfg: RunConfig, data: SeqData, log_pop, device) -> torch.Tensor:
+def label_log_probs(data: SeqData, device) -> torch.Tensor:
+    """[N + 1] log of each item's share of the training labels: the distribution in-batch candidates are drawn
+    from (items that are never a label get the share of one, so the log stays finite)."""
+    counts = torch.as_tensor(data.label_counts, dtype=torch.float64, device=device)
+    return torch.log(counts.clamp_min(1) / counts.sum()).float()
+
+
+def step_loss(model, batch, cfg: RunConfig, data: SeqData, log_pop, device, gather=None) -> torch.Tensor:
+    """``gather``: inbatch under data parallelism, the step's candidates from every rank (see inbatch)."""
     users, inputs, labels, known = (t.to(device) for t in batch)
     states = model.states(users, inputs)  # [B, L, D]
     keep = labels != 0
     h, y = states[keep], labels[keep]  # [P, D], [P]
+    rows = torch.arange(len(users), device=device)[:, None].expand_as(labels)[keep]  # [P] batch row of each
     t = cfg.train
     if t.loss == "ce":
         return full_ce(h, y, model.all_items(), t.temperature)
     if t.loss == "inbatch":
-        rows = torch.arange(len(users), device=device)[:, None].expand_as(labels)[keep]
-        return inbatch(h, y, rows, known, model.item_vectors, log_pop if t.logq else None, t.temperature)
-    return sampled_bce(h, y, model.item_vectors, data.n_items)
+        return inbatch(h, y, rows, known, model.item_vectors, log_pop if t.logq else None, t.temperature, gather)
+    return sampled_bce(h, y, rows, known, model.item_vectors, data.n_items)
 
 
 def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
@@ -110,8 +118,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     vectors, text_info = (text_vectors(cfg, dataset) if cfg.model.tower != "id" else (None, {}))
     model = build_model(cfg, data.n_items, data.n_users, vectors).to(device)
     opt = torch.optim.AdamW(param_groups(model, cfg.train), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    pop = torch.as_tensor(data.train_counts, dtype=torch.float32, device=device)
-    log_pop = torch.log(pop.clamp_min(1) / pop.sum())
+    log_pop = label_log_probs(data, device)
+    gather = par.gather_candidates if cfg.train.gather_negatives and par.world > 1 else None
     amp = cfg.train.amp and device.type == "cuda"
     eval_kw = dict(ks=tuple(cfg.eval.ks), max_len=cfg.model.max_len, mask_history=cfg.eval.mask_history,
                    batch_users=cfg.eval.batch_users, device=device, ranker=cfg.eval.ranker,
@@ -153,7 +161,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         for step, (part, real) in enumerate(par.batches(perm, cfg.train.batch_size), start=1):  # this rank's part
             batch = data.train_batch(part, cfg.model.max_len)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), step_items(model, batch):
-                loss, value = par.loss(lambda m, b=batch: step_loss(m, b, cfg, data, log_pop, device), batch[2], real)
+                loss, value = par.loss(lambda m, b=batch: step_loss(m, b, cfg, data, log_pop, device, gather),
+                                       batch[2], real)
             if not math.isfinite(value):
                 raise TrainingError(f"loss became {value} at epoch {epoch + 1}, step {step}; "
                                     f"stopped. The last good checkpoint is {last if last.exists() else 'none yet'} "
