@@ -54,14 +54,15 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    loss: str = "ce"  # ce (full softmax) | inbatch (logQ-corrected, own items masked) | bce (one sampled negative)
+    loss: str = "ce"  # ce (full softmax) | inbatch (logQ-corrected, own items masked) | bce (one negative outside the user's items)
     epochs: int = 200
     batch_size: int = 256  # training windows (sequences of up to max_len + 1 items) per step
     lr: float = 1e-3
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # 0 = off
     patience: int = 10  # epochs without a better validation NDCG@10 before stopping
-    logq: bool = True  # inbatch: subtract log popularity
+    logq: bool = True  # inbatch: subtract the log of each candidate's probability of being in the step (logQ)
+    gather_negatives: bool = True  # inbatch with ddp / deepspeed and > 1 process: negatives from every rank's labels
     temperature: float = 1.0  # inbatch / ce logits are divided by it
     strategy: str = "none"  # none | ddp (torchrun) | deepspeed (ZeRO): see tcf/train/distributed.py
     zero_stage: int = 2  # deepspeed: ZeRO stage 1, 2 or 3
