@@ -11,6 +11,13 @@ from tcf.zeroshot.prompts import PromptTemplate
 CANDS = ["Toy Story", "GoldenEye", "Usual Suspects, The", "Star Wars", "Babe"]  # presented as [1]..[5]
 FOUR = CANDS[:4]  # choice: A..D
 HUNDRED = [f"Movie number {i}" for i in range(1, 101)]
+# 20 ml-100k titles presented as [1]..[20]; many begin with a number that is also a candidate number
+ML = ["Toy Story", "12 Angry Men", "101 Dalmatians", "2001: A Space Odyssey", "Babe", "8 1/2", "Twelve Monkeys",
+      "187", "3 Ninjas: High Noon At Mega Mountain", "20,000 Leagues Under the Sea", "1-900", "Star Wars",
+      "39 Steps, The", "Fargo", "2 Days in the Valley", "Heat", "Seven (Se7en)", "8 Seconds", "Casino",
+      "Usual Suspects, The"]
+# a title that is a bare number within the candidate numbers ("10", Blake Edwards 1979) at slot [2]
+TEN = ["Toy Story", "10", "Heat", "Babe", "Fargo", "Seven", "Casino", "Alien", "Big", "Jaws", "Clue", "Ran"]
 
 # (protocol, reply, expected ranking as 0-based positions, expected status)
 TABLE = [
@@ -40,6 +47,43 @@ TABLE = [
     ("rank", "   \n ", [], "failed"),
     ("rank", "I'm sorry, but I can't determine your preferences from this information.", [], "failed"),
     ("rank", "3, 1, 2,", [2, 0, 1], "partial"),  # cut off by max_new_tokens
+    # --- rank: titles that begin with a number (ml-100k has dozens) are titles, not candidate numbers
+    ("ml", "1. 12 Angry Men\n2. 101 Dalmatians\n3. 2001: A Space Odyssey\n4. 8 1/2\n"
+           "5. 3 Ninjas: High Noon At Mega Mountain", [1, 2, 3, 5, 8], "partial"),
+    ("ml", "12 Angry Men\n2 Days in the Valley\n8 Seconds\n20,000 Leagues Under the Sea\n1-900", [1, 14, 17, 9, 10],
+     "partial"),
+    ("ml", "**12 Angry Men**\n**8 1/2**\n**Star Wars**", [1, 5, 11], "partial"),
+    ("ml", "1. 12 Angry Men (1957)\n2. 2001: A Space Odyssey (1968)\n3. Usual Suspects, The (1995)", [1, 3, 19],
+     "partial"),
+    ("ml", "12 Angry Men, 2 Days in the Valley, Babe", [1, 14, 4], "partial"),
+    ("ml", "1. [2] 12 Angry Men\n2. [15] 2 Days in the Valley\n3. [18] 8 Seconds", [1, 14, 17], "partial"),
+    ("ml", "[2] 12 Angry Men > [12] Star Wars > [8] 187", [1, 11, 7], "partial"),
+    ("ml", "1. [2]\n2. 8 Seconds\n3. 12\n4. Fargo\n5. 12 Angry Men", [1, 17, 11, 13], "partial"),  # dup dropped
+    ("ml", "2, 12, Babe, 8 Seconds, #20", [1, 11, 4, 17, 19], "partial"),  # indices and titles in one list
+    ("ml", "12 - Star Wars\n2 - 12 Angry Men\n8) 187\n#3", [11, 1, 7, 2], "partial"),
+    ("ml", "Top pick: 187. Then 12 Angry Men and 8 Seconds.", [7, 1, 17], "partial"),
+    ("ml", "12., 2., 8.", [11, 1, 7], "partial"),
+    ("rank", "5 Babe\n4 Star Wars", [4, 3], "partial"),
+    ("ml", "Ranking: 2, 1, 3 and 4", [1, 0, 2, 3], "partial"),
+    ("ml", "12 Angry Men and 8 Seconds, then Babe", [1, 17, 4], "partial"),  # a number before a title that is not a whole title
+    ("ten", "1. 10\n2. Heat\n3. Jaws", [1, 2, 9], "partial"),  # an exact title beats the candidate number
+    ("ten", "[10], [2], [3]", [9, 1, 2], "partial"),  # in brackets it is the number the prompt showed
+    # --- reasoning models: the answer is what follows the reasoning block, never the reasoning
+    ("rank", "<think>\nThe user liked crime films. [4] Star Wars? Maybe 1, 2, 3, 4, 5. No: Babe fits better.\n"
+             "</think>\n\n5, 4, 1, 2, 3", [4, 3, 0, 1, 2], "valid"),
+    ("rank", "<think>\nCandidates: Toy Story, GoldenEye, Usual Suspects, Star Wars, Babe. Crime first.\n</think>\n"
+             "1. Usual Suspects, The\n2. Star Wars\n3. Toy Story\n4. GoldenEye\n5. Babe", [2, 3, 0, 1, 4], "valid"),
+    ("rank", "<think>\n\n</think>\n\n3, 1, 2, 5, 4", [2, 0, 1, 4, 3], "valid"),  # thinking switched off
+    ("rank", "Okay, the user watched Fargo. Toy Story, then Babe?\n</think>\n\nStar Wars, GoldenEye", [3, 1],
+     "partial"),  # the chat template opened the block: only its end is in the reply
+    ("rank", "<Thinking>Babe is a family film; rank it 1, 2, 3.</Thinking>\nRanking: 4, 2", [3, 1], "partial"),
+    ("rank", "<think>\nThe user likes sci-fi. Star Wars first, then Toy Story, so 4, 1, 2", [], "failed"),  # cut off
+    ("rank", "<think>I would rank them 4, 1, 2, 3, 5.</think>", [], "failed"),  # nothing after the reasoning
+    ("rank", "<think>Star Wars, Babe</think>\n   \n", [], "failed"),
+    ("choice", "<think>\nA is Toy Story, but the user prefers action: B? Actually D.\n</think>\nAnswer: D", [3],
+     "valid"),
+    ("choice", "<think>\nOption B looks right", [], "failed"),
+    ("topk-json", "<think>maybe [1, 2, 3]? no</think>\n[12, 5, 40]", [11, 4, 39], "valid"),
     # --- choice
     ("choice", "B", [1], "valid"),
     ("choice", "(C)", [2], "valid"),
@@ -70,8 +114,8 @@ TABLE = [
 
 @pytest.mark.parametrize("protocol,reply,ranking,status", TABLE)
 def test_reply_table(protocol, reply, ranking, status):
-    cands = {"rank": CANDS, "choice": FOUR, "topk-json": HUNDRED}[protocol]
-    p = parse(reply, cands, protocol, k=3)
+    cands = {"rank": CANDS, "choice": FOUR, "topk-json": HUNDRED, "ml": ML, "ten": TEN}[protocol]
+    p = parse(reply, cands, "rank" if protocol in ("ml", "ten") else protocol, k=3)
     assert (p.ranking, p.status) == (ranking, status), p
 
 
@@ -102,3 +146,21 @@ def test_title_normalisation_handles_movielens_articles_and_accents():
     p = parse("1. Les Miserables\n2. La Cité des enfants perdus", ["Cité des enfants perdus, La", "Misérables, Les"],
               "rank")
     assert p.ranking == [1, 0] and p.status == "valid"
+
+
+@pytest.mark.parametrize("piece,index", [("12", 11), ("12.", 11), ("[12]", 11), ("12)", 11), ("#12", 11),
+                                         ("12 - Star Wars", 11), ("(12)", 11), ("12:", 11), ("12,", 11),
+                                         ("12 Angry Men", None), ("8 1/2", None), ("1-900", None),
+                                         ("20,000 Leagues Under the Sea", None), ("1.5", None)])
+def test_a_number_is_an_index_only_where_it_stands_as_one(piece, index):
+    from tcf.zeroshot.parsing import Matcher
+
+    pos, looks = Matcher(ML, letters=False).index(piece)
+    assert (pos, looks) == (index, index is not None)
+
+
+def test_reasoning_is_skipped_and_noted():
+    p = parse("<think>\n1, 2, 3, 4, 5\n</think>\n5, 4, 3, 2, 1", CANDS, "rank")
+    assert p.ranking == [4, 3, 2, 1, 0] and p.notes == ["reasoning block skipped"]
+    cut = parse("<think>\nStar Wars, then Babe, then", CANDS, "rank")
+    assert (cut.status, cut.method) == ("failed", "reasoning") and "never closed" in cut.notes[0]

@@ -2,11 +2,19 @@
 
 The prompts ask for candidate numbers (letters for ``choice``, a JSON array for
 ``topk-json``).  Replies are read in that order of preference: the asked format, then
-numbered lists and separated segments, each segment read as an index (``[3]``, ``3.``,
-``(C)``) or, failing that, as a title (exact, case-folded, then fuzzy).  Duplicates are
-dropped, items that are not candidates (out-of-range numbers, titles from the history,
-invented titles) are ignored and counted.  A reply that repeats the prompt's candidate
-list is an echo, not a ranking.
+numbered lists and separated segments, each segment read as a whole candidate title
+(exact or case-folded), else as an index, else as a title (label stripped, then fuzzy).
+A number is an index only where it stands as one (``12``, ``12.``, ``12)``, ``[12]``,
+``#12``, ``12 - ...``): ``12 Angry Men``, ``2001: A Space Odyssey`` and ``8 1/2`` are
+titles, and a piece that is exactly a candidate's title is that candidate even when it
+is also a candidate number.  Duplicates are dropped, items that are not candidates
+(out-of-range numbers, titles from the history, invented titles) are ignored and
+counted.  A reply that repeats the prompt's candidate list is an echo, not a ranking.
+
+Reasoning models write a ``<think>...</think>`` block before the answer; only the text
+after the last closing tag is read.  A reply that is nothing but reasoning (the block
+never closed, or nothing after it) is failed: its mentions of candidates are deliberation,
+not a ranking.
 
 Status: ``valid`` (the full answer the protocol asks for: every candidate for ``rank``,
 one for ``choice``, k for ``topk-json``), ``partial`` (some candidates recognised) or
@@ -24,13 +32,19 @@ from dataclasses import dataclass, field
 from tcf.zeroshot.prompts import LETTERS
 
 FUZZY_CUTOFF = 0.85
+# a number stands as an index: in brackets or after "#", or bare and followed by the end, punctuation that is
+# not part of a longer number (12. 12) 12: 12, but not 1.5 or 20,000), a dash separator, or a bracket
+INDEX = re.compile(r"^(?:\[(\d{1,4})\]|\((\d{1,4})\)|#(\d{1,4})(?!\d)"
+                   r"|\(?(\d{1,4})(?=$|[.):,;\]](?!\d)|\s*[-–—]+(?:\s|$)|\s+[(\[]))")
+THINK_OPEN = re.compile(r"^\s*<(think|thinking|reasoning)>", re.IGNORECASE)
+THINK_CLOSE = re.compile(r"</(?:think|thinking|reasoning)>", re.IGNORECASE)
 
 
 @dataclass
 class Parsed:
     ranking: list[int]  # 0-based positions into the presented candidates, best first, no duplicates
     status: str  # valid | partial | failed
-    method: str  # json | letters | indices | titles | mixed | echo | empty | none
+    method: str  # json | letters | indices | titles | mixed | echo | reasoning | empty | none
     n_invalid: int = 0  # entries that named no candidate (hallucinated or out of range)
     n_duplicates: int = 0
     notes: list[str] = field(default_factory=list)
@@ -70,15 +84,31 @@ class Matcher:
             if m:
                 pos = LETTERS.index(m.group(1))
                 return (pos if pos < self.n else None), True
-        m = re.match(r"^[(\[]?#?(\d{1,4})[)\]]?(?=[.):,\-\]\s]|$)", s)
+        m = INDEX.match(s)
         if m:
-            pos = int(m.group(1)) - 1
+            pos = int(next(g for g in m.groups() if g is not None)) - 1
             return (pos if 0 <= pos < self.n else None), True
         return None, False
 
+    def whole_title(self, piece: str) -> int | None:
+        """The candidate whose title is the whole piece (exact, or case-folded; a trailing year or period
+        allowed): "187", "10" or "2001: A Space Odyssey" name that film even where they read as numbers."""
+        s = piece.strip().strip("*_`\"' ").rstrip(" .,;")
+        if s in self.exact:
+            return self.exact[s]
+        if re.match(r"^(?:\[\d+\]|\(\d+\)|#\d)", s):  # "[10]" is the number the prompt showed, not "10"
+            return None
+        key = norm(s)
+        return self.folded.get(key) if key else None
+
     def title(self, piece: str) -> int | None:
-        """Exact, then case-folded, then fuzzy match of one piece against the candidate titles."""
-        s = re.sub(r"^(?:\[\w+\]|\(\w+\)|\w{1,3}[.):])\s*", "", piece.strip().strip("*_`\"' ")).strip()
+        """Whole, then label-stripped exact, case-folded and fuzzy match of one piece against the titles."""
+        whole = self.whole_title(piece)
+        if whole is not None:
+            return whole
+        # a label before the title: "[3] ", "(C) ", "3. ", "A) ", or a bare number ("5 Babe": not a whole title)
+        s = re.sub(r"^(?:\[\w+\]|\(\w+\)|\w{1,3}[.):]|\d{1,4}\s+(?=\S))\s*", "", piece.strip().strip("*_`\"' "))
+        s = s.strip()
         s = re.sub(r"\s*\((?:\d{4}|score[^)]*)\)\s*$", "", s).strip(" .,;*\"'")
         if not s:
             return None
@@ -91,7 +121,10 @@ class Matcher:
         return self.folded[close[0]] if close else None
 
     def find(self, piece: str) -> int | None:
-        """An in-range index wins, then a title; None: the piece names no candidate."""
+        """A whole title wins, then an in-range index, then a title; None: the piece names no candidate."""
+        whole = self.whole_title(piece)
+        if whole is not None:
+            return whole
         pos, _ = self.index(piece)
         return pos if pos is not None else self.title(piece)
 
@@ -109,6 +142,19 @@ class Matcher:
                 out.append(pos)
                 covered = end
         return out
+
+
+def after_reasoning(reply: str) -> tuple[str, str | None]:
+    """(the answer, a note): the text after the last closing reasoning tag.  A block opened at the start
+    and never closed leaves no answer (generation stopped while the model was still deliberating); a closing
+    tag without an opening one is a block the chat template opened in the prompt."""
+    closes = list(THINK_CLOSE.finditer(reply))
+    if closes:
+        return reply[closes[-1].end():], "reasoning block skipped; nothing after it" if not \
+            reply[closes[-1].end():].strip() else "reasoning block skipped"
+    if THINK_OPEN.match(reply):
+        return "", "reasoning block never closed: no answer (cut off by max_new_tokens?)"
+    return reply, None
 
 
 def is_echo(reply: str, prompt: str | None) -> bool:
@@ -164,7 +210,7 @@ def segments(reply: str, matcher: Matcher) -> list[str | int]:
         if m:  # "20. 3, 1, 2, ...": a list of indices whose first entry reads like an enumerator
             line = re.sub(r"^(?:rank\s*)?(\d{1,3})[.)]", r"\1,", line, flags=re.IGNORECASE)
         for tail in (line, line.rsplit(":", 1)[-1]):
-            pieces = index_list(tail, matcher)
+            pieces = index_list(tail, matcher) or mixed_list(tail, matcher)
             if pieces:
                 out.extend(pieces)
                 break
@@ -174,11 +220,28 @@ def segments(reply: str, matcher: Matcher) -> list[str | int]:
     return out
 
 
+def list_pieces(text: str, words: bool = False) -> list[str]:
+    """"3, 1, 2" / "[3] > [1]" / "3 1 2" -> its pieces (a run of bare numbers splits on spaces); ``words``:
+    "and" / "then" separate too ("2, 1, 3 and 4"), which only a list of numbers can afford."""
+    sep = r"\s*(?:[,;>|]|\s(?:and|then)\s)\s*" if words else r"\s*[,;>|]\s*"
+    return [p for part in re.split(sep, text.strip(), flags=re.IGNORECASE) for p in
+            (part.split() if re.fullmatch(r"[\d\s]+", part) else [part]) if p.strip(" .")]
+
+
 def index_list(text: str, matcher: Matcher) -> list[str]:
-    """The pieces of "3, 1, 2" / "[3] > [1]" / "3 1 2" when every piece reads as an index; else []."""
-    pieces = [p for part in re.split(r"\s*[,;>|]\s*", text.strip()) for p in
-              (part.split() if re.fullmatch(r"[\d\s]+", part) else [part]) if p.strip(" .")]
+    """The pieces of a list when every piece reads as an index; else []."""
+    pieces = list_pieces(text, words=True)
     return pieces if pieces and all(matcher.index(p)[1] for p in pieces) else []
+
+
+def mixed_list(text: str, matcher: Matcher) -> list[str]:
+    """The pieces of "2, 12, Babe, 8 Seconds" (indices and whole titles) when every piece is one of the two and
+    at least one is an index; else [] (a line of titles alone is read by ``titles_in``, which finds titles
+    whose own commas would split them here)."""
+    pieces = list_pieces(text)
+    kinds = [("title" if matcher.whole_title(p) is not None else "index" if matcher.index(p)[1] else None)
+             for p in pieces]
+    return pieces if pieces and None not in kinds and "index" in kinds else []
 
 
 def choice_pieces(reply: str, matcher: Matcher) -> list[str | int]:
@@ -208,6 +271,9 @@ def parse(reply: str | None, candidates: list[str], protocol: str, *, k: int | N
     want = {"choice": 1, "topk-json": min(k or 10, n)}.get(protocol, n)
     if reply is None or not reply.strip():
         return Parsed([], "failed", "empty")
+    reply, note = after_reasoning(reply)
+    if not reply.strip():
+        return Parsed([], "failed", "reasoning", notes=[note])
     if is_echo(reply, prompt):
         return Parsed([], "failed", "echo", notes=["the reply repeats the prompt"])
     matcher = Matcher(candidates, letters=protocol == "choice")
@@ -216,11 +282,14 @@ def parse(reply: str | None, candidates: list[str], protocol: str, *, k: int | N
     elif protocol == "topk-json" and (entries := json_entries(reply)) is not None:
         parsed = collect([e if isinstance(e, str) else str(e) for e in entries], matcher, want, "json")
         if parsed.ranking:
+            parsed.notes += [note] if note else []
             return parsed
         pieces, method = segments(reply, matcher), None  # an array of something else (genres, code): read the text
     else:
         pieces, method = segments(reply, matcher), None
-    return collect(pieces, matcher, want, method)
+    parsed = collect(pieces, matcher, want, method)
+    parsed.notes += [note] if note else []
+    return parsed
 
 
 def collect(pieces: list, matcher: Matcher, want: int, method: str | None) -> Parsed:
@@ -252,6 +321,9 @@ def resolve(piece: str | int, matcher: Matcher) -> list[tuple[int | None, str]]:
     """One piece -> [(position or None, how)]: an index, a title, or the bracketed indices / titles inside it."""
     if isinstance(piece, int):
         return [(piece, "title")]
+    whole = matcher.whole_title(piece)
+    if whole is not None:
+        return [(whole, "title")]
     idx, _ = matcher.index(piece)
     if idx is not None:
         return [(idx, "index")]
