@@ -122,7 +122,10 @@ class ZeroShotConfig:
     limit: int | None = 100  # users sampled with the run seed (None: every user)
     split: str = "test"  # test | valid: which leave-one-out target is the answer
     bootstrap: int = 1  # B: score each user B times with reshuffled candidates and aggregate (Borda)
-    unranked: str = "order"  # candidates a reply leaves out go last: in presented order | tie (exact expectation)
+    # candidates a reply leaves unranked (all, when it fails) go below the ranked ones: tie (exact expected metric of
+    # a random order of them) | shuffle (one seeded random order) | order (presented order: scores the target's slot,
+    # not the model; a failed reply with the target pinned first gets HR@1 = 1; only to reproduce work that did it)
+    unranked: str = "tie"
     candidates_path: str | None = None  # candidate file (default: under cache_root/zeroshot, keyed by its settings)
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     # backend and model
@@ -160,8 +163,8 @@ class ZeroShotConfig:
             raise ConfigError(f"zeroshot.position must be shuffle or pinned, got {self.position!r}")
         if self.split not in ("test", "valid"):
             raise ConfigError(f"zeroshot.split must be test or valid, got {self.split!r}")
-        if self.unranked not in ("order", "tie"):
-            raise ConfigError(f"zeroshot.unranked must be order or tie, got {self.unranked!r}")
+        if self.unranked not in ("tie", "shuffle", "order"):
+            raise ConfigError(f"zeroshot.unranked must be tie, shuffle or order, got {self.unranked!r}")
         n = self.candidates()
         if n < 2 or (self.protocol == "choice" and n > 26):
             raise ConfigError(f"zeroshot.n_candidates must be 2..{26 if self.protocol == 'choice' else 'N'}, got {n}")

@@ -87,21 +87,40 @@ def answer(jobs, z, params: GenParams, backend, cache, progress: bool) -> tuple[
     return replies, stats
 
 
-def order_scores(parsed: Parsed, n: int, unranked: str) -> np.ndarray:
-    """Scores over the presented slots (higher = better) from a parsed ranking."""
+def order_scores(parsed: Parsed, n: int, unranked: str, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Borda points over the presented slots (higher = better): n for the reply's first, n - 1 for its second...
+
+    The candidates the reply left unranked (all of them when it failed) share the points left, 1..n-m:
+    ``tie`` gives each their mean, (n - m + 1) / 2, a tie below every ranked candidate, so the metrics
+    are their exact expectation under a random order of the unranked ones (the tie-aware metrics compute
+    it) and a failed reply scores the random baseline wherever the prompt put the target; summed over
+    bootstrap rounds the points stay expected Borda points, and candidates no round ranked stay tied.
+    ``shuffle`` draws one random order of them (``rng``), ``order`` keeps their presented order: that
+    scores where the prompt put the target, not the model (a failed reply with the target pinned first
+    gets HR@1 = 1), so it is an explicit opt-in for reproducing work that did it.
+    """
     scores = np.zeros(n)
-    full = parsed.full(n) if unranked == "order" else parsed.ranking
-    for rank, pos in enumerate(full):
+    ranked = set(parsed.ranking)
+    rest = [i for i in range(n) if i not in ranked]
+    for rank, pos in enumerate(parsed.ranking):
+        scores[pos] = n - rank
+    if unranked == "tie":
+        scores[rest] = (n - len(parsed.ranking) + 1) / 2
+        return scores
+    tail = rest if unranked == "order" else rng.permutation(rest).tolist()
+    for rank, pos in enumerate(tail, start=len(parsed.ranking)):
         scores[pos] = n - rank
     return scores
 
 
-def score_users(jobs, parsed, cands, unranked: str) -> np.ndarray:
-    """Borda aggregation over bootstrap rounds, aligned with round 0's order: [U, N]."""
+def score_users(jobs, parsed, cands, unranked: str, seed: int = 0) -> np.ndarray:
+    """Borda aggregation over bootstrap rounds, aligned with round 0's order: [U, N].  ``shuffle`` draws
+    each prompt's tail order from (seed, user, round), so it does not depend on which users are run."""
     n_users, _, n = cands.lists.shape
     scores = np.zeros((n_users, n))
     for job, p in zip(jobs, parsed):
-        s = order_scores(p, n, unranked)
+        rng = np.random.default_rng([seed, int(cands.users[job["row"]]), job["round"]])
+        s = order_scores(p, n, unranked, rng)
         by_item = dict(zip(job["items"].tolist(), s))
         scores[job["row"]] += [by_item[i] for i in cands.lists[job["row"], 0].tolist()]
     return scores
@@ -146,7 +165,7 @@ def run_zeroshot(cfg, out, *, progress: bool = True, backend=None) -> dict:
     parsed = [parse(r.text, j["texts"], z.protocol, k=z.top_k, prompt=j["prompt"]) for j, r in zip(jobs, replies)]
     target_col = cands.target_pos[:, 0]
     ks = tuple(sorted(set(z.ks)))
-    per_user = metrics_from_scores(score_users(jobs, parsed, cands, z.unranked), target_col, ks=ks)
+    per_user = metrics_from_scores(score_users(jobs, parsed, cands, z.unranked, cfg.seed), target_col, ks=ks)
     pop = metrics_from_scores(data.train_counts[cands.lists[:, 0]].astype(np.float64), target_col, ks=ks)
     rand = metrics_from_scores(np.zeros(cands.lists[:, 0].shape), target_col, ks=ks)
     ci = cfg.eval.bootstrap > 0
