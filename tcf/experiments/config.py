@@ -83,18 +83,41 @@ class TrainConfig:
             raise ConfigError(f"train.zero_stage must be 1, 2 or 3, got {self.zero_stage}")
 
 
+MASK_RULES = ("all", "all_but_target", "none")
+
+
+def mask_rule(value: str | bool) -> str:
+    """``eval.mask_history`` as a named rule; the old booleans map true -> all, false -> none.
+
+    ``all`` is the default because it never looks at the label: ``all_but_target`` exempts the
+    target, so a repeat target is the only seen item left and a model that ranks seen items
+    first gets it at rank 1.  See tcf/eval/ranking.py."""
+    text = str(value).strip().lower()
+    text = {"true": "all", "yes": "all", "on": "all", "1": "all", "false": "none", "no": "none", "off": "none",
+            "0": "none"}.get(text, text)
+    if text not in MASK_RULES:
+        raise ConfigError(f"eval.mask_history must be one of {', '.join(MASK_RULES)} (or true = all, false = none), "
+                          f"got {value!r}")
+    return text
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [5, 10, 20])
-    mask_history: bool = True  # the user's earlier items cannot be recommended (the TCF protocol)
+    # which earlier items cannot be recommended: all (default; repeat targets are misses) | all_but_target
+    # (the TCF reference code: rewards repeats) | none.  Repeats are counted and sliced in every report.
+    mask_history: str = "all"
     batch_users: int = 512
     ranker: str = "matmul"  # matmul (chunked, exact) | faiss (inner-product index over the item vectors)
     faiss_index: str = "flat"  # ranker faiss: flat (exact) | hnsw (approximate)
-    bootstrap: int = 1000  # resamples for 95% CIs (0 = none)
+    bootstrap: int = 1000  # resamples drawn for the 95% CIs (0 = none); memory bounded by tcf.eval.metrics.CHUNK
     cold_max_count: int = 5  # a target with at most this many training interactions is "cold"
     history_buckets: list[int] = field(default_factory=lambda: [10, 50, 200])
 
     def __post_init__(self):
+        object.__setattr__(self, "mask_history", mask_rule(self.mask_history))  # true/false -> all/none
+        if self.bootstrap < 0:
+            raise ConfigError(f"eval.bootstrap must be >= 0 (0 = no CIs), got {self.bootstrap}")
         if self.ranker not in RANKERS:
             raise ConfigError(f"eval.ranker must be one of {list(RANKERS)}, got {self.ranker!r}")
         if self.faiss_index not in ("flat", "hnsw"):
