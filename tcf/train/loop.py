@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -71,6 +72,34 @@ def text_vectors(cfg: RunConfig, dataset) -> tuple[np.ndarray, dict]:
         entry = extract(dataset, cfg.encoder, root=cfg.cache_root, template=cfg.data.template, progress=True).entry
     return np.asarray(entry.vectors, dtype=np.float32), {"cache": str(entry.path), "key_hash": entry.manifest["key_hash"],
                                                          "encoder_parameters": entry.manifest["n_parameters"]}
+
+
+def say(line: str) -> None:
+    """One progress line on stderr (beside a progress bar, not through it)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
+def step_bar(show: bool, steps: int, desc: str, windows_per_step: int):
+    """A bar over one epoch's steps: steps done, windows/s and the time left in the epoch (None when quiet)."""
+    if not show:
+        return None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr, mininterval=0, miniters=1,
+               bar_format="{desc}: {n}/{total} steps [{elapsed}<{remaining}{postfix}]")
+    bar.windows_per_step = windows_per_step
+    return bar
+
+
+def bar_step(bar, loss: float) -> None:
+    """One step done: the bar shows the epoch's mean loss so far and the windows trained per second."""
+    if bar is None:
+        return
+    bar.update(1)
+    rate = bar.n * bar.windows_per_step / max(bar.format_dict["elapsed"], 1e-9)
+    bar.set_postfix_str(f"loss {loss:.4f}, {rate:,.0f} windows/s", refresh=False)
 
 
 def _save(path: Path, state: dict) -> None:
@@ -145,12 +174,14 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     par.wrap(model, opt, cfg)  # DDP, or a DeepSpeed engine around model and optimizer
     if resume:
         par.load_engine(ckpt_dir / "deepspeed", state["epoch"])
-    bar = None
-    if progress and par.is_main:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.train.epochs, initial=state["epoch"], unit="epoch", desc=cfg.name, dynamic_ncols=True)
+    show = progress and par.is_main
     windows = data.windows(cfg.model.max_len)
+    steps = math.ceil(len(windows) / (cfg.train.batch_size * par.world))
+    if show:
+        say(f"{cfg.name}: up to {cfg.train.epochs} epochs of {steps} steps ({len(windows):,} windows, batch "
+            f"{cfg.train.batch_size}{f' x {par.world} processes' if par.world > 1 else ''}); stops after "
+            f"{cfg.train.patience} epochs without a better valid {SELECT_METRIC} (train.epochs, train.patience)"
+            + (f"; resuming after epoch {state['epoch']}" if state["epoch"] else ""))
     while state["epoch"] < cfg.train.epochs and state["bad_epochs"] < cfg.train.patience:
         epoch = state["epoch"]
         model.train()
@@ -158,6 +189,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         perm = windows[np.random.default_rng(cfg.seed + epoch).permutation(len(windows))]
         par.seed_epoch(cfg.seed, epoch)
         losses = []
+        bar = step_bar(show, steps, f"epoch {epoch + 1}/{cfg.train.epochs}", cfg.train.batch_size * par.world)
         for step, (part, real) in enumerate(par.batches(perm, cfg.train.batch_size), start=1):  # this rank's part
             batch = data.train_batch(part, cfg.model.max_len)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), step_items(model, batch):
@@ -175,6 +207,9 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
             if cfg.train.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             opt.step()
+            bar_step(bar, float(np.mean(losses)))
+        if bar is not None:
+            bar.close()
         valid = par.on_main(lambda: evaluate(model, data, "valid", **eval_kw).mean(SELECT_METRIC))  # to every rank
         state["train_seconds"] += time.perf_counter() - t0
         state["epoch"] = epoch + 1
@@ -193,12 +228,10 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
                          "config": resolved(cfg),
                          "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                                  "python": random.getstate()}})
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(f"loss {np.mean(losses):.4f}  valid {SELECT_METRIC} {valid:.4f}  "
-                                f"best {state['best']:.4f}@{state['best_epoch']}")
-    if bar is not None:
-        bar.close()
+        if show:
+            say(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}  valid {SELECT_METRIC} {valid:.4f}  best "
+                f"{state['best']:.4f}@{state['best_epoch']}  ({time.perf_counter() - t0:.1f} s"
+                + (f"; {state['bad_epochs']}/{cfg.train.patience} without a better one)" if state["bad_epochs"] else ")"))
 
     par.barrier()  # best.pt is written
     best = torch.load(ckpt_dir / "best.pt", map_location=device, weights_only=False)
