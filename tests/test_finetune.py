@@ -142,17 +142,13 @@ def test_a_cache_for_other_texts_is_refused(tiny_dataset, tiny_model, tmp_path):
                                "data.template={title} (again)"), tiny_dataset)[0].path == entry.path
 
 
-def test_full_softmax_and_bad_settings_are_refused(tiny_dataset, tiny_model, tmp_path, tiny_models):
+def test_full_softmax_and_bad_settings_are_refused(tiny_dataset, tiny_model, tmp_path):
     with pytest.raises(ConfigError, match="use train.loss=inbatch"):
         token_cache(cfg_for(tiny_dataset, tiny_model, tmp_path, "train.loss=ce"), tiny_dataset)
     with pytest.raises(ConfigError, match="encoder.layer must be -1"):
         token_cache(cfg_for(tiny_dataset, tiny_model, tmp_path, "encoder.layer=2"), tiny_dataset)
     with pytest.raises(ConfigError, match=r"model.finetune_layers must be within 1..4"):
         token_cache(cfg_for(tiny_dataset, tiny_model, tmp_path, "model.finetune_layers=5"), tiny_dataset)
-    for family in ("gpt2", "opt"):  # absolute positions are added inside: no clean split
-        cfg = cfg_for(tiny_dataset, tiny_models[family], tmp_path)
-        with pytest.raises(ConfigError, match="Llama/Gemma-style decoders and BERT-style encoders"):
-            tower_for(cfg, tiny_dataset)
 
 
 def _count_lm_calls(tower, monkeypatch) -> list:

@@ -31,8 +31,11 @@ def train_tokenizer(texts=CORPUS, vocab_size: int = 200, bos: bool = False):
                                    eos_token="</s>")
 
 
-def build(kind: str, folder: Path, *, layers: int = 3, hidden: int = 32, seed: int = 0) -> Path:
-    """Save a randomly initialised tiny model of family ``kind`` with its tokenizer to ``folder``."""
+def build(kind: str, folder: Path, *, layers: int = 3, hidden: int = 32, seed: int = 0, **config) -> Path:
+    """Save a randomly initialised tiny model of family ``kind`` with its tokenizer to ``folder``.
+
+    ``config``: settings that override the family's tiny defaults (e.g. OPT-350m's ``word_embed_proj_dim``).
+    """
     import torch
     from transformers import AutoModel, BertConfig, Gemma3TextConfig, GPT2Config, LlamaConfig, OPTConfig
 
@@ -45,9 +48,9 @@ def build(kind: str, folder: Path, *, layers: int = 3, hidden: int = 32, seed: i
                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, **common)
     elif kind == "opt":
         cfg = OPTConfig(hidden_size=hidden, ffn_dim=2 * hidden, num_hidden_layers=layers, num_attention_heads=4,
-                        max_position_embeddings=128, word_embed_proj_dim=hidden, **common)
+                        max_position_embeddings=128, **{"word_embed_proj_dim": hidden, **common, **config})
     elif kind == "gpt2":
-        cfg = GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=128, **common)
+        cfg = GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=128, **common, **config)
     elif kind == "bert":
         cfg = BertConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                          num_attention_heads=4, max_position_embeddings=128, vocab_size=v, pad_token_id=0)

@@ -330,9 +330,10 @@ class HFEncoder(Encoder):
 
 # ------------------------------------------------------------ top-layer loading (fine-tuning)
 
-LAYER_LISTS = ("layers", "encoder.layer")  # decoders (Llama, Gemma, Mistral, Qwen), BERT-style encoders
+# decoders (Llama, Gemma, Mistral, Qwen), BERT-style encoders, OPT, GPT-2
+LAYER_LISTS = ("layers", "encoder.layer", "decoder.layers", "h")
 WEIGHT_PREFIXES = ("", "model.", "bert.", "roberta.", "model.language_model.", "language_model.model.",
-                   "language_model.")
+                   "language_model.", "transformer.")
 
 
 def _passthrough():
@@ -362,17 +363,38 @@ def top_config(config, n_layers: int, k: int):
     return config
 
 
+def _no_positions():
+    """A module that adds nothing: stands in for learned absolute positions already in the cached states."""
+    import torch
+
+    class NoPositions(torch.nn.Module):
+        def forward(self, *args, **_):
+            anchor = next(a for a in args if isinstance(a, torch.Tensor))
+            return anchor.new_zeros((), dtype=torch.float32)  # 0-d: broadcasts, and keeps the states' dtype
+
+    return NoPositions()
+
+
 def strip_embeddings(model) -> str:
-    """Replace the input embeddings by a pass-through; -> 'decoder' or 'encoder' (how the layers are called).
+    """Replace what runs before the first block by pass-throughs; -> 'decoder' or 'encoder' (how to call it).
 
     The cached states are the hidden states *entering* a block, so whatever the model does before its
-    first block (token lookup, Gemma's scaling, BERT's position/type embeddings and LayerNorm) is
-    already in them.  Models that add absolute positions inside the decoder stack are refused.
+    first block is already in them: token lookup, Gemma's scaling, BERT's position/type embeddings and
+    LayerNorm, OPT's learned positions and ``project_in`` (350m), GPT-2's ``wpe`` and embedding dropout.
+    What is left is the blocks, the final norm and OPT's ``project_out``.
     """
+    decoder = getattr(model, "decoder", None)
+    if hasattr(decoder, "layers") and hasattr(decoder, "embed_positions"):  # OPT
+        decoder.embed_tokens, decoder.embed_positions = _passthrough(), _no_positions()
+        decoder.project_in = None
+        return "decoder"
+    if hasattr(model, "h") and hasattr(model, "wpe"):  # GPT-2
+        model.wte, model.wpe, model.drop = _passthrough(), _no_positions(), _identity()
+        return "decoder"
     if hasattr(model, "layers") and hasattr(model, "embed_tokens"):
         if not hasattr(model, "rotary_emb") or hasattr(model, "embed_positions"):
             raise ConfigError(f"{type(model).__name__}: fine-tuning top layers needs a decoder with rotary positions "
-                              "(Llama, Gemma, Mistral, Qwen) or a BERT-style encoder")
+                              "(Llama, Gemma, Mistral, Qwen), OPT, GPT-2 or a BERT-style encoder")
         model.embed_tokens = _passthrough()
         return "decoder"
     if hasattr(model, "embeddings") and hasattr(getattr(model, "encoder", None), "layer"):
@@ -380,8 +402,20 @@ def strip_embeddings(model) -> str:
         if getattr(model, "pooler", None) is not None:
             model.pooler = None  # the [CLS] pooler is never used by tcf's pooling
         return "encoder"
-    raise ConfigError(f"{type(model).__name__}: fine-tuning top layers supports Llama/Gemma-style decoders and "
-                      "BERT-style encoders only")
+    raise ConfigError(f"{type(model).__name__}: fine-tuning top layers supports Llama/Gemma-style decoders, OPT, "
+                      "GPT-2 and BERT-style encoders only")
+
+
+def renumber_blocks(model, shift: int) -> None:
+    """Give the top blocks (built as 0..k-1) back what depends on their depth L-k..L-1.
+
+    GPT-2 with ``scale_attn_by_inverse_layer_idx`` divides its attention scores by (layer + 1).
+    Only the scale moves: ``layer_idx`` also indexes the KV cache, which the top model never uses.
+    """
+    for i, block in enumerate(getattr(model, "h", None) or []):
+        attn = block.attn
+        if getattr(attn, "scale_attn_by_inverse_layer_idx", False):
+            attn.scaling = attn.scaling * (i + 1) / (i + shift + 1)
 
 
 def _checkpoint_reader(folder: Path):
@@ -420,8 +454,8 @@ def _weights_folder(source, spec: EncoderSpec) -> Path:
 
 
 def load_top_layers(spec: EncoderSpec, k: int):
-    """The model's top ``k`` blocks (L-k..L-1, renumbered 0..k-1) and its final norm, without the blocks
-    below or the embedding table: only those weights are read.  -> (model, kind, n_layers, identity).
+    """The model's top ``k`` blocks (L-k..L-1, renumbered 0..k-1), its final norm and OPT's ``project_out``,
+    without the blocks below or the embedding table: only those weights are read.  -> (model, kind, n_layers, identity).
 
     ``model(inputs_embeds=hidden_states_entering_block_L-k, attention_mask=...)`` then equals the
     full model's output (``kind``: 'decoder' also wants ``position_ids``).
@@ -440,6 +474,9 @@ def load_top_layers(spec: EncoderSpec, k: int):
     with quiet_transformers(), init_empty_weights(include_buffers=False):  # weights on meta until loaded
         model = AutoModel.from_config(top_config(config, n_layers, k))
     kind = strip_embeddings(model)
+    renumber_blocks(model, n_layers - k)
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False  # no generation: a KV cache would only hold memory
     names, get = _checkpoint_reader(_weights_folder(source, spec))
     shift = n_layers - k
     layer_key = re.compile(rf"^({'|'.join(re.escape(p) for p in LAYER_LISTS)})\.(\d+)\.")

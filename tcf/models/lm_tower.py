@@ -92,14 +92,22 @@ def full_parameter_count(spec) -> int:
 
 
 class TopLayers(nn.Module):
-    """Hidden states entering layer L-k -> the model's output (top k blocks and final norm)."""
+    """Hidden states entering layer L-k -> the model's output (top k blocks, final norm, OPT's project_out)."""
 
     def __init__(self, model: nn.Module, kind: str):
         super().__init__()
         self.model, self.kind = model, kind
 
+    @property
+    def out_dim(self) -> int:
+        """Width of the output: the hidden size, or what OPT-350m's ``project_out`` maps it to."""
+        project_out = getattr(getattr(self.model, "decoder", None), "project_out", None)
+        if project_out is not None:
+            return int(project_out.out_features)
+        return int(self.model.config.get_text_config().hidden_size)
+
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """[B, T, D] states, [B, T] mask (1 = token) -> [B, T, D]."""
+        """[B, T, D] states, [B, T] mask (1 = token) -> [B, T, D_out]."""
         kw = {"inputs_embeds": states, "attention_mask": mask}
         if self.kind == "decoder":  # rotary positions counted from the mask, as in extraction
             kw["position_ids"] = (mask.cumsum(-1) - 1).clamp_min(0)
@@ -131,7 +139,7 @@ class LMTower(nn.Module):
         super().__init__()
         self.lm, self.tokens, self.pooling, self.normalize = lm, tokens, pooling, normalize
         self.chunk_items = chunk_items
-        self.adapter = adapter(tokens.dim, dim, layers, dropout)
+        self.adapter = adapter(lm.out_dim, dim, layers, dropout)
         self._all: torch.Tensor | None = None  # eval-mode catalogue, kept for one evaluation
         self._step: tuple[torch.Tensor, torch.Tensor] | None = None  # (sorted ids, vectors) of the current step
         self.register_load_state_dict_post_hook(lambda module, keys: module._forget())
@@ -236,13 +244,32 @@ def param_groups(model: nn.Module, train_cfg) -> list[dict]:
     return groups
 
 
+def block_linears(model: nn.Module) -> list[str]:
+    """Names of the linear maps inside the transformer blocks: nn.Linear, and GPT-2's Conv1D (q/k/v fused in
+    ``c_attn``).  OPT's ``project_out`` sits above the blocks and is left out."""
+    import re
+
+    from transformers.pytorch_utils import Conv1D
+
+    from tcf.encoders.hf import LAYER_LISTS
+
+    in_block = re.compile(rf"^({'|'.join(re.escape(p) for p in LAYER_LISTS)})\.\d+\.")
+    return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D)) and in_block.match(n)]
+
+
 def add_lora(model: nn.Module, r: int, alpha: int, dropout: float) -> nn.Module:
     """Freeze ``model`` and put LoRA adapters on every linear map of its blocks; -> the model (changed in place)."""
     from peft import LoraConfig, inject_adapter_in_model
+    from transformers.pytorch_utils import Conv1D
 
     for p in model.parameters():
         p.requires_grad_(False)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", bias="none")
+    targets = block_linears(model)
+    if not targets:
+        raise ConfigError(f"{type(model).__name__}: no linear maps found in its blocks for LoRA")
+    conv1d = any(isinstance(model.get_submodule(n), Conv1D) for n in targets)  # weights stored [in, out]
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none",
+                        fan_in_fan_out=conv1d)
     return inject_adapter_in_model(config, model)
 
 
