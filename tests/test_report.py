@@ -18,14 +18,16 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def put(root: Path, name: str, *, head="sasrec", tower="id", encoder="minilm-l6", params=None, seed=0, ndcg=0.05,
         hr=0.1, half=0.005, cold=None, per_user=None) -> Path:
-    """A results.json in the trainer's layout with chosen numbers (the report reads nothing else)."""
+    """A results.json in the trainer's layout with chosen numbers (the report reads nothing else); validation
+    numbers equal the test ones (tests/test_report_selection.py sets them apart)."""
     folder = root / name
     folder.mkdir(parents=True)
     metrics = {"ndcg@10": {"mean": ndcg, "ci95": [ndcg - half, ndcg + half]},
                "hr@10": {"mean": hr, "ci95": [hr - 2 * half, hr + 2 * half]}}
     res = {"config": {"name": name, "seed": seed, "model": {"head": head, "tower": tower},
                       "encoder": {"model": encoder}, "train": {"lr": 0.001}},
-           "metrics": {"test": {"metrics": metrics, "slices": {"cold": {"metrics": {"ndcg@10": cold or ndcg / 2}}}}},
+           "metrics": {split: {"metrics": metrics, "slices": {"cold": {"metrics": {"ndcg@10": cold or ndcg / 2}}}}
+                       for split in ("valid", "test")},
            "parameters": {"trainable": 10, **({"encoder": params} if params else {})}}
     if per_user is not None:
         res["per_user_columns"] = ["user_id", "ndcg@10"]
@@ -63,9 +65,11 @@ def test_answers_follow_the_numbers(tmp_path):
     put(tmp_path, "dmini", head="dssm", tower="frozen", params=22_713_216, ndcg=0.031)
     md = report_text(tmp_path)
     answers = md.split("## Trained")[0]
-    assert "SASRec: the best text tower, frozen text (gemma3-270m), against ID: ndcg@10 0.0500 vs 0.0200" in answers
+    assert ("SASRec: the text tower best on valid ndcg@10 (of 3 towers), frozen text (gemma3-270m), against the ID "
+            "setting best on valid: test ndcg@10 0.0500 vs 0.0200") in answers
     assert "**text beats ID**" in answers and "On cold targets: 0.0200 vs 0.0010" in answers
-    assert "DSSM: the best text tower" in answers and "**no clear difference**" in answers
+    assert "DSSM: the text tower best on valid ndcg@10, frozen text" in answers and "**no clear difference**" in answers
+    assert "Holm-adjusted over 2 tests p = " in answers  # one test per head, one family
     assert "Does fine-tuning beat a frozen encoder?**\n\n- not measured" in answers
     assert "SASRec frozen text: ndcg@10 0.0300 (22.7M) → 0.0400 (134.5M) → 0.0500 (268.1M)" in answers
     assert "Spearman ρ(size, ndcg@10) = 1.00" in answers and "**yes, the largest beats the smallest**" in answers
@@ -84,7 +88,7 @@ def test_single_runs_are_compared_by_a_paired_test(tmp_path):
     put(tmp_path, "ft", tower="finetune", params=10, ndcg=float(base.mean() + 0.01), half=0.05, per_user=base + 0.01)
     put(tmp_path, "fr", tower="frozen", params=10, ndcg=float(base.mean()), half=0.05, per_user=base)
     md = report_text(tmp_path)
-    assert "fine-tuned text against frozen" in md and "paired test over users p = " in md
+    assert "fine-tuned text against frozen" in md and "paired permutation test over users p = " in md
     assert "**fine-tuning helps**" in md  # CIs overlap widely, but every user gains: the paired test sees it
 
 

@@ -16,13 +16,15 @@ are answered in sentences computed from the numbers; a comparison without runs s
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from tcf.config import from_dict
-from tcf.experiments.results import Group, RunResult, Stat, group_runs, load_runs
+from tcf.eval.metrics import holm, normal_pvalue, paired_test, t_pvalue
+from tcf.experiments.results import T975, Group, RunResult, Stat, group_runs, load_runs
 from tcf.fsutil import atomic_write_text
 
 TOWER_ORDER = ("id", "frozen", "id+text", "finetune", "lora")
@@ -77,30 +79,41 @@ def _extra(g: Group) -> str:
 
 
 # ---------------------------------------------------------------- comparisons
+#
+# Every answer selects what it compares on validation (SELECT_SPLIT), never on the split it
+# reports, and treats its tests as one family: Holm–Bonferroni adjusted p-values decide.
+
+SELECT_SPLIT = "valid"
+PAIRED_RESAMPLES = 2000  # sign flips of the paired permutation test (seed 0)
+PAIRED = "paired permutation test over users"
+WELCH = "Welch t-test over seeds"
+Z_FROM_CI = "unpaired z-test from the 95% CIs"
+
 
 @dataclass
 class Comparison:
     a: Stat
     b: Stat
-    p_value: float | None  # paired test over users (single-seed runs on the same users)
+    p_value: float | None  # None: no test possible (no per-user records, seeds or CIs)
+    test: str = ""  # which test gave p_value
+    p_holm: float | None = None  # adjusted over the answer's family (set by holm_family)
+    family: int = 1  # tests in that family
 
     @property
     def diff(self) -> float:
         return self.a.mean - self.b.mean
 
     def significant(self, alpha: float) -> bool:
-        if self.p_value is not None:
-            return self.p_value < alpha
-        if None in (self.a.lo, self.a.hi, self.b.lo, self.b.hi):
-            return False
-        return self.a.lo > self.b.hi or self.b.lo > self.a.hi
+        p = self.p_value if self.p_holm is None else self.p_holm
+        return p is not None and p < alpha
 
     def evidence(self) -> str:
-        if self.p_value is not None:
-            return f"paired test over users p = {self.p_value:.3g}"
-        if None in (self.a.lo, self.b.lo):
-            return "no confidence intervals"
-        return f"95% CIs {'overlap' if not self.significant(1.0) else 'do not overlap'}"
+        if self.p_value is None:
+            return "no test: neither per-user records, seeds nor confidence intervals"
+        text = f"{self.test} p = {self.p_value:.3g}"
+        if self.family > 1 and self.p_holm is not None:
+            text += f", Holm-adjusted over {self.family} tests p = {self.p_holm:.3g}"
+        return text
 
     def verdict(self, alpha: float, better: str, worse: str) -> str:
         if not self.significant(alpha):
@@ -108,18 +121,59 @@ class Comparison:
         return better if self.diff > 0 else worse
 
 
+def _seed_means(g: Group, metric: str, split: str) -> np.ndarray:
+    return np.array([m[0] for m in (r.metric(metric, split) for r in g.runs) if m is not None])
+
+
+def _welch(x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided Welch t-test p-value of mean(x) - mean(y) (each at least two seeds)."""
+    va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    diff = float(x.mean() - y.mean())
+    if va + vb == 0:
+        return 1.0 if diff == 0 else 0.0
+    df = (va + vb) ** 2 / (va ** 2 / (len(x) - 1) + vb ** 2 / (len(y) - 1))
+    return t_pvalue(diff / math.sqrt(va + vb), df)
+
+
+def _se(st: Stat) -> float:
+    """Standard error read off a 95% CI: a bootstrap (normal) interval over users, or a t interval over seeds."""
+    q = 1.96 if st.over == "users" or st.n - 2 >= len(T975) else T975[st.n - 2]
+    return (st.hi - st.lo) / 2 / q
+
+
+def _z_from_ci(a: Stat, b: Stat) -> float:
+    """Unpaired: runs on the same users are positively correlated, so this errs towards 'no difference'."""
+    se = math.hypot(_se(a), _se(b))
+    if se == 0:
+        return 1.0 if a.mean == b.mean else 0.0
+    return normal_pvalue((a.mean - b.mean) / se)
+
+
 def compare(a: Group, b: Group, metric: str, split: str) -> Comparison | None:
+    """``a`` against ``b`` on ``split``, by the strongest test the stored results allow: paired over users
+    (single runs, same users), Welch over seeds (both with several), else a z-test from the two CIs."""
     sa, sb = a.stat(metric, split), b.stat(metric, split)
     if sa is None or sb is None:
         return None
-    p = None
     if len(a.runs) == 1 and len(b.runs) == 1:
         ua, ub = a.first.per_user(metric, split), b.first.per_user(metric, split)
         if ua is not None and ub is not None and np.array_equal(ua[0], ub[0]):
-            from tcf.eval.metrics import paired_test
+            return Comparison(sa, sb, paired_test(ua[1], ub[1], n=PAIRED_RESAMPLES)["p_value"], PAIRED)
+    xa, xb = _seed_means(a, metric, split), _seed_means(b, metric, split)
+    if len(xa) > 1 and len(xb) > 1:
+        return Comparison(sa, sb, _welch(xa, xb), WELCH)
+    if None not in (sa.lo, sa.hi, sb.lo, sb.hi):
+        return Comparison(sa, sb, _z_from_ci(sa, sb), Z_FROM_CI)
+    return Comparison(sa, sb, None)
 
-            p = paired_test(ua[1], ub[1], n=2000)["p_value"]
-    return Comparison(sa, sb, p)
+
+def holm_family(comparisons: list[Comparison]) -> list[Comparison]:
+    """Holm–Bonferroni over one answer's tests: each gets its adjusted p-value and the family size."""
+    adjusted = holm([c.p_value for c in comparisons])
+    tested = sum(p is not None for p in adjusted)
+    for c, p in zip(comparisons, adjusted):
+        c.p_holm, c.family = p, tested
+    return comparisons
 
 
 def _rel(c: Comparison) -> str:
@@ -127,44 +181,92 @@ def _rel(c: Comparison) -> str:
     return f"{c.a.mean:.4f} vs {c.b.mean:.4f} ({c.diff:+.4f}{rel}; {c.evidence()})"
 
 
-def _best(groups: list[Group], metric: str, split: str) -> Group | None:
-    scored = [(g.stat(metric, split), g) for g in groups]
-    scored = [(s.mean, g) for s, g in scored if s is not None]
+def _select(groups: list[Group], metric: str) -> Group | None:
+    """The group with the best validation ``metric``: what the report compares is chosen before the test
+    split is looked at.  A lone candidate needs no choice; several without validation numbers get none."""
+    if len(groups) == 1:
+        return groups[0]
+    scored = [(st.mean, g) for st, g in ((g.stat(metric, SELECT_SPLIT), g) for g in groups) if st is not None]
     return max(scored, key=lambda t: t[0])[1] if scored else None
 
 
-def answer_text_vs_id(groups: list[Group], s: ReportSettings) -> list[str]:
+@dataclass
+class Finding:
+    """One test an answer makes: its sentence (rendered once the family's adjusted p-values are known)
+    and its record in report.json."""
+
+    question: str
+    head: str
+    a: Group
+    b: Group
+    c: Comparison
+    before: str  # the sentence up to the numbers
+    words: tuple[str, str]  # the verdict when a is significantly better / worse
+    diff_only: bool = False  # numbers as the difference alone (the walk before it gives the means)
+    after: str = ""  # a sentence after the verdict
+
+    def line(self, s: ReportSettings) -> str:
+        c = self.c
+        numbers = f"{c.diff:+.4f} ({c.evidence()})" if self.diff_only else _rel(c)
+        return f"{self.before}{numbers} — **{c.verdict(s.alpha, *self.words)}**.{self.after}"
+
+    def record(self, s: ReportSettings) -> dict:
+        c = self.c
+        return {"question": self.question, "head": self.head, "a": group_label(self.a), "b": group_label(self.b),
+                "metric": s.metrics[0], "split": s.split, "selected_on": SELECT_SPLIT, "a_mean": c.a.mean,
+                "b_mean": c.b.mean, "diff": c.diff, "test": c.test or None, "p_value": c.p_value,
+                "p_holm": c.p_holm, "family": c.family, "alpha": s.alpha, "significant": c.significant(s.alpha)}
+
+
+def _family(found: list[Finding]) -> list[Finding]:
+    holm_family([f.c for f in found])
+    return found
+
+
+def _of(n: int, what: str) -> str:
+    return f" (of {n} {what})" if n > 1 else ""
+
+
+def text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
+    """Per head: the text tower best on validation against the ID setting best on validation."""
     m, out = s.metrics[0], []
     for head in sorted({g.first.head for g in groups}):
         ids = [g for g in groups if g.first.head == head and g.first.tower == "id"]
         texts = [g for g in groups if g.first.head == head and g.first.tower != "id"]
-        base, best = _best(ids, m, s.split), _best(texts, m, s.split)
-        if base is None or best is None:
+        base, best = _select(ids, m), _select(texts, m)
+        c = compare(best, base, m, s.split) if base is not None and best is not None else None
+        if c is None:
             continue
-        c = compare(best, base, m, s.split)
-        line = (f"{HEAD_NAMES.get(head, head)}: the best text tower, {group_label(best, False)}, against ID: "
-                f"{m} {_rel(c)} — **{c.verdict(s.alpha, 'text beats ID', 'ID beats text')}**.")
+        before = (f"{HEAD_NAMES.get(head, head)}: the text tower best on {SELECT_SPLIT} {m}"
+                  f"{_of(len(texts), 'towers')}, {group_label(best, False)}, against the ID setting best on "
+                  f"{SELECT_SPLIT}{_of(len(ids), 'settings')}: {s.split} {m} ")
+        after = ""
         cold_t, cold_i = best.slice_mean("cold", m, s.split), base.slice_mean("cold", m, s.split)
         if cold_t is not None and cold_i is not None:
             n = best.first.slice_users("cold", s.split)
-            line += f" On cold targets{f' ({n} users)' if n is not None else ''}: {cold_t:.4f} vs {cold_i:.4f}."
-        out.append(line)
-    return out or ["not measured (no ID run and text run with the same head)."]
+            after = f" On cold targets{f' ({n} users)' if n is not None else ''}: {cold_t:.4f} vs {cold_i:.4f}."
+        out.append(Finding("text vs ID", head, best, base, c, before, ("text beats ID", "ID beats text"),
+                           after=after))
+    return _family(out)
 
 
-def answer_finetune(groups: list[Group], s: ReportSettings) -> list[str]:
+def fine_tuned_vs_frozen(groups: list[Group], s: ReportSettings) -> list[Finding]:
+    """Every fine-tuned / LoRA group against the frozen setting of its head and encoder best on validation."""
     m, out = s.metrics[0], []
     frozen = [g for g in groups if g.first.tower == "frozen"]
     for tuned in (g for g in groups if g.first.tower in TUNED):
         r = tuned.first
         peers = [g for g in frozen if g.first.head == r.head and g.first.encoder == r.encoder]
-        base = _best(peers, m, s.split)
-        if base is None:
+        base = _select(peers, m)
+        c = compare(tuned, base, m, s.split) if base is not None else None
+        if c is None:
             continue
-        c = compare(tuned, base, m, s.split)
-        out.append(f"{HEAD_NAMES.get(r.head, r.head)} with {r.encoder}: {TOWER_NAMES[r.tower]} against frozen: "
-                   f"{m} {_rel(c)} — **{c.verdict(s.alpha, 'fine-tuning helps', 'fine-tuning hurts')}**.")
-    return out or ["not measured (no fine-tuned or LoRA run beside a frozen run of the same head and encoder)."]
+        extra = f" [{_extra(tuned)}]" if _extra(tuned) else ""
+        before = (f"{HEAD_NAMES.get(r.head, r.head)} with {r.encoder}: {TOWER_NAMES[r.tower]}{extra} against frozen"
+                  f"{_of(len(peers), 'frozen settings; the best on ' + SELECT_SPLIT)}: {m} ")
+        out.append(Finding("fine-tuned vs frozen", r.head, tuned, base, c, before,
+                           ("fine-tuning helps", "fine-tuning hurts")))
+    return _family(out)
 
 
 def scaling_series(groups: list[Group], metric: str, split: str) -> dict[str, list[tuple[float, Stat, Group]]]:
@@ -186,18 +288,47 @@ def _spearman(x: list[float], y: list[float]) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def answer_scaling(groups: list[Group], s: ReportSettings) -> list[str]:
+def largest_vs_smallest(groups: list[Group], s: ReportSettings) -> list[Finding]:
+    """Per series (head x tower x settings): the largest encoder against the smallest (no selection)."""
     m, out = s.metrics[0], []
     for label, pts in scaling_series(groups, m, s.split).items():
         if len({p for p, _, _ in pts}) < 2:
             continue
         walk = " → ".join(f"{st.mean:.4f} ({params_text(p)})" for p, st, _ in pts)
-        c = compare(pts[-1][2], pts[0][2], m, s.split)
         rho = _spearman([p for p, _, _ in pts], [st.mean for _, st, _ in pts])
-        verdict = c.verdict(s.alpha, "yes, the largest beats the smallest", "no, the largest is worse than the smallest")
-        out.append(f"{label}: {m} {walk}; Spearman ρ(size, {m}) = {rho:.2f}; largest vs smallest "
-                   f"{c.diff:+.4f} ({c.evidence()}) — **{verdict}**.")
-    return out or ["not measured (fewer than two encoder sizes for any head and tower)."]
+        before = f"{label}: {m} {walk}; Spearman ρ(size, {m}) = {rho:.2f}; largest vs smallest "
+        out.append(Finding("largest vs smallest encoder", pts[0][2].first.head, pts[-1][2], pts[0][2],
+                           compare(pts[-1][2], pts[0][2], m, s.split), before,
+                           ("yes, the largest beats the smallest", "no, the largest is worse than the smallest"),
+                           diff_only=True))
+    return _family(out)
+
+
+QUESTIONS = {  # finding.question -> (the question answered, what is said without runs for it)
+    "text vs ID": ("Does text beat ID?", "not measured (no ID run and text run with the same head)."),
+    "fine-tuned vs frozen": ("Does fine-tuning beat a frozen encoder?",
+                             "not measured (no fine-tuned or LoRA run beside a frozen run of the same head and "
+                             "encoder)."),
+    "largest vs smallest encoder": ("Does a bigger encoder help?",
+                                    "not measured (fewer than two encoder sizes for any head and tower)."),
+}
+
+
+def findings(groups: list[Group], s: ReportSettings) -> list[Finding]:
+    """Every test the answers make (each answer its own Holm family)."""
+    return [*text_vs_id(groups, s), *fine_tuned_vs_frozen(groups, s), *largest_vs_smallest(groups, s)]
+
+
+def method_note(s: ReportSettings) -> str:
+    """How the answers were reached, said once above them."""
+    note = (f"Towers and baselines are selected on {SELECT_SPLIT} {s.metrics[0]} (the text tower, ID setting or "
+            f"frozen peer with the best {SELECT_SPLIT} score), then compared on {s.split}. Each answer's tests are "
+            f"one family, Holm–Bonferroni corrected: a difference counts when its adjusted p < {s.alpha:g}. "
+            f"Tests: {PAIRED} when both are single runs with per-user records on the same users; {WELCH} when "
+            f"both have several seeds; otherwise an {Z_FROM_CI} (conservative for runs on the same users).")
+    if s.split == SELECT_SPLIT:
+        note += f" The report's split is the selection split: the selected towers' {s.split} numbers are optimistic."
+    return note
 
 
 # ---------------------------------------------------------------- zero-shot
@@ -223,7 +354,8 @@ def zeroshot_rows(runs: list[RunResult], trained: list[Group], s: ReportSettings
 
 
 def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings) -> dict[str, dict]:
-    """The best trained run of each head (same dataset) scored on the zero-shot run's candidate lists."""
+    """The trained run of each head (same dataset) best on validation, scored on the zero-shot run's
+    candidate lists."""
     path = (zs.results.get("candidates") or {}).get("path")
     fingerprint = (zs.results.get("dataset") or {}).get("fingerprint")
     if not path or not Path(path).is_file():
@@ -232,7 +364,7 @@ def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings
     for head in sorted({g.first.head for g in trained}):
         same = [g for g in trained if g.first.head == head
                 and (g.first.results.get("dataset") or {}).get("fingerprint") == fingerprint]
-        best = _best(same, s.metrics[0], s.split)
+        best = _select(same, s.metrics[0])
         if best is None:
             continue
         try:
@@ -302,9 +434,8 @@ def answer_zeroshot(rows: list[dict], s: ReportSettings) -> list[str]:
                 verdicts.append(f"{'above' if own > b else 'below'} {label} by {abs(own - b):.4f}")
         trained = [(k, _mean(v, m)) for k, v in row["baselines"].items() if k.startswith("trained")]
         trained = [(k, v) for k, v in trained if v is not None]
-        if trained:
-            name, best = max(trained, key=lambda t: t[1])
-            verdicts.append((f"{own - best:+.4f} vs" if own >= best else f"{best - own:.4f} below")
+        for name, value in trained:  # each head's validation-best run: no pick among them on these numbers
+            verdicts.append((f"{own - value:+.4f} vs" if own >= value else f"{value - own:.4f} below")
                             + f" the {name} on the same candidates")
         line = "; ".join(parts)
         said = ", ".join(verdicts[:-1]) + (" and " if len(verdicts) > 1 else "") + (verdicts[-1] if verdicts else "")
@@ -381,14 +512,14 @@ def plot_scaling(groups: list[Group], s: ReportSettings, path: Path, title: str)
             ax.errorbar([p for p, _, _ in pts], [st.mean for _, st, _ in pts], yerr=err, ls=ls, marker=marker,
                         capsize=3, color=color[r.head], label=label)
         for head, c in color.items():
-            base = _best([g for g in groups if g.first.head == head and g.first.tower == "id"], metric, s.split)
+            base = _select([g for g in groups if g.first.head == head and g.first.tower == "id"], s.metrics[0])
             st = base.stat(metric, s.split) if base else None
             if st is None:
                 continue
             if st.lo is not None:
                 ax.axhspan(st.lo, st.hi, color=c, alpha=0.12, lw=0)
             ax.axhline(st.mean, color=c, ls=(0, (6, 3)), lw=1, alpha=0.8,
-                       label=f"{HEAD_NAMES.get(head, head)} ID baseline (band: 95% CI)")
+                       label=f"{HEAD_NAMES.get(head, head)} ID baseline, best on {SELECT_SPLIT} (band: 95% CI)")
         ax.set_xscale("log")
         if series:
             _size_ticks(ax, series)
@@ -496,9 +627,19 @@ def neighbor_table(groups: list[Group], s: ReportSettings) -> list[str]:
     return ["| item | encoder | nearest items (cosine, exact FAISS index) |", "|---|---|---|", *rows]
 
 
+def _non_repeat(g: Group, s: ReportSettings) -> str:
+    """The headline metric on targets the user had not seen before, and how many targets were repeats."""
+    value = g.slice_mean("non-repeat", s.metrics[0], s.split)
+    n = g.first.slice_users("repeat", s.split)
+    return "—" if value is None else f"{value:.4f} ({n} repeat targets)"
+
+
 def table(groups: list[Group], s: ReportSettings) -> list[str]:
+    """One row per group; a non-repeat column when any run's targets repeat an earlier item (there the
+    masking rule, eval.mask_history, moves the headline number)."""
+    repeats = any((g.first.slice_users("repeat", s.split) or 0) > 0 for g in groups)
     cols = ["head", "tower", "encoder", "encoder params", "seeds", *[f"{s.split} {m}" for m in s.metrics],
-            f"cold {s.metrics[0]}", "other settings", "runs"]
+            f"cold {s.metrics[0]}", *([f"non-repeat {s.metrics[0]}"] if repeats else []), "other settings", "runs"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for g in sorted(groups, key=_order):
         r = g.first
@@ -508,6 +649,7 @@ def table(groups: list[Group], s: ReportSettings) -> list[str]:
                  params_text(r.encoder_parameters), str(len(g.runs)),
                  *[st.text() if st else "—" for st in stats],
                  "—" if cold is None else f"{cold:.4f} (n={r.slice_users('cold', s.split)})",
+                 *([_non_repeat(g, s)] if repeats else []),
                  _extra(g) or "", ", ".join(f"`{x.folder.name}`" for x in g.runs[:3]) + (" …" if len(g.runs) > 3 else "")]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -545,9 +687,10 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
     figures = {name: fn(data, s, out / f"{name}.png", title) if data else False
                for name, fn, data in (("scaling", plot_scaling, trained), ("towers", plot_towers, trained),
                                       ("zeroshot", plot_zeroshot, zs))}
-    md = _markdown(title, runs_dir, plan, trained, zs, failed, figures, s)
+    found = findings(trained, s)  # every test once, for the answers and report.json
+    md = _markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s)
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
-    atomic_write_text(out / "report.json", json.dumps(_summary(trained, zs, s), indent=2, default=float) + "\n")
+    atomic_write_text(out / "report.json", json.dumps(_summary(trained, zs, found, s), indent=2, default=float) + "\n")
     return out / "report.md"
 
 
@@ -556,7 +699,7 @@ def _plan(runs_dir: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def _markdown(title, runs_dir, plan, trained, zs, failed, figures, s) -> list[str]:
+def _markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s) -> list[str]:
     md = [f"# {title}", ""]
     if plan.get("description"):
         md += [plan["description"].strip(), ""]
@@ -564,11 +707,10 @@ def _markdown(title, runs_dir, plan, trained, zs, failed, figures, s) -> list[st
     md += [f"Runs read from `{runs_dir}`" + (f" ({n_plan} planned by `{plan.get('source')}`)" if n_plan else "")
            + f". Split: {s.split}. Checkpoints chosen on validation {s.metrics[0]}. A value `m ± h` is the mean "
            "over seeds with a t-based 95% CI; `m [lo, hi]` is one run's bootstrap 95% CI over users.", ""]
-    md += ["## Answers", ""]
-    for question, lines in (("Does text beat ID?", answer_text_vs_id(trained, s)),
-                            ("Does fine-tuning beat a frozen encoder?", answer_finetune(trained, s)),
-                            ("Does a bigger encoder help?", answer_scaling(trained, s)),
-                            ("How far is zero-shot prompting from trained models?", answer_zeroshot(zs, s))):
+    md += ["## Answers", "", method_note(s), ""]
+    answers = [(question, [f.line(s) for f in found if f.question == key] or [empty])
+               for key, (question, empty) in QUESTIONS.items()]
+    for question, lines in [*answers, ("How far is zero-shot prompting from trained models?", answer_zeroshot(zs, s))]:
         md += [f"**{question}**", "", *[f"- {line}" for line in lines], ""]
     if trained:
         md += ["## Trained recommenders", "", *table(trained, s), ""]
@@ -590,7 +732,7 @@ def _markdown(title, runs_dir, plan, trained, zs, failed, figures, s) -> list[st
     return md
 
 
-def _summary(trained: list[Group], zs: list[dict], s: ReportSettings) -> dict:
+def _summary(trained: list[Group], zs: list[dict], found: list[Finding], s: ReportSettings) -> dict:
     def stat(st: Stat | None):
         return None if st is None else {"mean": st.mean, "ci95": [st.lo, st.hi], "n_seeds": st.n, "over": st.over}
 
@@ -601,4 +743,5 @@ def _summary(trained: list[Group], zs: list[dict], s: ReportSettings) -> dict:
         for g in sorted(trained, key=_order)],
         "zeroshot": [{"model": r["model"], "protocol": r["protocol"], "compliance": r["compliance"],
                       **{m: _mean(r["metrics"], m) for m in s.metrics},
-                      "baselines": {n: _mean(b, s.metrics[0]) for n, b in r["baselines"].items()}} for r in zs]}
+                      "baselines": {n: _mean(b, s.metrics[0]) for n, b in r["baselines"].items()}} for r in zs],
+        "comparisons": [f.record(s) for f in found]}
