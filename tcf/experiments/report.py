@@ -402,7 +402,7 @@ def score_on_candidates(run: RunResult, path: Path, split: str) -> dict:
     model.eval()
     lists = torch.as_tensor(cands.lists[:, 0, :])
     with torch.no_grad():
-        scores, _ = score_users(model, data, cands.users, split, max_len=cfg.model.max_len, mask_history=False,
+        scores, _ = score_users(model, data, cands.users, split, max_len=cfg.model.max_len, mask_history="none",
                                 device="cpu")
     per_user = metrics_from_scores(scores.gather(1, lists), torch.as_tensor(cands.target_pos[:, 0]), ks=(1, 5, 10, 20))
     return {k: {"mean": float(np.mean(v))} for k, v in per_user.items()}
