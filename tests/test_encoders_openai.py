@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import numpy as np
 import pytest
 
@@ -87,3 +89,35 @@ def test_dead_server_loses_no_finished_shard(tiny_dataset, tmp_path):
 def test_missing_api_base():
     with pytest.raises(ConfigError, match="api_base"):
         build_encoder(EncoderSpec(backend="openai", model="m"))
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def espec(url, **kw):
+    return EncoderSpec(backend="openai", model="fake-embed", api_base=url, batch_size=4, max_retries=0,
+                       timeout_s=2.0, **kw)
+
+
+def no_entry(root) -> bool:
+    return not list(root.rglob("manifest.json")) and not list(root.rglob("*.npy"))
+
+
+def test_extraction_against_a_dead_server_leaves_no_cache_entry(tiny_dataset, tmp_path):
+    with pytest.raises(ServerError, match="127.0.0.1"):
+        extract(tiny_dataset, espec(f"http://127.0.0.1:{closed_port()}/v1"), root=tmp_path, shard_rows=8)
+    assert no_entry(tmp_path)
+
+
+@pytest.mark.parametrize("bad", [[float("nan"), 1.0], [], None])
+def test_a_reply_of_unusable_vectors_is_a_failed_call_not_a_cache_entry(tiny_dataset, tmp_path, bad):
+    """HTTP 200 with NaN (JSON allows it through Python), empty or null vectors: not embeddings."""
+    reply = {"data": [{"index": i, "embedding": bad} for i in range(4)]}
+    with FakeServer(script=[reply] * 20) as srv:  # shard 0: rows 1-8, two requests of 4 texts
+        with pytest.raises(ServerError, match="embedding"):
+            extract(tiny_dataset, espec(srv.url), root=tmp_path, shard_rows=9)
+    assert no_entry(tmp_path)

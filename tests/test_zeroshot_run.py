@@ -236,7 +236,8 @@ def test_sampled_replies_without_seed_are_not_cached(tmp_path, tiny_dataset):
 def test_server_faults_do_not_stop_the_run_and_failures_are_retried_next_time(tmp_path, tiny_dataset):
     script = ["ok", 500, "malformed", 429, "ok", "ok", "ok", "ok", "ok", "ok"]
     with FakeServer(script=script, chat=lambda m: "1, 2") as srv:
-        cfg = config(tmp_path, tiny_dataset, api_base=srv.url, concurrency=1)
+        # 3 of 8 prompts fail: allowed here (the default share fails the run: test_zeroshot_dead_backend.py)
+        cfg = config(tmp_path, tiny_dataset, api_base=srv.url, concurrency=1, max_backend_error_rate=0.5)
         r = run_zeroshot(cfg, tmp_path / "f", progress=False)
         c = r["metrics"]["test"]["compliance"]
         assert c["backend_errors"] == 3 and c["counts"]["failed"] == 3

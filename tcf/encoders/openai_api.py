@@ -3,7 +3,10 @@
 Pooling, layer and precision are the server's: the cache key records them as
 ``"server"``, and the model name plus the server address identify the vectors.
 Requests run ``concurrency`` at a time; each is retried on 429 / 5xx / timeouts /
-malformed JSON with backoff (see :mod:`tcf.http`).
+malformed JSON with backoff (see :mod:`tcf.http`).  A request that still fails, or
+answers with vectors that are not embeddings (empty, NaN), fails the whole ``embed``
+call: the extraction writes no shard for it, so a dead or broken server never becomes
+a cache entry, and the shards already complete stay for the rerun.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ class OpenAIEncoder(Encoder):
             raise ServerError(f"{self.url}: reply is not an embeddings list ({type(e).__name__}: {e})") from None
         if vectors.ndim != 2 or len(vectors) != len(texts):
             raise ServerError(f"{self.url}: asked for {len(texts)} embeddings, got shape {vectors.shape}")
+        if vectors.shape[1] == 0 or not np.isfinite(vectors).all():  # JSON NaN parses; a shard must never hold it
+            raise ServerError(f"{self.url}: reply is not usable embeddings ({vectors.shape[1]} dimensions, "
+                              f"{int((~np.isfinite(vectors)).sum())} non-finite values)")
         return vectors, int((reply.get("usage") or {}).get("prompt_tokens", 0))
 
     def embed(self, texts: list[str]) -> Embedded:

@@ -174,6 +174,9 @@ class ZeroShotConfig:
     concurrency: int = 4
     timeout_s: float = 60.0
     max_retries: int = 3
+    # more prompts than this share without a reply from the backend (errors, not unreadable replies): the run
+    # fails and its results.json is marked invalid (replies received stay cached for the rerun)
+    max_backend_error_rate: float = 0.05
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -201,6 +204,9 @@ class ZeroShotConfig:
             raise ConfigError(f"zeroshot.limit must be >= 1 (or null for every user), got {self.limit}")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ConfigError("zeroshot.temperature must be >= 0 and zeroshot.top_p within (0, 1]")
+        if not 0 <= self.max_backend_error_rate <= 1:
+            raise ConfigError(f"zeroshot.max_backend_error_rate must be a share within 0..1, "
+                              f"got {self.max_backend_error_rate}")
 
     def candidates(self) -> int:
         """The number of candidates per list (the protocol's default when not set)."""

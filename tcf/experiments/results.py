@@ -1,7 +1,9 @@
 """Finished runs read back from disk and grouped over seeds, for reports and comparisons.
 
 A folder of runs is any tree holding ``results.json`` files (a sweep's output, or runs made
-one by one with ``tcf train``).  Runs whose configs differ only in ``seed`` (and ``name``)
+one by one with ``tcf train``).  A results file marked ``"valid": false`` (a zero-shot run
+whose backend failed) is a failed run: it is named with its reason and never enters a
+table or a comparison.  Runs whose configs differ only in ``seed`` (and ``name``)
 form a group; a group's statistic is the mean over seeds with a t-based 95% CI, or, for a
 single seed, the run's own bootstrap CI over users.
 """
@@ -131,17 +133,31 @@ class Group:
         return float(np.mean(values)) if values else None
 
 
+def invalid_reason(results: dict) -> str | None:
+    """Why a results record must not be used (it says ``"valid": false``), or None for a usable one."""
+    if results.get("valid", True) is not False:
+        return None
+    return "invalid: " + str(results.get("invalid_reason") or "marked invalid")
+
+
 def load_runs(root: str | Path) -> tuple[list[RunResult], list[tuple[Path, str]]]:
-    """Every finished run under ``root``, and every failed one (a folder with error.txt and no results)."""
+    """Every finished run under ``root``, and every failed one (a folder with error.txt and no results, or
+    with results marked invalid)."""
     root = Path(root)
     if not root.is_dir():
         raise TcfError(f"{root}: no such folder of runs")
     runs, failed = [], []
     for path in sorted(root.rglob("results.json")):
         try:
-            runs.append(RunResult(path.parent, json.loads(path.read_text(encoding="utf-8"))))
+            results = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
             failed.append((path.parent, f"unreadable results.json: {e}"))
+            continue
+        reason = invalid_reason(results) if isinstance(results, dict) else "results.json is not a JSON object"
+        if reason:
+            failed.append((path.parent, reason))
+        else:
+            runs.append(RunResult(path.parent, results))
     for path in sorted(root.rglob("error.txt")):
         if not (path.parent / "results.json").is_file():
             failed.append((path.parent, path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""))

@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tcf.errors import TcfError
 from tcf.registry import Entry, Registry
 
 CHAT_BACKENDS = Registry("chat backend", {
@@ -18,6 +19,16 @@ CHAT_BACKENDS = Registry("chat backend", {
     "vllm": Entry("tcf.zeroshot.vllm_chat:VLLMChat", extra="vllm", packages=("vllm",)),
     "openai": Entry("tcf.zeroshot.openai_chat:OpenAIChat"),
 })
+
+
+class BackendFailed(TcfError):
+    """More prompts than ``zeroshot.max_backend_error_rate`` allows got no reply from the backend: the run's
+    metrics would score a dead server, so its results are written marked invalid and the command fails."""
+
+
+def backend_where(z) -> str:
+    """What a failure message names: the server address, or the local model."""
+    return z.api_base if z.backend == "openai" and z.api_base else str(z.model)
 
 
 @dataclass

@@ -5,6 +5,14 @@ Writes ``OUT/results.json`` (the trained runs' layout: ``metrics[split]`` with m
 provenance, token counts, timings), ``OUT/samples.jsonl`` (one record per prompt) and
 ``OUT/per_user_SPLIT.npy`` (for paired tests).  Replies are cached as they arrive, so
 an interrupted run resumes where it stopped.
+
+A run whose backend gave no reply (connection refused, retries spent, a crashed model)
+for more than ``zeroshot.max_backend_error_rate`` of its prompts measures the outage,
+not the model: its files are still written, ``results.json`` with ``"valid": false`` and
+the reason (the results readers leave such runs out of every table), and
+:class:`BackendFailed` is raised so the command exits non-zero.  Once the failures pass
+that share no more prompts are sent; the replies received stay cached, so the rerun
+asks only for the rest.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ import numpy as np
 from tcf.eval.metrics import metrics_from_scores, paired_test, summarize
 from tcf.fsutil import atomic_write_text
 from tcf.provenance import provenance
-from tcf.zeroshot.backend import GenParams, Reply, build_backend, identity_for
+from tcf.zeroshot.backend import BackendFailed, GenParams, Reply, backend_where, build_backend, identity_for
 from tcf.zeroshot.cache import ResponseCache, cache_key, cacheable
 from tcf.zeroshot.candidates import load_or_build
 from tcf.zeroshot.parsing import Parsed, parse
@@ -68,7 +76,14 @@ def answer(jobs, z, params: GenParams, backend, cache, progress: bool) -> tuple[
         bar = tqdm(total=len(misses), unit="prompt", desc=f"zeroshot {z.protocol}", dynamic_ncols=True)
     calls_before = backend.calls
     t0 = time.perf_counter()
+    allowed = z.max_backend_error_rate * len(jobs)
     for start in range(0, len(misses), CHUNK):
+        failed = sum(1 for r in replies if r is not None and r.error)
+        if failed > allowed:  # the run is invalid whatever the rest answers: stop asking a dead backend
+            for i in misses[start:]:
+                replies[i] = Reply(None, error=f"not sent: {failed} prompts had already failed, more than "
+                                               "zeroshot.max_backend_error_rate allows")
+            break
         chunk = misses[start:start + CHUNK]
 
         def on_reply(i: int, reply: Reply, chunk=chunk) -> None:
@@ -83,8 +98,21 @@ def answer(jobs, z, params: GenParams, backend, cache, progress: bool) -> tuple[
     if bar is not None:
         bar.close()
     stats.update(calls=backend.calls - calls_before, generate_seconds=time.perf_counter() - t0,
-                 retries=getattr(backend, "stats", {}).get("retries", 0))
+                 retries=getattr(backend, "stats", {}).get("retries", 0), backend=backend.name)
     return replies, stats
+
+
+def backend_failure(z, replies: list[Reply], backend: str) -> str | None:
+    """Why the run is invalid, in one line (backend, where, how many, the first error), or None when the
+    backend failed for no more than ``max_backend_error_rate`` of the prompts.  Unreadable replies are the
+    model's answers and never count here."""
+    errors = [r.error for r in replies if r.error]
+    if len(errors) <= z.max_backend_error_rate * len(replies):
+        return None
+    first = " ".join(errors[0].split())[:300]
+    return (f"zeroshot backend {backend} ({backend_where(z)}) failed for {len(errors)} of {len(replies)} prompts "
+            f"({len(errors) / len(replies):.0%}, more than zeroshot.max_backend_error_rate "
+            f"{z.max_backend_error_rate:.0%}); first error: {first}")
 
 
 def order_scores(parsed: Parsed, n: int, unranked: str, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -171,7 +199,7 @@ def run_zeroshot(cfg, out, *, progress: bool = True, backend=None) -> dict:
     ci = cfg.eval.bootstrap > 0
     split = z.split
     results = {
-        "task": "zeroshot", "name": cfg.name,
+        "task": "zeroshot", "name": cfg.name, "valid": True,
         "metrics": {split: {
             "n_users": len(cands.users), "metrics": summarize(per_user, ci=ci, seed=cfg.seed),
             "baselines": {"pop": {"metrics": summarize(pop, ci=ci, seed=cfg.seed)},
@@ -202,9 +230,16 @@ def run_zeroshot(cfg, out, *, progress: bool = True, backend=None) -> dict:
         "per_user_columns": ["user_id", *sorted(per_user)],
         **provenance(),
     })
+    invalid = backend_failure(z, replies, stats.get("backend", z.backend))
+    if invalid:  # first in the file, where a reader sees it before any metric
+        results = {"task": "zeroshot", "name": cfg.name, "valid": False, "invalid_reason": invalid} | {
+            **results, "valid": False}
     write_samples(out / "samples.jsonl", jobs, replies, parsed, cands, per_user)
     np.save(out / f"per_user_{split}.npy", np.stack([cands.users, *[per_user[k] for k in sorted(per_user)]]))
     atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=float) + "\n")
+    if invalid:
+        raise BackendFailed(f"{invalid}; {out / 'results.json'} is marked invalid, and the replies received are "
+                            "cached: a rerun asks only for the rest")
     return results
 
 
