@@ -94,6 +94,23 @@ def test_local_backend_failure_names_the_model(tmp_path, tiny_dataset):
     assert "\n" not in msg and "my-chat-model" in msg and "GPU fell off the bus (details)" in msg
 
 
+class Crashing(ChatBackend):
+    """A local backend whose generate() raises (how hf and vllm fail: CUDA errors, a dead worker)."""
+
+    name, identity = "hf", "crashing-model"
+
+    def generate(self, prompts, params, on_reply=None):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def test_a_local_backend_that_raises_is_a_backend_failure(tmp_path, tiny_dataset):
+    with pytest.raises(TcfError) as e:
+        run_zeroshot(config(tmp_path, tiny_dataset, backend="hf", model="my-chat-model", api_base=None),
+                     tmp_path / "crash", progress=False, backend=Crashing())
+    assert "backend hf (my-chat-model)" in str(e.value) and "RuntimeError: CUDA error" in str(e.value)
+    assert json.loads((tmp_path / "crash" / "results.json").read_text())["valid"] is False
+
+
 def test_outage_beyond_the_share_is_invalid_and_the_rerun_asks_only_for_the_failed(tmp_path, tiny_dataset):
     with FakeServer(script=["ok", 500, 500, "ok", "ok", "ok", "ok", "ok"], chat=lambda m: "1, 2") as srv:
         cfg = config(tmp_path, tiny_dataset, api_base=srv.url, concurrency=1)

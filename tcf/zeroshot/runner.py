@@ -6,7 +6,7 @@ provenance, token counts, timings), ``OUT/samples.jsonl`` (one record per prompt
 ``OUT/per_user_SPLIT.npy`` (for paired tests).  Replies are cached as they arrive, so
 an interrupted run resumes where it stopped.
 
-A run whose backend gave no reply (connection refused, retries spent, a crashed model)
+A run whose backend gave no reply (connection refused, retries spent, a model that raised)
 for more than ``zeroshot.max_backend_error_rate`` of its prompts measures the outage,
 not the model: its files are still written, ``results.json`` with ``"valid": false`` and
 the reason (the results readers leave such runs out of every table), and
@@ -18,6 +18,7 @@ asks only for the rest.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,6 +34,7 @@ from tcf.zeroshot.candidates import load_or_build
 from tcf.zeroshot.parsing import Parsed, parse
 from tcf.zeroshot.prompts import PromptTemplate, messages
 
+log = logging.getLogger(__name__)
 CHUNK = 64  # prompts handed to the backend per call (the cache is written within each call too)
 
 
@@ -94,7 +96,13 @@ def answer(jobs, z, params: GenParams, backend, cache, progress: bool) -> tuple[
             if bar is not None:
                 bar.update(1)
 
-        backend.generate([jobs[i]["messages"] for i in chunk], params, on_reply)
+        try:
+            backend.generate([jobs[i]["messages"] for i in chunk], params, on_reply)
+        except Exception as e:  # noqa: BLE001 - local backends fail by raising (CUDA errors, a dead worker)
+            log.warning("zeroshot backend %s raised; the %d prompts of this chunk without a reply count as "
+                        "backend errors", backend.name, sum(replies[i] is None for i in chunk), exc_info=True)
+            for i in chunk:
+                replies[i] = replies[i] or Reply(None, error=f"{type(e).__name__}: {e}")
     if bar is not None:
         bar.close()
     stats.update(calls=backend.calls - calls_before, generate_seconds=time.perf_counter() - t0,
