@@ -209,8 +209,8 @@ def run_zeroshot(cfg, out, *, progress: bool = True, backend=None) -> dict:
     results = {
         "task": "zeroshot", "name": cfg.name, "valid": True,
         "metrics": {split: {
-            "n_users": len(cands.users), "metrics": summarize(per_user, ci=ci, seed=cfg.seed),
-            "baselines": {"pop": {"metrics": summarize(pop, ci=ci, seed=cfg.seed)},
+            "n_users": len(cands.users), "metrics": summarize(per_user, ci=ci, n=cfg.eval.bootstrap, seed=cfg.seed),
+            "baselines": {"pop": {"metrics": summarize(pop, ci=ci, n=cfg.eval.bootstrap, seed=cfg.seed)},
                           "random": {"metrics": summarize(rand, ci=False), "note": "exact expectation"}},
             "vs_pop": {m: paired_test(per_user[m], pop[m], seed=cfg.seed) for m in ("hr@1", "ndcg@10")
                        if m in per_user},
