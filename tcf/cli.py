@@ -155,7 +155,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 def index_spec(args: argparse.Namespace):
     from tcf.encoders.index import IndexSpec
 
-    return IndexSpec(type=args.type, normalize=not args.no_normalize, gpu=args.gpu)
+    return IndexSpec(type=args.type or "flat", normalize=not args.no_normalize, gpu=args.gpu)
 
 
 def cmd_index(args: argparse.Namespace) -> int:
@@ -171,21 +171,27 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _neighbors_index(entry, args: argparse.Namespace):
+    """The index ``tcf index`` saved for this cache (``--type``'s, or the newest), else a flat one built in
+    memory; which one it is goes to stderr, since approximate indexes can give other neighbours."""
+    from tcf.encoders.index import ItemIndex, saved_index
+
+    found = saved_index(entry, type=args.type, normalize=not args.no_normalize, gpu=args.gpu)
+    if found is not None:
+        print(f"index: {found[0].spec.type}, saved at {found[1]}", file=sys.stderr)
+        return found[0]
+    ispec = index_spec(args)
+    print(f"index: {ispec.type}, built in memory (none saved for this cache; `tcf index` saves one)", file=sys.stderr)
+    return ItemIndex.build(entry.vectors, ispec)
+
+
 def cmd_neighbors(args: argparse.Namespace) -> int:
     import numpy as np
 
     from tcf.encoders import build_encoder
-    from tcf.encoders.index import ItemIndex, index_path
 
     ds, spec, r = _cached(args, progress=False)
-    ispec = index_spec(args)
-    path = index_path(r.entry.path, ispec)
-    if path.exists():
-        index = ItemIndex.load(path, gpu=args.gpu)
-        if index.meta.get("cache_key_hash") != r.entry.manifest["key_hash"]:
-            raise ConfigError(f"{path} was built over another cache; rebuild it with `tcf index`")
-    else:
-        index = ItemIndex.build(r.entry.vectors, ispec)
+    index = _neighbors_index(r.entry, args)
     texts = ds.item_texts(r.entry.key["template"])
     if args.item is not None or args.source_id is not None:
         item = args.item
@@ -213,20 +219,56 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- training
 
-def cmd_train(args: argparse.Namespace) -> int:
+def _run_out(args: argparse.Namespace, cfg) -> Path:
+    """--out, or runs/NAME-HASH of the resolved config: the same settings always land in the same folder."""
     import hashlib
 
-    from tcf.experiments.config import load_config, resolved
+    from tcf.experiments.config import resolved
+
+    if args.out:
+        return Path(args.out)
+    digest = hashlib.sha256(json.dumps(resolved(cfg), sort_keys=True).encode()).hexdigest()[:8]
+    return Path("runs") / f"{cfg.name}-{digest}"
+
+
+def _prepare_out(out: Path, cfg, args: argparse.Namespace) -> dict | None:
+    """What ``out`` already holds, settled before anything is written (tcf train and tcf zeroshot).
+
+    -> the saved results of a finished run of the same settings (the caller skips the run), or None
+    (go ahead).  Another config's run, finished or not, is refused by check_run_folder unless --force;
+    an unfinished run of this config is continued with --resume only, never restarted unasked.
+    """
+    from tcf.experiments.sweep import LAST_CHECKPOINT, RESULTS_FILE, RunFolderError, check_run_folder, clear_results
+
+    state = check_run_folder(out, cfg, force=args.force)
+    if state == "done":
+        print(f"tcf: {out} already holds a finished run of these settings: skipped (--force runs it again)",
+              file=sys.stderr)
+        return json.loads((out / RESULTS_FILE).read_text(encoding="utf-8"))
+    if state == "resume" and not getattr(args, "resume", False):
+        raise RunFolderError(f"{out} holds an unfinished run of these settings ({LAST_CHECKPOINT}): add --resume "
+                             f"to continue it, or --force to start over")
+    if args.force:
+        clear_results(out)
+    return None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from tcf.experiments.config import load_config
     from tcf.train.loop import train
 
     cfg = load_config(args.config, args.set)
-    out = args.out
-    if out is None:
-        digest = hashlib.sha256(json.dumps(resolved(cfg), sort_keys=True).encode()).hexdigest()[:8]
-        out = Path("runs") / f"{cfg.name}-{digest}"
-    results = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    out = _run_out(args, cfg)
+    results = _prepare_out(out, cfg, args)
+    if results is None:
+        results = train(cfg, out, resume=args.resume, progress=not args.quiet)
     if os.environ.get("RANK", "0") != "0":  # torchrun / deepspeed launch: rank 0 reports
         return 0
+    print_train_results(results, out)
+    return 0
+
+
+def print_train_results(results: dict, out: Path) -> None:
     m = results["metrics"]
     for split in ("valid", "test"):
         ms = m[split]["metrics"]
@@ -237,26 +279,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"best epoch {results['best_epoch']} of {results['epochs_run']}; {t['seconds_to_best']:.1f}s to best, "
           f"{t['wall_seconds']:.1f}s wall; parameters {results['parameters']['trainable']:,} trainable")
     print(f"results: {Path(out) / 'results.json'}")
-    return 0
 
 
 # ---------------------------------------------------------------- zero-shot
 
 def cmd_zeroshot(args: argparse.Namespace) -> int:
-    import hashlib
-
-    from tcf.experiments.config import load_config, resolved
+    from tcf.experiments.config import load_config
     from tcf.zeroshot import run_zeroshot
 
     overrides = ["task=zeroshot", *(args.set or [])]
     if args.limit is not None:
         overrides.append(f"zeroshot.limit={args.limit}")
     cfg = load_config(args.config, overrides)
-    out = args.out
-    if out is None:
-        digest = hashlib.sha256(json.dumps(resolved(cfg), sort_keys=True).encode()).hexdigest()[:8]
-        out = Path("runs") / f"{cfg.name}-{digest}"
-    r = run_zeroshot(cfg, out, progress=not args.quiet)
+    out = _run_out(args, cfg)
+    r = _prepare_out(out, cfg, args)
+    if r is None:
+        r = run_zeroshot(cfg, out, progress=not args.quiet)
+    print_zeroshot_results(r, cfg, out)
+    return 0
+
+
+def print_zeroshot_results(r: dict, cfg, out: Path) -> None:
     split = cfg.zeroshot.split
     m = r["metrics"][split]
     rows = [("llm", m["metrics"]), ("pop", m["baselines"]["pop"]["metrics"]), ("random", m["baselines"]["random"]["metrics"])]
@@ -272,7 +315,6 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
     print(f"backend {b['name']} ({b['identity']}): {b['calls']} calls, {b['cache_hits']} cached{speed}; "
           f"{t['wall_seconds']:.1f}s wall")
     print(f"results: {Path(out) / 'results.json'}")
-    return 0
 
 
 # ---------------------------------------------------------------- experiments
@@ -290,7 +332,7 @@ def _sweep(args: argparse.Namespace, shard_of: tuple[int, int]):
         for k, run in enumerate(exp.runs):
             print(f"{k:4d} {run.id}  {run.overrides}")
         return exp, None
-    return exp, run_sweep(exp, out, shard_of=shard_of, progress=not args.quiet)
+    return exp, run_sweep(exp, out, shard_of=shard_of, progress=not args.quiet, force=args.force)
 
 
 def _finish(summary, *, report: bool) -> int:
@@ -402,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_extract)
 
     def index_args(q):
-        q.add_argument("--type", default="flat", choices=["flat", "hnsw", "ivfpq"], help="FAISS index type")
+        q.add_argument("--type", choices=["flat", "hnsw", "ivfpq"],
+                       help="FAISS index type (index: default flat; neighbors: default the newest saved one)")
         q.add_argument("--no-normalize", action="store_true", help="inner product on raw vectors (default: cosine)")
         q.add_argument("--gpu", default="auto", choices=["auto", "yes", "no"], help="use faiss-gpu")
 
@@ -413,7 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     ix.set_defaults(func=cmd_index)
 
     nb = sub.add_parser("neighbors", help="nearest items to an item or a text",
-                        description="k nearest items by cosine similarity, from the saved index (or a flat one).",
+                        description="k nearest items by cosine similarity, from the index `tcf index` saved for this cache "
+                                    "(--type's, or the newest one), else a flat one built in memory; stderr says which.",
                         epilog="example: tcf neighbors --dataset ml-100k --model minilm-l6 --text 'Star Wars'")
     add_encoder_args(nb)
     index_args(nb)
@@ -425,12 +469,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a recommender and evaluate it (full ranking)",
                         description="Train SASRec or DSSM with an ID or text item tower; the checkpoint is chosen on "
-                                    "validation NDCG@10 and tested once. Writes OUT/results.json.",
+                                    "validation NDCG@10 and tested once. Writes OUT/results.json. OUT holding a finished "
+                                    "run of the same settings: skipped; of other settings: refused, naming the "
+                                    "settings that differ (--force replaces it).",
                         epilog="example: tcf train --config experiments/ml100k-sasrec-id.yaml --set train.epochs=5")
     tr.add_argument("--config", help="run config YAML (see experiments/)")
     tr.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. model.tower=frozen train.lr=3e-4")
     tr.add_argument("--out", help="run folder (default runs/NAME-HASH of the resolved config)")
     tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    tr.add_argument("--force", action="store_true",
+                    help="run even though OUT holds a run (finished, or of other settings), replacing its results")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
 
@@ -439,13 +487,16 @@ def build_parser() -> argparse.ArgumentParser:
                                     "rendered with a prompt template, answered by a chat backend (hf, vllm, openai; "
                                     "replies cached in SQLite), parsed back to a ranking and scored with HR/NDCG/MRR "
                                     "beside Pop and random on the same candidates. Writes OUT/results.json and "
-                                    "OUT/samples.jsonl.",
+                                    "OUT/samples.jsonl; a finished run of the same settings there is skipped, one "
+                                    "of other settings refused (--force replaces it).",
                         epilog="example: tcf zeroshot --config experiments/zeroshot-ml100k.yaml --limit 20 --out runs/zs")
     zs.add_argument("--config", help="run config YAML with a zeroshot: section (see experiments/)")
     zs.add_argument("--set", nargs="*", metavar="KEY=VALUE",
                     help="overrides, e.g. zeroshot.protocol=choice zeroshot.backend=openai zeroshot.api_base=URL")
     zs.add_argument("--limit", type=int, help="users sampled with the run seed (zeroshot.limit)")
     zs.add_argument("--out", help="run folder (default runs/NAME-HASH of the resolved config)")
+    zs.add_argument("--force", action="store_true",
+                    help="run even though OUT holds a run (finished, or of other settings), replacing its results")
     zs.add_argument("--quiet", action="store_true", help="no progress bar")
     zs.set_defaults(func=cmd_zeroshot)
 
@@ -455,6 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides of the base config, e.g. train.epochs=3")
         q.add_argument("--list", action="store_true", help="print the expanded runs (index, id, settings) and exit")
         q.add_argument("--quiet", action="store_true", help="no progress bars")
+        q.add_argument("--force", action="store_true",
+                       help="run although OUT holds runs of other settings (an edited experiment file): beside "
+                            "them, or over them in a run's own folder")
 
     rn = sub.add_parser("run", help="run an experiment config (one run or a sweep) and write its report",
                         description="Expand the config into runs, extract each text cache once, train (or prompt) "

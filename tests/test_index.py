@@ -88,3 +88,20 @@ def test_cli_extract_index_neighbors(tiny_dataset, tiny_model, tmp_path, capsys)
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
     assert main(["neighbors", *common, "--item", "999"]) == 2
     assert f"--item must be within 1..{tiny_dataset.n_items}" in capsys.readouterr().err
+
+
+def test_neighbors_uses_the_index_tcf_index_saved(tiny_dataset, tiny_model, tmp_path, capsys, monkeypatch):
+    from tcf.encoders import index as index_mod
+
+    common = ["--dataset", str(tiny_dataset.path), "--model", str(tiny_model), "--cache-root", str(tmp_path),
+              "--max-tokens", "12", "--gpu", "no"]
+    assert main(["neighbors", *common, "--item", "3", "-k", "2"]) == 0
+    assert "index: flat, built in memory" in capsys.readouterr().err  # nothing saved yet
+    assert main(["index", *common, "--type", "hnsw"]) == 0
+    saved = capsys.readouterr().out.strip().rsplit(": ", 1)[1]
+    built = []
+    monkeypatch.setattr(index_mod.ItemIndex, "build", classmethod(lambda cls, *a, **k: built.append(a) or 1 / 0))
+    assert main(["neighbors", *common, "--item", "3", "-k", "2"]) == 0
+    captured = capsys.readouterr()
+    assert f"index: hnsw, saved at {saved}" in captured.err and not built
+    assert captured.out.startswith("nearest to item 3: ") and len(captured.out.strip().splitlines()) == 3

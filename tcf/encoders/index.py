@@ -158,6 +158,22 @@ def index_path(entry_path: str | Path, spec: IndexSpec) -> Path:
     return Path(entry_path) / f"index-{spec.type}{'' if spec.normalize else '-ip'}.faiss"
 
 
+def saved_index(entry, *, type: str | None = None, normalize: bool = True,
+                gpu: str = "auto") -> tuple[ItemIndex, Path] | None:
+    """The index saved beside a cache entry (by ``tcf index``, or a sweep's exact one) and its path:
+    of ``type``, or with none given the most recently built, so that ``tcf neighbors`` searches what
+    ``tcf index`` made.  None when there is none; one built over other vectors is refused."""
+    paths = [index_path(entry.path, IndexSpec(type=t, normalize=normalize)) for t in ([type] if type else INDEX_TYPES)]
+    paths = [p for p in paths if p.is_file() and p.with_suffix(".json").is_file()]
+    if not paths:
+        return None
+    path = max(paths, key=lambda p: p.stat().st_mtime_ns)
+    index = ItemIndex.load(path, gpu=gpu)
+    if index.meta.get("cache_key_hash") != entry.manifest["key_hash"]:
+        raise ConfigError(f"{path} was built over another cache; rebuild it with `tcf index`")
+    return index, path
+
+
 def cached_index(entry, spec: IndexSpec = IndexSpec(), *, gpu: str = "auto") -> ItemIndex:
     """The saved index over a cache entry, built and saved first if there is none (or it was built over
     other vectors: the sidecar's ``cache_key_hash`` is checked)."""

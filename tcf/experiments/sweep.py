@@ -175,6 +175,87 @@ def shard(runs: list[Run], i: int, n: int) -> list[Run]:
     return [r for k, r in enumerate(runs) if k % n == i]
 
 
+# ---------------------------------------------------------------- run folders
+
+RESULTS_FILE = "results.json"
+LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
+SHOW_CHANGES = 6  # differing settings named in one message
+
+
+class RunFolderError(ConfigError):
+    """A run folder holds work made with other settings: refused, so that nothing is overwritten unasked."""
+
+
+def _normalized(config: dict) -> dict:
+    """A saved config as today's RunConfig reads it: keys added since get their defaults and old
+    spellings their current form (``mask_history: true`` is ``all``), so only real changes differ."""
+    try:
+        return flatten(to_dict(from_dict(RunConfig, config)))
+    except Exception:  # noqa: BLE001 - a config this version cannot read is compared as it was written
+        return flatten(config)
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """``key: old -> new`` for every setting two resolved run configs differ in (dotted keys, sorted).
+
+    The name is left out, as run ids leave it out: the same settings are the same run.
+    """
+    a, b = _normalized(old or {}), _normalized(new or {})
+    missing = "(not set)"
+    return [f"{k}: {a.get(k, missing)} -> {b.get(k, missing)}" for k in sorted(set(a) | set(b))
+            if k != "name" and a.get(k, missing) != b.get(k, missing)]
+
+
+def _changes_text(changes: list[str]) -> str:
+    more = f", and {len(changes) - SHOW_CHANGES} more" if len(changes) > SHOW_CHANGES else ""
+    return "; ".join(changes[:SHOW_CHANGES]) + more
+
+
+def _saved(folder: Path) -> tuple[str, dict | None, dict]:
+    """What a run folder holds: ("done" | "invalid" | "unfinished" | "empty", its config, details)."""
+    results = folder / RESULTS_FILE
+    if results.is_file():
+        try:
+            saved = json.loads(results.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise RunFolderError(f"{results} is unreadable ({e}); move it away, or --force to replace it") from None
+        return ("invalid" if saved.get("valid") is False else "done"), saved.get("config") or {}, saved
+    last = folder / LAST_CHECKPOINT
+    if last.is_file():
+        import torch
+
+        ck = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+        return "unfinished", ck.get("config") or {}, {"epoch": (ck.get("state") or {}).get("epoch")}
+    return "empty", None, {}
+
+
+def check_run_folder(folder: str | Path, cfg: RunConfig, *, force: bool = False) -> str:
+    """What a command may do with ``folder`` for a run of ``cfg``, before it writes anything there.
+
+    -> "new" (nothing there, a failed zero-shot run of these settings, or ``force``: run from scratch),
+    "done" (a finished run of the same settings: skip it), "resume" (a checkpoint of the same settings).
+    A finished or unfinished run made with other settings raises :class:`RunFolderError` naming the
+    settings that differ, unless ``force``: results are never replaced without being asked.
+    ``tcf train``, ``tcf zeroshot`` and every run of ``tcf run`` / ``tcf sweep`` go through here.
+    """
+    folder = Path(folder)
+    try:
+        state, config, details = _saved(folder)
+    except RunFolderError:
+        if force:
+            return "new"
+        raise
+    if state == "empty" or force:
+        return "new"
+    changes = config_changes(config, to_dict(cfg))
+    if changes:
+        what = (f"a finished run ({RESULTS_FILE})" if state != "unfinished" else
+                f"an unfinished run ({LAST_CHECKPOINT}, epoch {details.get('epoch')})")
+        raise RunFolderError(f"{folder} holds {what} made with other settings ({_changes_text(changes)}); "
+                             f"use another --out, or --force to replace it")
+    return {"done": "done", "invalid": "new", "unfinished": "resume"}[state]
+
+
 # ---------------------------------------------------------------- running
 
 @dataclass
@@ -189,8 +270,47 @@ def run_folder(out: Path, run: Run) -> Path:
     return out / run.id
 
 
-def is_done(out: Path, run: Run) -> bool:
-    return (run_folder(out, run) / "results.json").is_file()
+def clear_results(folder: Path) -> None:
+    """Before a run replaces what ``--force`` let it replace: no old results.json beside new checkpoints."""
+    (folder / RESULTS_FILE).unlink(missing_ok=True)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def foreign_runs(exp: Experiment, out: Path) -> dict[str, list[str]]:
+    """Run folders in ``out`` that are not runs of ``exp`` -> how each differs from the run of ``exp``
+    with the same name ([] where ``exp`` has no such run).  A sweep file edited since (another base,
+    fewer axis values), or another experiment into the same folder, leaves such folders."""
+    ids, by_name, found = {r.id for r in exp.runs}, {r.name: r for r in exp.runs}, {}
+    for folder in sorted(out.iterdir()) if out.is_dir() else []:
+        markers = ("run.json", RESULTS_FILE, "error.txt", "checkpoints")
+        if folder.name in ids or not folder.is_dir() or not any((folder / m).exists() for m in markers):
+            continue
+        saved = _read_json(folder / "run.json") or _read_json(folder / RESULTS_FILE)
+        twin = by_name.get(saved.get("name") or folder.name.rsplit("-", 1)[0])
+        found[folder.name] = config_changes(saved["config"], to_dict(twin.config)) if twin and saved.get("config") \
+            else []
+    return found
+
+
+def check_experiment_folder(exp: Experiment, out: Path, *, force: bool = False) -> None:
+    """Refuse to run ``exp`` into a folder holding runs it does not have: the report reads every run
+    below ``out``, so another version's results would be mixed into this one's table unseen."""
+    foreign = foreign_runs(exp, out)
+    if not foreign or force:
+        return
+    changes = list(dict.fromkeys(c for cs in foreign.values() for c in cs))
+    alone = [name for name, cs in foreign.items() if not cs]
+    parts = ([f"made with other settings ({_changes_text(changes)})"] if changes else []) + \
+        ([f"{len(alone)} not in this experiment at all (e.g. {alone[0]})"] if alone else [])
+    raise RunFolderError(f"{out} holds {len(foreign)} run(s) this experiment does not have, "
+                         f"{', '.join(parts)}: the report would mix them with this one's; "
+                         f"use another --out, or --force to run beside them")
 
 
 def write_plan(exp: Experiment, out: Path) -> None:
@@ -256,8 +376,8 @@ def extract_caches(runs: list[Run], *, progress: bool, log: Callable[[str], None
     return errors
 
 
-def execute(run: Run, folder: Path, *, progress: bool) -> dict:
-    """Train (or prompt, for ``task: zeroshot``) one run into ``folder``, resuming from its checkpoint."""
+def execute(run: Run, folder: Path, *, progress: bool, resume: bool = False) -> dict:
+    """Train (or prompt, for ``task: zeroshot``) one run into ``folder``; ``resume`` continues its checkpoint."""
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "run.json", json.dumps({"id": run.id, "name": run.name, "overrides": run.overrides,
                                                        "config": to_dict(run.config)}, indent=2, default=str) + "\n")
@@ -267,29 +387,42 @@ def execute(run: Run, folder: Path, *, progress: bool) -> dict:
         return run_zeroshot(run.config, folder, progress=progress)
     from tcf.train.loop import train
 
-    return train(run.config, folder, resume=can_resume(run, folder), progress=progress)
+    return train(run.config, folder, resume=resume, progress=progress)
 
 
-def can_resume(run: Run, folder: Path) -> bool:
-    """A checkpoint made with exactly this run's config is continued; any other is trained over."""
-    last = folder / "checkpoints" / "last.pt"
-    if not last.is_file():
-        return False
-    import torch
-
-    return torch.load(last, map_location="cpu", weights_only=False).get("config") == to_dict(run.config)
+def _states(runs: list[Run], out: Path, force: bool, summary: SweepSummary, log) -> dict[str, str]:
+    """run id -> check_run_folder's answer; a folder holding another config's run is a failure of
+    that run (nothing written into it), or, with ``force``, run over."""
+    states = {}
+    for run in runs:
+        try:
+            states[run.id] = check_run_folder(run_folder(out, run), run.config)
+        except RunFolderError as e:
+            if not force:
+                summary.failed[run.id] = str(e)
+                log(f"  refused: {e}")
+                continue
+            clear_results(run_folder(out, run))
+            states[run.id] = "new"
+    return states
 
 
 def run_sweep(exp: Experiment, out: str | Path, *, shard_of: tuple[int, int] = (0, 1), progress: bool = True,
-              log: Callable[[str], None] = print) -> SweepSummary:
-    """Run this process's share of the experiment: skip finished runs, resume killed ones, survive failures."""
+              log: Callable[[str], None] = print, force: bool = False) -> SweepSummary:
+    """Run this process's share of the experiment: skip finished runs, resume killed ones, survive failures.
+
+    ``out`` holding runs this experiment does not have (an edited sweep file) is refused, and so is a
+    run's folder holding a run of other settings, unless ``force``: results are never mixed or replaced unasked.
+    """
     out = Path(out)
+    check_experiment_folder(exp, out, force=force)
     out.mkdir(parents=True, exist_ok=True)
     write_plan(exp, out)
     mine = shard(exp.runs, *shard_of)
     summary = SweepSummary(out)
-    summary.skipped = [r.id for r in mine if is_done(out, r)]
-    todo = [r for r in mine if not is_done(out, r)]
+    states = _states(mine, out, force, summary, log)
+    summary.skipped = [r.id for r in mine if states.get(r.id) == "done"]
+    todo = [r for r in mine if states.get(r.id) in ("new", "resume")]
     log(f"{exp.name}: {len(exp.runs)} run(s)" + (f", shard {shard_of[0]}/{shard_of[1]}: {len(mine)}"
                                                   if shard_of[1] > 1 else "")
         + f"; {len(summary.skipped)} already done, {len(todo)} to run; output {out}")
@@ -299,11 +432,11 @@ def run_sweep(exp: Experiment, out: str | Path, *, shard_of: tuple[int, int] = (
         if run.id in failed_extract:
             _record_failure(summary, run, folder, failed_extract[run.id], None, log)
             continue
-        resumed = getattr(run.config, "task", "train") == "train" and can_resume(run, folder)
+        resumed = getattr(run.config, "task", "train") == "train" and states[run.id] == "resume"
         log(f"[{k}/{len(todo)}] {run.id}" + (" (resuming from its checkpoint)" if resumed else ""))
         t0 = time.perf_counter()
         try:
-            results = execute(run, folder, progress=progress)
+            results = execute(run, folder, progress=progress, resume=resumed)
         except Exception as e:  # noqa: BLE001 - record, continue, fail at the end
             _record_failure(summary, run, folder, f"{type(e).__name__}: {e}", traceback.format_exc(), log)
             continue
