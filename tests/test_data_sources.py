@@ -139,6 +139,18 @@ def test_table_parquet_and_file_order(tmp_path):
     assert ds.sequence(1).tolist() == [3, 1, 2]  # no time column: file order
 
 
+def test_table_time_omitted(tmp_path):
+    """`time` left out (as the README says it may be): a `timestamp` column if the file has one, else file order."""
+    rawfiles.write(tmp_path / "i.csv", "i,title\nx,Ex\ny,Why\nz,Zed\n")
+    rawfiles.write(tmp_path / "r.csv", "u,i\na,z\na,x\na,y\n")
+    opts = {"interactions": "r.csv", "items": "i.csv", "user": "u", "item": "i"}
+    ds = prepare("table", tmp_path, tmp_path / "order", source_options=opts)
+    assert ds.sequence(1).tolist() == [3, 1, 2] and ds.meta["source_info"]["mapping"]["time"] is None
+    rawfiles.write(tmp_path / "r.csv", "u,i,timestamp\na,z,30\na,x,10\na,y,20\n")
+    ds = prepare("table", tmp_path, tmp_path / "timed", source_options=opts)
+    assert ds.sequence(1).tolist() == [1, 2, 3] and ds.meta["source_info"]["mapping"]["time"] == "timestamp"
+
+
 def test_table_dates(tmp_path):
     rawfiles.write(tmp_path / "r.tsv", "u\ti\twhen\na\tx\t2020-01-03\na\ty\t2020-01-01\na\tx\t2020-01-02\n")
     rawfiles.write(tmp_path / "i.tsv", "i\ttitle\nx\tEx\ny\tWhy\n")

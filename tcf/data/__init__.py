@@ -13,8 +13,9 @@ from typing import Any
 
 from tcf.config import from_dict
 from tcf.data.dataset import Dataset, load_dataset
-from tcf.data.prepare import PrepareOptions, build, write
+from tcf.data.prepare import META_FILE, PrepareOptions, build, write
 from tcf.data.sources import SOURCES, get_source
+from tcf.errors import DataError
 
 __all__ = ["Dataset", "PrepareOptions", "SOURCES", "load_dataset", "prepare", "ensure_dataset"]
 
@@ -31,13 +32,16 @@ def prepare(source: str, path: str | Path | None, out: str | Path, options: Prep
 
 
 def ensure_dataset(name: str | Path, root: str | Path = "data", **kwargs) -> Dataset:
-    """A dataset folder, or a source name prepared under ``root/NAME`` on first use and reused after."""
-    p = Path(name)
-    if (p / "dataset.json").is_file():
-        return load_dataset(p)
+    """A dataset folder, a folder name under ``root`` (``mine`` for ``data/mine``, as ``ml-100k`` is
+    ``data/ml-100k``), or a source name prepared under ``root/NAME`` on first use and reused after."""
+    p, under_root = Path(name), Path(root) / str(name)
+    for folder in (p, under_root):
+        if (folder / META_FILE).is_file():
+            return load_dataset(folder)
     if str(name) in SOURCES:
-        out = Path(root) / str(name)
-        if (out / "dataset.json").is_file():
-            return load_dataset(out)
-        return prepare(str(name), None, out, **kwargs)
-    return load_dataset(p)  # raises a clear "not a tcf dataset" error
+        return prepare(str(name), None, under_root, **kwargs)
+    if p.is_dir():
+        return load_dataset(p)  # a folder that is not a dataset: says which file is missing
+    raise DataError(None, f"no dataset '{name}': neither a folder nor {under_root} holds a {META_FILE}, and it is "
+                          f"not a source ({', '.join(SOURCES)}); make one with `tcf data prepare SOURCE PATH "
+                          f"--out {under_root}`")

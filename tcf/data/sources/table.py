@@ -6,7 +6,7 @@ Example (YAML given with ``--config``, or the same keys with ``--set``)::
     items: movies.csv
     user: userId
     item: movieId
-    time: timestamp          # omit to use file order
+    time: timestamp          # omitted: a `timestamp` column if there is one, else file order; null: file order
     item_id: movieId         # the id column of the item file (default: same as `item`)
     text: [title, genres]    # text fields; the first one may not be empty
 """
@@ -24,6 +24,7 @@ from tcf.data.prepare import RawData
 from tcf.errors import DataError
 
 _SEPS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}
+AUTO_TIME, DEFAULT_TIME_COLUMN = "auto", "timestamp"
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Options:
     items: str | None = None  # file of items with their text
     user: str = "user_id"
     item: str = "item_id"
-    time: str | None = "timestamp"  # None: interactions are in time order in the file
+    time: str | None = AUTO_TIME  # the time column; None: file order; "auto": `timestamp` if present, else file order
     time_format: str | None = None  # None: numeric seconds; "iso"; or a strftime pattern
     item_id: str | None = None  # id column in the items file; default: `item`
     text: list[str] = field(default_factory=lambda: ["title"])
@@ -63,12 +64,14 @@ def read(path: Path | None, options: Options = Options()) -> RawData:
     raw_items = _read(item_file, options, [id_col, *options.text])
     items = pd.DataFrame({"source_id": raw_items[id_col], **{c: raw_items[c] for c in options.text},
                           LINE: raw_items[LINE]})
-    cols = [options.user, options.item] + ([options.time] if options.time else [])
+    auto = options.time == AUTO_TIME
+    cols = [options.user, options.item] + ([options.time] if options.time and not auto else [])
     raw = _read(inter_file, options, cols)
-    ts = (parse_timestamp(raw, options.time, inter_file, fmt=options.time_format) if options.time
+    time = (DEFAULT_TIME_COLUMN if DEFAULT_TIME_COLUMN in raw.columns else None) if auto else options.time
+    ts = (parse_timestamp(raw, time, inter_file, fmt=options.time_format) if time
           else np.arange(len(raw), dtype=np.int64))
     inter = pd.DataFrame({"user": raw[options.user], "item": raw[options.item], "timestamp": ts, LINE: raw[LINE]})
     return RawData("table", items, item_file, inter, inter_file, list(options.text), "{" + options.text[0] + "}",
                    options.text[0], item_id_column=id_col, user_column=options.user, item_column=options.item,
                    files=[inter_file, item_file], info={"mapping": {"user": options.user, "item": options.item,
-                                                                    "time": options.time, "item_id": id_col}})
+                                                                    "time": time, "item_id": id_col}})
