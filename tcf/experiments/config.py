@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tcf.config import from_dict, load_yaml, merge, parse_overrides, to_dict
+from tcf.config import flatten, from_dict, load_yaml, merge, parse_overrides, to_dict
 from tcf.encoders.base import EncoderSpec
 from tcf.errors import ConfigError
 
@@ -252,3 +252,24 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def resolved(cfg: RunConfig) -> dict:
     return to_dict(cfg)
+
+
+def _normalized(config: dict) -> dict:
+    """A saved config as today's RunConfig reads it: keys added since get their defaults and old
+    spellings their current form (``mask_history: true`` is ``all``), so only real changes differ."""
+    try:
+        return flatten(to_dict(from_dict(RunConfig, config)))
+    except Exception:  # noqa: BLE001 - a config this version cannot read is compared as it was written
+        return flatten(config)
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """``key: old -> new`` for every setting two resolved run configs differ in (dotted keys, sorted).
+
+    The name is left out, as run ids leave it out: the same settings are the same run.
+    """
+    a, b = _normalized(old or {}), _normalized(new or {})
+    missing = "(not set)"
+    return [f"{k}: {a.get(k, missing)} -> {b.get(k, missing)}" for k in sorted(set(a) | set(b))
+            if k != "name" and a.get(k, missing) != b.get(k, missing)]
+

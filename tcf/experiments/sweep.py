@@ -35,7 +35,7 @@ from typing import Any
 
 from tcf.config import flatten, from_dict, load_yaml, merge, parse_overrides, to_dict
 from tcf.errors import ConfigError
-from tcf.experiments.config import RunConfig
+from tcf.experiments.config import RunConfig, config_changes
 from tcf.fsutil import atomic_write_text
 
 EXPERIMENT_KEYS = ("axes", "runs", "report", "description")
@@ -184,26 +184,6 @@ SHOW_CHANGES = 6  # differing settings named in one message
 
 class RunFolderError(ConfigError):
     """A run folder holds work made with other settings: refused, so that nothing is overwritten unasked."""
-
-
-def _normalized(config: dict) -> dict:
-    """A saved config as today's RunConfig reads it: keys added since get their defaults and old
-    spellings their current form (``mask_history: true`` is ``all``), so only real changes differ."""
-    try:
-        return flatten(to_dict(from_dict(RunConfig, config)))
-    except Exception:  # noqa: BLE001 - a config this version cannot read is compared as it was written
-        return flatten(config)
-
-
-def config_changes(old: dict, new: dict) -> list[str]:
-    """``key: old -> new`` for every setting two resolved run configs differ in (dotted keys, sorted).
-
-    The name is left out, as run ids leave it out: the same settings are the same run.
-    """
-    a, b = _normalized(old or {}), _normalized(new or {})
-    missing = "(not set)"
-    return [f"{k}: {a.get(k, missing)} -> {b.get(k, missing)}" for k in sorted(set(a) | set(b))
-            if k != "name" and a.get(k, missing) != b.get(k, missing)]
 
 
 def _changes_text(changes: list[str]) -> str:

@@ -49,6 +49,13 @@ from tcf.errors import ConfigError
 WAIT = timedelta(hours=2)  # how long ranks wait at a barrier while rank 0 evaluates
 
 
+def import_deepspeed():
+    """DeepSpeed, imported without its import-time noise (tcf.encoders.ds), only when a strategy chooses it."""
+    from tcf.encoders.ds import import_deepspeed as quietly
+
+    return quietly()
+
+
 class _Call(nn.Module):
     """Runs ``fn(model)`` as the module's forward, so that DDP's gradient hooks and
     DeepSpeed's ZeRO-3 parameter gathering see the whole step (the loss uses methods
@@ -128,8 +135,7 @@ class Parallel:
             sync = {"forward_sync_buffers" if newer else "broadcast_buffers": False}
             self.wrapped = DistributedDataParallel(_Call(model), device_ids=ids, static_graph=True, **sync)
         elif self.strategy == "deepspeed":
-            import deepspeed
-
+            deepspeed = import_deepspeed()
             self.engine, *_ = deepspeed.initialize(model=_Call(model), optimizer=opt,
                                                    config=zero_config(cfg.train, self.device))
             self.wrapped = self.engine
@@ -204,8 +210,7 @@ class Parallel:
         No forward pass inside: ZeRO-3's module hooks would release the parameters."""
         if not self.everyone_evaluates:
             return nullcontext()
-        import deepspeed
-
+        deepspeed = import_deepspeed()
         return deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=0 if modify else None)
 
     def run(self, fn):
@@ -323,7 +328,7 @@ def setup(cfg) -> Parallel:
                           "(each process takes the GPU of its LOCAL_RANK)")
     if t.strategy == "deepspeed":
         try:
-            import deepspeed  # noqa: F401
+            import_deepspeed()
         except ImportError:
             raise ConfigError("train.strategy=deepspeed needs DeepSpeed: DS_BUILD_OPS=0 pip install 'tcf[deepspeed]'") \
                 from None

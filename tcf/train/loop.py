@@ -22,7 +22,7 @@ import torch
 
 from tcf.errors import TcfError
 from tcf.eval.ranking import evaluate, report
-from tcf.experiments.config import RunConfig, resolved
+from tcf.experiments.config import RunConfig, config_changes, resolved
 from tcf.fsutil import atomic_write_text
 from tcf.models import build_model
 from tcf.models.lm_tower import LM_TOWERS, param_groups, step_items, token_cache
@@ -161,8 +161,10 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         if not last.is_file():
             raise TrainingError(f"--resume: no checkpoint at {last}")
         ck = torch.load(last, map_location=device, weights_only=False)
-        if ck["config"] != resolved(cfg):
-            raise TrainingError(f"--resume: {last} was made with another config; use a new --out")
+        changes = config_changes(ck["config"], resolved(cfg))
+        if changes:
+            raise TrainingError(f"--resume: {last} was made with another config ({'; '.join(changes[:5])}); "
+                                "use a new --out")
         model.load_state_dict(ck["model"], strict=False)
         if ck["optimizer"] is not None:  # DeepSpeed keeps its (partitioned) optimizer state in its own checkpoint
             opt.load_state_dict(ck["optimizer"])
