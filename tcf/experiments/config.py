@@ -35,7 +35,8 @@ class ModelConfig:
     n_heads: int = 2
     dropout: float = 0.2
     max_len: int = 50  # the most recent items a user state looks at
-    adapter_layers: int = 1  # frozen text: depth of the MLP adapter
+    adapter: str = "mlp"  # text towers' projection: mlp (Linear; deeper: Linear-GELU-...-Linear) | tcf (Linear-GELU per layer)
+    adapter_layers: int = 1  # text towers: depth of the adapter
     normalize_text: bool = True  # L2-normalise cached text vectors before the adapter
     fusion: str = "add"  # id+text: add | concat
     user_tower: str = "id"  # dssm: id | mean
@@ -50,6 +51,8 @@ class ModelConfig:
             raise ConfigError(f"model.head must be one of {list(HEADS)}, got {self.head!r}")
         if self.tower not in TOWERS:
             raise ConfigError(f"model.tower must be one of {list(TOWERS)}, got {self.tower!r}")
+        if self.adapter not in ("mlp", "tcf"):
+            raise ConfigError(f"model.adapter must be mlp or tcf, got {self.adapter!r}")
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ def build_model(cfg, n_items: int, n_users: int, text_vectors: np.ndarray | None
 
         tower = build_lm_tower(cfg, text_vectors)
     else:
-        text = FrozenTextTower(text_vectors, m.dim, m.adapter_layers, m.dropout, m.normalize_text)
+        text = FrozenTextTower(text_vectors, m.dim, m.adapter_layers, m.dropout, m.normalize_text, m.adapter)
         tower = text if m.tower == "frozen" else FusedTower(IDTower(n_items, m.dim), text, m.dim, m.fusion)
     if m.head == "sasrec":
         return SASRec(tower, dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads, dropout=m.dropout,

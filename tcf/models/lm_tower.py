@@ -135,11 +135,13 @@ class LMTower(nn.Module):
     """Item ids -> cached states at L-k -> top k layers -> pooling -> (L2) -> adapter -> [..., dim]."""
 
     def __init__(self, lm: TopLayers, tokens: TokenStore, dim: int, *, pooling: str = "mean", layers: int = 1,
-                 dropout: float = 0.0, normalize: bool = True, chunk_items: int = 256):
+                 dropout: float = 0.0, normalize: bool = True, chunk_items: int = 256, adapter_style: str = "mlp",
+                 compute_dtype: torch.dtype | None = None):
         super().__init__()
         self.lm, self.tokens, self.pooling, self.normalize = lm, tokens, pooling, normalize
         self.chunk_items = chunk_items
-        self.adapter = adapter(lm.out_dim, dim, layers, dropout)
+        self.adapter = adapter(lm.out_dim, dim, layers, dropout, adapter_style)
+        self.compute_dtype = compute_dtype  # bf16 / fp16: the LM runs under autocast, its weights stay fp32
         self._all: torch.Tensor | None = None  # eval-mode catalogue, kept for one evaluation
         self._step: tuple[torch.Tensor, torch.Tensor] | None = None  # (sorted ids, vectors) of the current step
         self.register_load_state_dict_post_hook(lambda module, keys: module._forget())
@@ -153,7 +155,12 @@ class LMTower(nn.Module):
 
     @property
     def _dtype(self) -> torch.dtype:
-        return next(self.lm.parameters()).dtype
+        return self.compute_dtype or next(self.lm.parameters()).dtype
+
+    def _autocast(self):
+        """Mixed precision for the LM layers: matmuls in ``compute_dtype``, weights and their updates in fp32."""
+        low = self.compute_dtype not in (None, torch.float32)
+        return torch.autocast(self._device.type, dtype=self.compute_dtype, enabled=low)
 
     @property
     def _device(self) -> torch.device:
@@ -166,7 +173,9 @@ class LMTower(nn.Module):
         for start in range(0, len(ids), self.chunk_items):
             chunk = ids[order[start:start + self.chunk_items]]
             states, mask = self.tokens.rows(chunk, self._dtype, self._device)
-            parts.append(pool(self.lm(states, mask), mask, self.pooling))  # [c, D_lm] fp32
+            with self._autocast():
+                hidden = self.lm(states, mask)
+            parts.append(pool(hidden.float(), mask, self.pooling))  # [c, D_lm] fp32
         out = torch.cat(parts)
         return out[torch.argsort(order)]  # back to the order of ids
 
@@ -296,6 +305,21 @@ def build_lm_tower(cfg, entry) -> LMTower:
         enable_checkpointing(hf_model)
     if m.tower == "lora":
         hf_model = add_lora(hf_model, m.lora_r, m.lora_alpha, m.lora_dropout)
+    compute = master_weights(hf_model)
     tokens = TokenStore(entry.states, entry.mask)
     return LMTower(TopLayers(hf_model, kind), tokens, m.dim, pooling=cfg.encoder.pooling, layers=m.adapter_layers,
-                   dropout=m.dropout, normalize=m.normalize_text)
+                   dropout=m.dropout, normalize=m.normalize_text, adapter_style=m.adapter, compute_dtype=compute)
+
+
+def master_weights(model: nn.Module) -> torch.dtype | None:
+    """Loaded in bf16 / fp16: the trainable parameters become fp32 (AdamW's states follow them) and the
+    model's low precision is returned as the compute dtype for autocast.  Updated in bf16, an update
+    below a weight's resolution (2^-8 of it) rounds away and weight decay with it; fp16 also needs loss
+    scaling (the loop's GradScaler).  Frozen weights (LoRA's base) keep their low precision.  -> None for fp32."""
+    low = {p.dtype for p in model.parameters() if p.is_floating_point()} - {torch.float32}
+    if not low:
+        return None
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    return low.pop()

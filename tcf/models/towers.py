@@ -16,11 +16,24 @@ from torch import nn
 
 from tcf.errors import ConfigError
 
+ADAPTERS = ("mlp", "tcf")
 
-def adapter(d_in: int, d_out: int, layers: int, dropout: float) -> nn.Module:
-    """``layers`` = 1: one linear map; more: Linear -> GELU -> ... -> Linear."""
+
+def adapter(d_in: int, d_out: int, layers: int, dropout: float, style: str = "mlp") -> nn.Module:
+    """Text vectors [..., d_in] -> [..., d_out].
+
+    ``mlp``: ``layers`` = 1 is one linear map; more: Linear -> GELU -> Dropout -> ... -> Linear.
+    ``tcf``: the TCF reference's projection (``MLPLayers`` with GELU): every layer Linear -> GELU, the
+    last one included, dropout 0.1 before each layer after the first."""
     if layers < 1:
         raise ConfigError(f"model.adapter_layers must be >= 1, got {layers}")
+    if style not in ADAPTERS:
+        raise ConfigError(f"model.adapter must be one of {list(ADAPTERS)}, got {style!r}")
+    if style == "tcf":
+        mods = [nn.Linear(d_in, d_out), nn.GELU()]
+        for _ in range(layers - 1):
+            mods += [nn.Dropout(0.1), nn.Linear(d_out, d_out), nn.GELU()]
+        return nn.Sequential(*mods)
     mods: list[nn.Module] = []
     width = d_in
     for _ in range(layers - 1):
@@ -49,13 +62,13 @@ class FrozenTextTower(nn.Module):
     """Cached vectors [N + 1, D] (not trained) -> adapter -> [N + 1, d]."""
 
     def __init__(self, vectors: np.ndarray, dim: int, layers: int = 1, dropout: float = 0.0,
-                 normalize: bool = True):
+                 normalize: bool = True, style: str = "mlp"):
         super().__init__()
         v = torch.tensor(np.asarray(vectors, dtype=np.float32))  # a copy: cache files are read-only maps
         if normalize:
             v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         self.register_buffer("vectors", v, persistent=False)  # re-read from the cache, never saved
-        self.adapter = adapter(v.shape[1], dim, layers, dropout)
+        self.adapter = adapter(v.shape[1], dim, layers, dropout, style)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         out = self.adapter(self.vectors[ids])

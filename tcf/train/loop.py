@@ -150,6 +150,9 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     log_pop = label_log_probs(data, device)
     gather = par.gather_candidates if cfg.train.gather_negatives and par.world > 1 else None
     amp = cfg.train.amp and device.type == "cuda"
+    # fp16 LM layers (fp32 master weights, autocast): scale the loss so small gradients do not underflow
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.model.tower in LM_TOWERS and cfg.encoder.dtype == "fp16"
+                                  and cfg.train.strategy != "deepspeed")
     eval_kw = dict(ks=tuple(cfg.eval.ks), max_len=cfg.model.max_len, mask_history=cfg.eval.mask_history,
                    batch_users=cfg.eval.batch_users, device=device, ranker=cfg.eval.ranker,
                    faiss_index=cfg.eval.faiss_index)
@@ -169,6 +172,8 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         if ck["optimizer"] is not None:  # DeepSpeed keeps its (partitioned) optimizer state in its own checkpoint
             opt.load_state_dict(ck["optimizer"])
         state = ck["state"]
+        if ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
         torch.set_rng_state(ck["rng"]["torch"])
         np.random.set_state(ck["rng"]["numpy"])
         random.setstate(ck["rng"]["python"])
@@ -205,10 +210,12 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
             if par.step(loss):  # DeepSpeed: backward, clipping and the step are the engine's
                 continue
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
             if cfg.train.grad_clip > 0:
+                scaler.unscale_(opt)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             bar_step(bar, float(np.mean(losses)))
         if bar is not None:
             bar.close()
@@ -227,6 +234,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         par.save_engine(ckpt_dir / "deepspeed", epoch + 1)  # DeepSpeed: every rank its part, before last.pt
         if par.is_main:
             _save(last, {"model": weights, "optimizer": par.optimizer_state(opt), "state": state,
+                         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                          "config": resolved(cfg),
                          "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                                  "python": random.getstate()}})
