@@ -219,7 +219,8 @@ def test_training_activation_estimate_bounds_what_autograd_keeps(attn):
 
 
 def choice(model, gpus, cpu="512GB", **kw):
-    p = P.plan(model, P.hardware(gpus, cpu), items=kw.pop("items", 100_000), **kw)
+    """Plans at 8 sequences per training step: without a dataset a step's items are bounded by 8 x 51 texts."""
+    p = P.plan(model, P.hardware(gpus, cpu), items=kw.pop("items", 100_000), batch=kw.pop("batch", 8), **kw)
     return [e["chosen"] for e in p["extraction"]], p["finetune"] and p["finetune"]["chosen"], p
 
 
@@ -231,7 +232,7 @@ def choice(model, gpus, cpu="512GB", **kw):
     ("facebook/opt-66b", "2x80GB", "512GB", {}, "vLLM tensor parallel 2", "bf16, device_map sharding over 2",
      "one GPU"),
     ("facebook/opt-175b", "8x80GB", "512GB", {}, "vLLM tensor parallel 8", "bf16, device_map sharding over 8",
-     "one GPU"),
+     "one GPU with gradient checkpointing"),
     ("facebook/opt-175b", "8x80GB", "512GB", {"finetune_layers": 8}, "vLLM tensor parallel 8",
      "bf16, device_map sharding over 8", "DeepSpeed ZeRO-3 over 8 GPUs, gradient checkpointing"),
     ("facebook/opt-175b", "8x80GB", "512GB", {"finetune_layers": 96}, "vLLM tensor parallel 8",
@@ -239,8 +240,8 @@ def choice(model, gpus, cpu="512GB", **kw):
     ("facebook/opt-175b", "8x40GB", "512GB", {}, "int8, device_map sharding over 8",
      "int8, device_map sharding over 8", "DeepSpeed ZeRO-3 over 8 GPUs, gradient checkpointing"),
     ("facebook/opt-175b", "1x80GB", "512GB", {}, "DeepSpeed ZeRO-3, CPU offload, 1 GPU(s)",
-     "DeepSpeed ZeRO-3, CPU offload, 1 GPU(s)", "one GPU"),
-    ("facebook/opt-175b", "1x80GB", "128GB", {}, None, None, "one GPU"),
+     "DeepSpeed ZeRO-3, CPU offload, 1 GPU(s)", "one GPU with gradient checkpointing"),
+    ("facebook/opt-175b", "1x80GB", "128GB", {}, None, None, "one GPU with gradient checkpointing"),
     ("facebook/opt-66b", "0", "512GB", {}, "fp32 on CPU", "fp32 on CPU", "one CPU"),
     ("facebook/opt-175b", "0", "512GB", {}, "bf16 on CPU", "bf16 on CPU", "one CPU"),
     ("minilm-l6", "0", "24GB", {}, "fp32 on CPU", "fp32 on CPU", "one CPU"),
@@ -265,7 +266,8 @@ def test_plan_emits_commands_and_deepspeed_configs():
     _, _, p = choice("facebook/opt-175b", "8x80GB", "512GB", finetune_layers=8)
     ft = p["finetune"]
     assert ft["command"] == ("torchrun --standalone --nproc-per-node 8 -m tcf train --config CONFIG --set "
-                             "model.tower=finetune model.finetune_layers=8 train.grad_checkpointing=true "
+                             "model.tower=finetune model.finetune_layers=8 model.max_len=50 encoder.dtype=bf16 "
+                             "train.loss=inbatch train.batch_size=8 train.grad_checkpointing=true "
                              "train.strategy=deepspeed train.zero_stage=3")
     # the config is the one tcf train builds from those settings (bf16 on CUDA), not a separate guess
     from tcf.experiments.config import load_config
@@ -274,12 +276,15 @@ def test_plan_emits_commands_and_deepspeed_configs():
     sets = ft["command"].split(" --set ")[1].split()
     assert ft["deepspeed_config"] == zero_config(load_config(None, sets).train, torch.device("cuda"))
     assert ft["deepspeed_config"]["zero_optimization"] == {"stage": 3} and ft["deepspeed_config"]["bf16"]["enabled"]
-    _, _, p = choice("facebook/opt-175b", "1x48GB", "512GB", finetune_layers=2)  # 56 GiB on one GPU; 36 offloaded
+    assert ft["deepspeed_config"]["train_micro_batch_size_per_gpu"] == 8
+    # 58 GiB of top-2 states + 6 GiB of activations (4 sequences) on one GPU; the AdamW states offloaded
+    _, _, p = choice("facebook/opt-175b", "1x48GB", "512GB", finetune_layers=2, batch=4)
     assert p["finetune"]["chosen"].endswith("AdamW states offloaded to CPU")
     assert p["finetune"]["command"].endswith("train.zero_stage=3 train.offload=true")
     assert p["finetune"]["deepspeed_config"]["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     _, _, p = choice("facebook/opt-125m", "1x80GB", "64GB")
-    assert p["finetune"]["command"] == "tcf train --config CONFIG --set model.tower=finetune model.finetune_layers=2"
+    assert p["finetune"]["command"] == ("tcf train --config CONFIG --set model.tower=finetune model.finetune_layers=2 "
+                                        "model.max_len=50 encoder.dtype=bf16 train.loss=inbatch train.batch_size=8")
     _, _, p = choice("facebook/opt-175b", "8x80GB", "512GB")
     assert p["extraction"][0]["command"].startswith("TCF_VLLM_TP=8 tcf extract ")
     assert p["extraction"][1]["command"].endswith("--device-map auto") and "--layer 94" in p["extraction"][1]["command"]
@@ -290,12 +295,26 @@ def test_plan_emits_commands_and_deepspeed_configs():
 
 def test_finetune_memory_is_states_plus_activations():
     arch = P.measure(P.load_config("facebook/opt-1.3b")[0])
-    plain = P.finetune_bytes(arch, 2, 64, 64, checkpointing=False)
-    ckpt = P.finetune_bytes(arch, 2, 64, 64, checkpointing=True)
+    item = P.item_activations(P.load_config("facebook/opt-1.3b")[0], arch, 64, "bf16")
+    step = P.step_bound(8, 50, "inbatch", 100_000)
+    plain = P.finetune_bytes(arch, 2, item, step, checkpointing=False)
+    ckpt = P.finetune_bytes(arch, 2, item, step, checkpointing=True)
     # two 2048-d blocks (12 d^2 + 13 d each) and the final layer norm, at 16 bytes each (weights, grads, AdamW)
     assert plain["trainable_params"] == 2 * (12 * 2048**2 + 13 * 2048) + 2 * 2048
     assert plain["weights_grads_adamw"] == 16 * plain["trainable_params"] == ckpt["weights_grads_adamw"]
     assert ckpt["activations"] < plain["activations"]
+    # every text of the step's 8 windows (8 x 51), each block's activations per text measured on meta
+    assert item.measured and step.items == 8 * 51 and step.positions == 8 * 50
+    logits = step.positions * step.candidates * 5
+    assert plain["activations"] == step.items * (2 * item.per_block + item.above) + logits
+    assert ckpt["activations"] == step.items * (2 * item.block_input + item.per_block + item.above) + logits
+    assert item.block_input == 64 * 2048 * 2
+
+
+def test_a_batch_too_large_names_one_that_fits():
+    _, ft, p = choice("facebook/opt-175b", "8x80GB", "512GB", batch=64)  # 64 x 51 texts of 64 tokens per step
+    assert ft is None and "train.batch_size=32 fits (DeepSpeed ZeRO-3 over 8 GPUs" in p["finetune"]["why_not"]
+    assert "command" not in p["finetune"]
 
 
 def test_dataset_sizes_the_cache(tiny_dataset):

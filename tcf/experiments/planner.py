@@ -7,8 +7,11 @@ OPT-175B.  What is exact and what is estimated is kept apart in every plan:
 * exact: parameters (total, per block, above layer L-k, loaded by layer-range loading),
   weight bytes of every precision (bitsandbytes int8 / nf4 layouts included), and the
   cache files on disk (``np.save`` headers included);
-* estimated: activation memory (closed forms, documented where they are computed),
-  usable memory per device (fixed reserves), FLOPs and time at an assumed throughput.
+* estimated: activation memory, usable memory per device (fixed reserves), FLOPs and time
+  at an assumed throughput.  Extraction activations are a closed form.  Fine-tuning ones
+  are counted: the top blocks run forward on the meta device and every tensor autograd
+  saves is summed, times the item texts one ``tcf train`` step really runs them over (the
+  distinct items of its sequences, sampled from the dataset as the loop draws them).
 
 The OPT family is known offline by hub name: its configs are built from the OPT paper
 (Zhang et al. 2022, Table 1: layers, heads, d_model; ffn = 4 d_model, vocab 50272,
@@ -350,19 +353,154 @@ def training_layer_activation_bytes(arch: Arch, batch: int, tokens: int) -> int:
     Models", eq. 1): s b h (34 + 5 a s / h) bytes, with dropout masks and eager attention;
     written here with the MLP width as a parameter: s b (18 d + 4 ffn) + 5 a s^2 b.
     tests/test_planner.py measures what autograd really saves for OPT blocks (0.66-0.93x of it).
+    The fallback of item_activations for models whose code does not run on the meta device:
+    it does not know the MLP's activation (GPT-2's gelu_new keeps 2.5x what OPT's ReLU does).
     """
     sb = batch * tokens
     return sb * (18 * arch.hidden + 4 * arch.ffn) + 5 * arch.heads * tokens * sb
 
 
-def finetune_bytes(arch: Arch, k: int, batch: int, tokens: int, checkpointing: bool) -> dict:
-    """Memory of training the top ``k`` blocks on cached layer L-k states (the lower blocks never run)."""
+# ---------------------------------------------------------------- fine-tuning: what one training step runs
+
+FINETUNE_LOSSES = ("inbatch", "bce", "ce")
+STEP_SAMPLES = 200  # training steps drawn to find the largest (a dataset's epoch, or its first 200 steps)
+
+
+@dataclass(frozen=True)
+class StepItems:
+    """How many item texts one ``tcf train`` step runs the top k blocks over, and the loss's logits.
+
+    ``tcf.models.lm_tower.step_items`` runs the blocks once over the distinct items of the
+    step's input and label sequences (``train.batch_size`` windows of up to ``max_len + 1``
+    items each): far more texts than windows.  ``bce`` looks its negatives up outside that
+    set (one more pass over them); ``ce`` scores every item (the whole catalogue, every step).
+    """
+
+    items: int  # sized for: the largest sampled step (or the bound)
+    mean: float  # the average sampled step
+    positions: int  # label positions of that step: rows of the loss's logits
+    candidates: int  # columns of the loss's logits (inbatch: distinct labels; ce: every item + padding)
+    how: str  # 'sampled' (steps drawn from the dataset as tcf train draws them) | 'bound' (no interactions known)
+    steps: int  # steps sampled (0 for a bound)
+
+
+def step_bound(batch: int, max_len: int, loss: str, n_items: int | None) -> StepItems:
+    """Without interactions: every item of every window distinct (an upper bound), capped by the catalogue."""
+    def cap(n: int) -> int:
+        return min(n, n_items) if n_items else n
+
+    positions = batch * max_len
+    items = cap(batch * (max_len + 1)) + (cap(positions) if loss == "bce" else 0)
+    if loss == "ce":
+        items += n_items or 0
+    candidates = (n_items or 0) + 1 if loss == "ce" else cap(positions)
+    return StepItems(items, float(items), positions, candidates, "bound", 0)
+
+
+def sample_steps(dataset, batch: int, max_len: int, loss: str, seed: int = 0) -> StepItems:
+    """Draw steps as ``tcf train`` does (``SeqData.windows`` in the permutation of epoch 0 with ``seed``, cut in
+    ``batch`` windows per process) and count the texts each runs through the top blocks (see StepItems)."""
+    import numpy as np
+
+    from tcf.train.data import SeqData
+
+    data = SeqData(dataset)
+    windows = data.windows(max_len)
+    perm = windows[np.random.default_rng(seed).permutation(len(windows))]
+    negatives = np.random.default_rng(seed)
+    steps = []  # (items, positions, candidates) per step
+    for start in range(0, len(perm), batch)[:STEP_SAMPLES]:
+        _, inputs, labels, _ = (t.numpy() for t in data.train_batch(perm[start:start + batch], max_len))
+        y = labels[labels != 0]
+        items = len(np.union1d(inputs[inputs != 0], y))
+        if loss == "bce":  # drawn uniformly (outside the user's items, which changes little)
+            items += len(np.unique(negatives.integers(1, data.n_items + 1, len(y))))
+        if loss == "ce":
+            items += data.n_items
+        steps.append((items, len(y), data.n_items + 1 if loss == "ce" else len(np.unique(y))))
+    if not steps:
+        raise ConfigError(f"{dataset.path}: no training windows (every user has fewer than 4 interactions)")
+    items, positions, candidates = max(steps)
+    return StepItems(items, float(np.mean([s[0] for s in steps])), positions, candidates, "sampled", len(steps))
+
+
+@dataclass(frozen=True)
+class ItemActivations:
+    """Bytes autograd keeps for backward per item text of ``tokens`` tokens in a fine-tuning step's forward.
+    Everything saved has the texts as its leading dimension, so a step keeps ``items`` times these."""
+
+    per_block: int  # one of the top k blocks
+    above: int  # above the blocks: final norm, project_out, pooling, L2 normalisation
+    block_input: int  # the hidden states entering one block (what gradient checkpointing keeps per block)
+    measured: bool  # True: counted running the model's own code on the meta device; False: closed form
+
+
+def item_activations(config, arch: Arch, tokens: int, dtype: str, pooling: str = "mean") -> ItemActivations:
+    """Per-text activations: measured on the meta device (top_saved_bytes, one text) where the model's code
+    runs there, else the closed form (Korthikanti et al.)."""
+    block_input = tokens * arch.hidden * DTYPE_BYTES[dtype]
+    try:
+        top1 = top_saved_bytes(config, 1, 1, tokens, dtype, pooling)
+        top2 = top_saved_bytes(config, 2, 1, tokens, dtype, pooling) if arch.n_layers > 1 else 2 * top1
+    except Exception:  # noqa: BLE001 - code that does not run on meta, or a model tcf train refuses: closed form
+        per_block = training_layer_activation_bytes(arch, 1, tokens) * DTYPE_BYTES[dtype] // 2
+        return ItemActivations(per_block, 0, block_input, False)
+    return ItemActivations(top2 - top1, 2 * top1 - top2, block_input, True)
+
+
+def top_saved_bytes(config, k: int, items: int, tokens: int, dtype: str, pooling: str = "mean") -> int:
+    """Bytes autograd saves when the top ``k`` blocks of ``config`` (and what sits above them) run forward in
+    training over ``items`` texts of ``tokens`` tokens, then pooling: counted, not estimated.
+
+    The top model is built as ``tcf train`` builds it (``load_top_layers``: the top k blocks, the
+    embeddings replaced by pass-throughs) on the meta device, so its own code runs on tensors with a
+    shape and no storage; every tensor it saves for backward is counted once per storage.  The mask
+    is handed over prepared ([items, 1, T, T]) so no mask code needs data.  Checked on an H200
+    (bf16, OPT-125m-wide blocks, 770 texts x 32 tokens): 0.98x what a real step saves with sdpa
+    attention, 0.92x with eager; tests/test_planner_step_memory.py checks a CPU step.
+    """
+    import torch
+
+    from tcf.encoders.hf import strip_embeddings, text_config, top_config, torch_dtype
+    from tcf.encoders.pooling import l2_normalize, pool
+
+    n = int(text_config(config).num_hidden_layers)
+    model = meta_model(top_config(config, n, k)).to(torch_dtype(dtype))
+    kind = strip_embeddings(model)  # ConfigError: tcf train cannot fine-tune this model
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False
+    model.train()
+    # a storage's identity: on meta every data_ptr() is 0, _cdata is the address of the storage object
+    weights = {t.untyped_storage()._cdata for t in (*model.parameters(), *model.buffers())}
+    saved = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage._cdata not in weights:
+            saved[storage._cdata] = storage.nbytes()
+        return t
+
+    meta = {"device": "meta"}
+    states = torch.empty(items, tokens, int(text_config(config).hidden_size), dtype=torch_dtype(dtype), **meta)
+    kw = {"inputs_embeds": states, "attention_mask": torch.zeros(items, 1, tokens, tokens, dtype=states.dtype, **meta)}
+    if kind == "decoder":
+        kw["position_ids"] = torch.zeros(items, tokens, dtype=torch.long, **meta)
+    mask = torch.ones(items, tokens, dtype=torch.long, **meta)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        l2_normalize(pool(model(**kw).last_hidden_state, mask, pooling))
+    return sum(saved.values())
+
+
+def finetune_bytes(arch: Arch, k: int, item: ItemActivations, step: StepItems, checkpointing: bool) -> dict:
+    """Memory of one training step of the top ``k`` blocks on cached layer L-k states (the lower blocks never
+    run): weights, gradients and AdamW states, and the activations of ``step.items`` texts plus the loss's
+    logits (an fp32 log-softmax output and a bool mask, [positions, candidates])."""
     params = arch.top_params(k)
-    layer = training_layer_activation_bytes(arch, batch, tokens)
-    if checkpointing:  # block inputs kept (2 bytes each) and one block recomputed at a time during backward
-        acts = (k + 1) * 2 * batch * tokens * arch.hidden + layer
+    if checkpointing:  # each block's input kept, one block recomputed at a time during backward
+        blocks = k * item.block_input + item.per_block
     else:
-        acts = k * layer
+        blocks = k * item.per_block
+    acts = step.items * (blocks + item.above) + step.positions * step.candidates * 5
     return {"trainable_params": params, "weights_grads_adamw": params * ADAMW_BYTES_PER_PARAM, "activations": acts,
             "total": params * ADAMW_BYTES_PER_PARAM + acts}
 
@@ -449,8 +587,8 @@ def fits(opt: Option, hw: Hardware) -> bool:
 def finetune_options(arch: Arch, hw: Hardware, job: dict) -> list[dict]:
     """Top-k fine-tuning on the layer L-k cache: one device, checkpointing, or ZeRO-3 (with optimizer offload),
     each with the ``tcf train`` settings that run it."""
-    k, B, T, n = job["k"], job["batch"], job["tokens"], hw.n_gpus
-    plain, ckpt = (finetune_bytes(arch, k, B, T, c) for c in (False, True))
+    k, n = job["k"], hw.n_gpus
+    plain, ckpt = (finetune_bytes(arch, k, job["item"], job["step"], c) for c in (False, True))
     states = plain["weights_grads_adamw"]
     opts = []
     where = "GPU" if n else "CPU"
@@ -474,9 +612,11 @@ def finetune_options(arch: Arch, hw: Hardware, job: dict) -> list[dict]:
     return opts
 
 
-def finetune_command(k: int, n_gpus: int, train: dict) -> str:
-    """The ``tcf train`` command line of one fine-tuning option (CONFIG: the run's experiment file)."""
-    sets = ["model.tower=finetune", f"model.finetune_layers={k}",
+def finetune_command(k: int, n_gpus: int, train: dict, max_len: int, dtype: str) -> str:
+    """The ``tcf train`` command line of one fine-tuning option (CONFIG: the run's experiment file).  It sets
+    what the memory was sized for, whatever CONFIG says: loss, batch size, sequence length, and the dtype of
+    the top blocks (fp32 weights under bf16 autocast keep ~1.4x the activations of bf16 weights on an H200)."""
+    sets = ["model.tower=finetune", f"model.finetune_layers={k}", f"model.max_len={max_len}", f"encoder.dtype={dtype}",
             *(f"train.{key}={str(v).lower() if isinstance(v, bool) else v}" for key, v in train.items())]
     launch = f"torchrun --standalone --nproc-per-node {n_gpus} -m tcf" if train.get("strategy") else "tcf"
     return f"{launch} train --config CONFIG --set {' '.join(sets)}"
@@ -497,25 +637,40 @@ def train_deepspeed_config(train: dict) -> dict:
 
 def plan(model: str, hw: Hardware, *, items: int | None = None, tokens: int = 64, batch: int = 64,
          finetune_layers: int = 2, dtype: str = "bf16", dataset: str | None = None,
-         tflops: float | None = None) -> dict:
-    """Everything ``tcf plan`` reports, as one JSON-ready dict (exact and estimated numbers marked)."""
+         tflops: float | None = None, loss: str = "inbatch", max_len: int = 50) -> dict:
+    """Everything ``tcf plan`` reports, as one JSON-ready dict (exact and estimated numbers marked).
+
+    ``batch``: texts per extraction forward, and ``train.batch_size`` (windows per step) for fine-tuning;
+    ``loss`` and ``max_len``: the fine-tuning run's ``train.loss`` and ``model.max_len``.
+    """
     if dtype not in DTYPE_BYTES:
         raise ConfigError(f"--dtype must be one of {list(DTYPE_BYTES)}, got {dtype!r}")
-    if tokens < 1 or batch < 1:
-        raise ConfigError("--tokens and --batch must be >= 1")
-    if dataset is not None:
-        items = _dataset_items(dataset)
+    if tokens < 1 or batch < 1 or max_len < 1:
+        raise ConfigError("--tokens, --batch and --max-len must be >= 1")
+    if loss not in FINETUNE_LOSSES:
+        raise ConfigError(f"--loss must be one of {list(FINETUNE_LOSSES)}, got {loss!r}")
+    ds = _load_dataset(dataset) if dataset is not None else None
+    if ds is not None:
+        items = ds.n_items
     config, source = load_config(model)
     arch = measure(config)
     k = finetune_layers
     if not 0 <= k <= arch.n_layers:
         raise ConfigError(f"--finetune-layers {k} is outside 0..{arch.n_layers} for {model} ({arch.n_layers} blocks)")
     cut = measure(config, keep=arch.n_layers - k) if k else arch
+    ft = None
+    if k:
+        def steps(b: int) -> StepItems:
+            return sample_steps(ds, b, max_len, loss) if ds is not None else step_bound(b, max_len, loss, items)
+
+        ft = {"steps": steps, "step": steps(batch), "item": item_activations(config, arch, tokens, dtype),
+              "loss": loss, "max_len": max_len, "dtype": dtype, "refused": finetune_refusal(config, loss, k)}
     out = {"model": model, "source": source, "model_class": arch.model_class, "hardware": dataclasses.asdict(hw),
            "hardware_text": hw.describe(), "settings": {"items": items, "tokens": tokens, "batch": batch,
-                                                        "finetune_layers": k, "dtype": dtype},
+                                                        "finetune_layers": k, "dtype": dtype, "loss": loss,
+                                                        "max_len": max_len},
            "parameters": _parameters(arch, cut, k), "weights": _weights(arch, cut, dtype),
-           "activations": _activations(arch, batch, tokens, k, dtype)}
+           "activations": _activations(arch, batch, tokens, k, dtype, ft)}
     size = opt_size(model)
     if size:
         out["parameters"]["published"] = _published(size, arch.n_params)
@@ -527,14 +682,28 @@ def plan(model: str, hw: Hardware, *, items: int | None = None, tokens: int = 64
                      "kind": "tokens", "arch": cut,
                      "flags": f"--kind tokens --layer {arch.n_layers - k} --max-tokens {tokens} --batch-size {batch}"})
     out["extraction"] = [_extraction_plan(j, hw, dtype, model, dataset, items, tokens, batch, tflops) for j in jobs]
-    out["finetune"] = _finetune_plan(arch, hw, k, batch, tokens) if k else None
+    out["finetune"] = _finetune_plan(arch, hw, k, batch, tokens, ft) if k else None
     return out
 
 
-def _dataset_items(path: str) -> int:
+def _load_dataset(path: str):
     from tcf.data import load_dataset
 
-    return load_dataset(path, verify=False).n_items
+    return load_dataset(path, verify=False)
+
+
+def finetune_refusal(config, loss: str, k: int) -> str | None:
+    """Why ``tcf train`` would refuse this fine-tuning run (None: it runs it), checked as it checks."""
+    from tcf.encoders.hf import strip_embeddings, text_config, top_config
+
+    if loss == "ce":
+        return (f"tcf train refuses train.loss=ce with a fine-tuned tower: it would run the top {k} blocks over "
+                "the whole catalogue at every step (sized above); use --loss inbatch or bce")
+    try:
+        strip_embeddings(meta_model(top_config(config, int(text_config(config).num_hidden_layers), 1)))
+    except ConfigError as e:
+        return f"tcf train cannot fine-tune this model: {e}"
+    return None
 
 
 def _parameters(arch: Arch, cut: Arch, k: int) -> dict:
@@ -559,13 +728,16 @@ def _weights(arch: Arch, cut: Arch, dtype: str) -> dict:
             "layer_range": {p: weight_bytes(cut, p, dtype) for p in precisions}}
 
 
-def _activations(arch: Arch, batch: int, tokens: int, k: int, dtype: str) -> dict:
-    out = {"exact": False, "note": "closed-form estimates (see tcf/experiments/planner.py); eager attention, "
-           "an upper bound for sdpa / flash attention",
+def _activations(arch: Arch, batch: int, tokens: int, k: int, dtype: str, ft: dict | None) -> dict:
+    out = {"exact": False, "note": "extraction: a closed-form estimate (eager attention, an upper bound for sdpa / "
+           "flash attention); fine-tuning: the bytes autograd saves, counted on the meta device for the step's "
+           "items (see tcf/experiments/planner.py top_saved_bytes)",
            "extraction": inference_activation_bytes(arch, batch, tokens, DTYPE_BYTES[dtype])}
     if k:
-        out["finetune"] = finetune_bytes(arch, k, batch, tokens, False)
-        out["finetune_checkpointing"] = finetune_bytes(arch, k, batch, tokens, True)
+        out["step"] = dataclasses.asdict(ft["step"])
+        out["per_item"] = dataclasses.asdict(ft["item"])
+        out["finetune"] = finetune_bytes(arch, k, ft["item"], ft["step"], False)
+        out["finetune_checkpointing"] = finetune_bytes(arch, k, ft["item"], ft["step"], True)
     return out
 
 
@@ -622,26 +794,47 @@ def _extraction_plan(job: dict, hw: Hardware, dtype: str, model: str, dataset: s
     return out
 
 
-def _finetune_plan(arch: Arch, hw: Hardware, k: int, batch: int, tokens: int) -> dict:
-    job = {"k": k, "batch": batch, "tokens": tokens}
-    opts = finetune_options(arch, hw, job)
+def _finetune_plan(arch: Arch, hw: Hardware, k: int, batch: int, tokens: int, ft: dict) -> dict:
+    step = ft["step"]
+    opts = finetune_options(arch, hw, {"k": k, "item": ft["item"], "step": step})
     chosen = next((o for o in opts if fits(o["option"], hw)), None)
+    how = {"sampled": f"the largest of {step.steps} steps drawn from the dataset as tcf train draws them "
+                      f"(mean {step.mean:,.0f})",
+           "bound": "an upper bound: every item of every sequence distinct; give --dataset to sample"}[step.how]
     out = {"job": f"fine-tune the top {k} of {arch.n_layers} blocks on the layer {arch.n_layers - k} cache "
-                  f"({batch} item texts x {tokens} tokens per step)",
+                  f"({batch} sequences of up to {ft['max_len'] + 1} items per step, train.loss={ft['loss']}: "
+                  f"{step.items:,} item texts x {tokens} tokens through the top blocks; {how})",
            "options": [{"name": o["option"].name, "per_gpu_bytes": o["option"].per_gpu, "cpu_bytes": o["option"].cpu,
                         "fits": fits(o["option"], hw), "note": o["option"].note} for o in opts],
-           "chosen": chosen["option"].name if chosen else None,
-           "note": "the recommender head (SASRec / DSSM) adds little and is not counted; CONFIG is the run's "
+           "chosen": None if ft["refused"] else chosen and chosen["option"].name,
+           "note": "activations per process (train.batch_size is per process under DDP / DeepSpeed); the "
+                   "recommender head (SASRec / DSSM) is not counted, the loss's logits are; CONFIG is the run's "
                    "experiment file"}
-    if chosen:
-        out["command"] = finetune_command(k, hw.n_gpus, chosen["train"])
-        if chosen["train"].get("strategy") == "deepspeed":
-            out["deepspeed_config"] = train_deepspeed_config(chosen["train"])
+    if ft["refused"]:
+        out["why_not"] = ft["refused"]
+    elif chosen is None:
+        out["why_not"] = f"the top {k} blocks cannot be trained on {hw.describe()} at --batch {batch}; " + \
+            _smaller_batch(arch, hw, k, batch, ft)
+    else:
+        train = {"loss": ft["loss"], "batch_size": batch, **chosen["train"]}
+        out["command"] = finetune_command(k, hw.n_gpus, train, ft["max_len"], ft["dtype"])
+        if train.get("strategy") == "deepspeed":
+            out["deepspeed_config"] = train_deepspeed_config(train)
             out["deepspeed_note"] = ("built by tcf train itself from train.zero_stage / train.offload / "
                                      "train.batch_size / train.grad_clip (tcf/train/distributed.py zero_config)")
-    if chosen is None:
-        out["why_not"] = f"the top {k} blocks cannot be trained on {hw.describe()}; lower --finetune-layers or --batch"
     return out
+
+
+def _smaller_batch(arch: Arch, hw: Hardware, k: int, batch: int, ft: dict) -> str:
+    """The largest power-of-two fraction of ``batch`` whose step fits (in-batch negatives change with it)."""
+    b = batch // 2
+    while b >= 1:
+        opts = finetune_options(arch, hw, {"k": k, "item": ft["item"], "step": ft["steps"](b)})
+        fit = next((o["option"].name for o in opts if fits(o["option"], hw)), None)
+        if fit:
+            return f"train.batch_size={b} fits ({fit}), or lower --finetune-layers"
+        b //= 2
+    return "not even one sequence per step fits; lower --finetune-layers or --tokens"
 
 
 # ---------------------------------------------------------------- text
@@ -675,10 +868,13 @@ def render(p: dict) -> str:
     lines.append(f"activations (estimate) extraction, {s['batch']} texts x {s['tokens']} tokens in {s['dtype']}: "
                  f"{_gib(a['extraction'])}")
     if s["finetune_layers"]:
-        f0, f1 = a["finetune"], a["finetune_checkpointing"]
+        f0, f1, st = a["finetune"], a["finetune_checkpointing"], a["step"]
         lines.append(f"           top-{s['finetune_layers']} fine-tuning: {f0['trainable_params']:,} trainable "
                      f"parameters, weights+grads+AdamW {_gib(f0['weights_grads_adamw'])} (exact), activations "
-                     f"{_gib(f0['activations'])} ({_gib(f1['activations'])} with gradient checkpointing)")
+                     f"{_gib(f0['activations'])} ({_gib(f1['activations'])} with gradient checkpointing) for "
+                     f"{st['items']:,} item texts x {s['tokens']} tokens per step of {s['batch']} sequences "
+                     f"({'sampled from the dataset' if st['how'] == 'sampled' else 'upper bound'}, "
+                     f"train.loss={s['loss']})")
     c = p["cache"]
     if "pooled" in c:
         lines.append(f"cache      (exact) pooled {c['pooled']['shape']} fp32: {_gib(c['pooled']['bytes'])}")
