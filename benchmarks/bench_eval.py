@@ -78,9 +78,9 @@ def time_call(fn, repeats: int) -> tuple[float, list[float], float, object]:
 def run_tcf(threads: int, repeats: int) -> list[dict]:
     from tcf.data import ensure_dataset
     from tcf.eval.ranking import evaluate
-    from tcf.experiments.config import load_config
     from tcf.models import build_model
-    from tcf.train.data import SeqData
+    from tcf.run.config import load_config
+    from tcf.run.seqdata import SeqData
 
     torch.set_num_threads(threads)
     cfg = load_config(ROOT / "experiments" / "ml100k-sasrec-id.yaml", [f"data.root={ROOT / 'data'}"])

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from tcf.encoders.pooling import l2_normalize, pool
-from tcf.experiments.config import load_config
 from tcf.models.lm_tower import build_lm_tower, token_cache
 from tcf.models.towers import adapter
+from tcf.run.config import load_config
 
 DIM = 64
 
@@ -165,8 +165,8 @@ def bench_steps(model: str, k: int, sizes: list[int], max_tokens: int, repeat: i
 def bench_epoch(setting: str, repeat_root: Path) -> dict:
     """One epoch of `tcf train` with a fine-tuned tower; setting = 'model:k:head:batch:max_tokens'."""
     from tcf.data import ensure_dataset
+    from tcf.run.seqdata import SeqData
     from tcf.train import loop
-    from tcf.train.data import SeqData
 
     model, k, head, batch, max_tokens = setting.split(":")
     cfg = run_config(model, int(k), int(max_tokens), f"model.head={head}", "model.user_tower=mean",

@@ -23,7 +23,7 @@ import torch
 
 from tcf.data import ensure_dataset
 from tcf.eval.ranking import score_users
-from tcf.experiments.config import load_config
+from tcf.run.config import load_config
 from tcf.train import loop, losses
 from tcf.train.trained import load_trained
 

@@ -104,9 +104,9 @@ def rescore_recbole(info: dict, data) -> dict:
 def run_tcf(out: Path, threads: int, batch_size: int) -> dict:
     from tcf.data import ensure_dataset
     from tcf.eval.ranking import evaluate
-    from tcf.experiments.config import load_config
     from tcf.models import build_model
-    from tcf.train.data import SeqData
+    from tcf.run.config import load_config
+    from tcf.run.seqdata import SeqData
     from tcf.train.loop import train
 
     cfg = load_config(ROOT / "experiments" / "ml100k-sasrec-id.yaml",

@@ -28,8 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tcf.data import ensure_dataset
-from tcf.experiments.config import load_config
-from tcf.train.data import SeqData
+from tcf.run.config import load_config
+from tcf.run.seqdata import SeqData
 from tcf.zeroshot import GenParams, build_backend, run_zeroshot
 from tcf.zeroshot.candidates import build
 from tcf.zeroshot.runner import build_prompts

@@ -223,7 +223,7 @@ def _run_out(args: argparse.Namespace, cfg) -> Path:
     """--out, or runs/NAME-HASH of the resolved config: the same settings always land in the same folder."""
     import hashlib
 
-    from tcf.experiments.config import resolved
+    from tcf.run.config import resolved
 
     if args.out:
         return Path(args.out)
@@ -254,7 +254,7 @@ def _prepare_out(out: Path, cfg, args: argparse.Namespace) -> dict | None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tcf.experiments.config import load_config
+    from tcf.run.config import load_config
     from tcf.train.loop import train
 
     cfg = load_config(args.config, args.set)
@@ -284,7 +284,7 @@ def print_train_results(results: dict, out: Path) -> None:
 # ---------------------------------------------------------------- zero-shot
 
 def cmd_zeroshot(args: argparse.Namespace) -> int:
-    from tcf.experiments.config import load_config
+    from tcf.run.config import load_config
     from tcf.zeroshot import run_zeroshot
 
     overrides = ["task=zeroshot", *(args.set or [])]

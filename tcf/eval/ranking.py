@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from tcf.eval.metrics import NEVER, metrics_from_ranks, metrics_from_scores, summarize
-from tcf.experiments.config import mask_rule
+from tcf.run.config import mask_rule
 
 
 @dataclass

@@ -385,9 +385,9 @@ def score_on_candidates(run: RunResult, path: Path, split: str) -> dict:
     from tcf.data import load_dataset
     from tcf.eval.metrics import metrics_from_scores
     from tcf.eval.ranking import score_users
-    from tcf.experiments.config import RunConfig
     from tcf.models import build_model
-    from tcf.train.data import SeqData
+    from tcf.run.config import RunConfig
+    from tcf.run.seqdata import SeqData
     from tcf.train.loop import text_vectors
     from tcf.zeroshot.candidates import Candidates
 

@@ -35,8 +35,8 @@ from typing import Any
 
 from tcf.config import flatten, from_dict, load_yaml, merge, parse_overrides, to_dict
 from tcf.errors import ConfigError
-from tcf.experiments.config import RunConfig, config_changes
 from tcf.fsutil import atomic_write_text
+from tcf.run.config import RunConfig, config_changes
 
 EXPERIMENT_KEYS = ("axes", "runs", "report", "description")
 POOLED_TOWERS = ("frozen", "id+text")  # towers that read pooled vectors from the embedding cache

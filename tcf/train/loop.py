@@ -22,13 +22,13 @@ import torch
 
 from tcf.errors import TcfError
 from tcf.eval.ranking import evaluate, report
-from tcf.experiments.config import RunConfig, config_changes, resolved
 from tcf.fsutil import atomic_write_text
 from tcf.models import build_model
 from tcf.models.lm_tower import LM_TOWERS, param_groups, step_items, token_cache
 from tcf.provenance import provenance
+from tcf.run.config import RunConfig, config_changes, resolved
+from tcf.run.seqdata import SeqData
 from tcf.train import distributed
-from tcf.train.data import SeqData
 from tcf.train.losses import full_ce, inbatch, sampled_bce
 
 SELECT_METRIC = "ndcg@10"

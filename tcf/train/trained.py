@@ -35,9 +35,9 @@ def load_trained(folder: str | Path, *, results: dict | None = None) -> TrainedR
 
     from tcf.config import from_dict
     from tcf.data import load_dataset
-    from tcf.experiments.config import RunConfig
     from tcf.models import build_model
-    from tcf.train.data import SeqData
+    from tcf.run.config import RunConfig
+    from tcf.run.seqdata import SeqData
     from tcf.train.loop import text_vectors
 
     folder = Path(folder)

@@ -1,7 +1,7 @@
 """Zero-shot recommendation with chat LLMs: candidates, prompt templates, backends, parsing, a response cache.
 
 ``run_zeroshot(cfg, out)`` runs one ``task: zeroshot`` config (see
-:class:`tcf.experiments.config.ZeroShotConfig`) and writes ``out/results.json`` and
+:class:`tcf.run.config.ZeroShotConfig`) and writes ``out/results.json`` and
 ``out/samples.jsonl``.  Backends are looked up in ``CHAT_BACKENDS`` and imported only
 when chosen.
 """

@@ -70,7 +70,7 @@ class ChatBackend(ABC):
 
 
 def build_backend(z) -> ChatBackend:
-    """The backend a :class:`tcf.experiments.config.ZeroShotConfig` names."""
+    """The backend a :class:`tcf.run.config.ZeroShotConfig` names."""
     return CHAT_BACKENDS.get(z.backend)(z)
 
 

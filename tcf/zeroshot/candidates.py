@@ -99,7 +99,7 @@ def arrange(target: int, negatives: np.ndarray, z, rng) -> tuple[np.ndarray, int
 
 
 def build(cfg, dataset, data) -> Candidates:
-    """Draw the lists (``data`` is a :class:`tcf.train.data.SeqData` of the same dataset)."""
+    """Draw the lists (``data`` is a :class:`tcf.run.seqdata.SeqData` of the same dataset)."""
     z = cfg.zeroshot
     n_neg = z.candidates() - 1
     users = sample_users(data.users, z.limit, cfg.seed)
@@ -160,8 +160,8 @@ def hard_negatives(cfg, dataset, data, users: np.ndarray, n_neg: int) -> np.ndar
 
     from tcf.config import from_dict
     from tcf.eval.ranking import score_users
-    from tcf.experiments.config import RunConfig
     from tcf.models import build_model
+    from tcf.run.config import RunConfig
     from tcf.train.loop import text_vectors
 
     run = Path(cfg.zeroshot.hard_run)

@@ -179,8 +179,8 @@ def run_zeroshot(cfg, out, *, progress: bool = True, backend=None) -> dict:
     is not in the cache, so a warm rerun loads no model and makes no call.
     """
     from tcf.data import ensure_dataset
-    from tcf.experiments.config import resolved
-    from tcf.train.data import SeqData
+    from tcf.run.config import resolved
+    from tcf.run.seqdata import SeqData
 
     t_start = time.perf_counter()
     out = Path(out)
