@@ -402,7 +402,7 @@ def sample_steps(dataset, batch: int, max_len: int, loss: str, seed: int = 0) ->
     ``batch`` windows per process) and count the texts each runs through the top blocks (see StepItems)."""
     import numpy as np
 
-    from tcf.train.data import SeqData
+    from tcf.run.seqdata import SeqData
 
     data = SeqData(dataset)
     windows = data.windows(max_len)
@@ -627,7 +627,7 @@ def train_deepspeed_config(train: dict) -> dict:
     ``train_micro_batch_size_per_gpu`` is the config's ``train.batch_size`` (the default shown)."""
     import torch
 
-    from tcf.experiments.config import TrainConfig
+    from tcf.run.config import TrainConfig
     from tcf.train.distributed import zero_config
 
     return zero_config(TrainConfig(**train), torch.device("cuda"))
