@@ -104,3 +104,19 @@ def test_one_epoch_of_fine_tuning(tiny_dataset, models, tmp_path, family, tower)
     trained = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=False)["model"]
     if tower == "lora":
         assert any("lora_B" in k and v.abs().sum() > 0 for k, v in trained.items()), "the adapters learned"
+
+
+@pytest.mark.parametrize("family", ["opt", "opt-350m", "gpt2"])
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_dataset, models, tmp_path, family):
+    """tcf plan prints train.grad_checkpointing=true for OPT when the activations do not fit otherwise."""
+    grads = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        cfg = cfg_for(tiny_dataset, models[family], tmp_path, f"train.grad_checkpointing={on}")
+        tower = tower_for(cfg, tiny_dataset).train()
+        assert any(getattr(m, "gradient_checkpointing", False) for m in tower.lm.modules()) == on
+        # dropout stays on: checkpointing replays the same masks (same seed, RNG state restored)
+        tower(torch.arange(1, 9)).square().sum().backward()
+        grads.append([p.grad.clone() for p in tower.lm.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
