@@ -36,7 +36,7 @@ from typing import Any
 from tcf.config import flatten, from_dict, load_yaml, merge, parse_overrides, to_dict
 from tcf.errors import ConfigError
 from tcf.fsutil import atomic_write_text
-from tcf.run.config import RunConfig, config_changes
+from tcf.run.config import RunConfig, config_changes, identity_free
 
 EXPERIMENT_KEYS = ("axes", "runs", "report", "description")
 POOLED_TOWERS = ("frozen", "id+text")  # towers that read pooled vectors from the embedding cache
@@ -99,13 +99,14 @@ def _label(key: str, value: Any) -> str:
 
 
 def config_hash(cfg: RunConfig) -> str:
-    """Short hash of the resolved config's settings that differ from the defaults, name excluded.
+    """Short hash of the resolved config's settings that differ from the defaults, name and tracking excluded.
 
     Equal settings give equal hashes; a setting added to RunConfig later (with a default that
     keeps the old behaviour) leaves every existing run id, and so every finished run, as it was.
     """
     defaults = flatten(to_dict(RunConfig()))
-    data = {k: v for k, v in flatten(to_dict(cfg)).items() if k != "name" and (k not in defaults or defaults[k] != v)}
+    data = {k: v for k, v in flatten(to_dict(cfg)).items()
+            if not identity_free(k) and (k not in defaults or defaults[k] != v)}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from tcf.config import flatten, from_dict, load_yaml, merge, parse_overrides, to_dict
 from tcf.encoders.base import EncoderSpec
 from tcf.errors import ConfigError
+from tcf.tracking import TrackingConfig
 
 HEADS = ("sasrec", "dssm")
 TOWERS = ("id", "frozen", "id+text", "finetune", "lora")
@@ -241,6 +242,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     zeroshot: ZeroShotConfig = field(default_factory=ZeroShotConfig)  # task: zeroshot only
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)  # MLflow (tcf/tracking.py); not in the run id
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -269,10 +271,15 @@ def _normalized(config: dict) -> dict:
 def config_changes(old: dict, new: dict) -> list[str]:
     """``key: old -> new`` for every setting two resolved run configs differ in (dotted keys, sorted).
 
-    The name is left out, as run ids leave it out: the same settings are the same run.
+    The name and the tracking settings are left out, as run ids leave them out: the same settings are the same run.
     """
     a, b = _normalized(old or {}), _normalized(new or {})
     missing = "(not set)"
     return [f"{k}: {a.get(k, missing)} -> {b.get(k, missing)}" for k in sorted(set(a) | set(b))
-            if k != "name" and a.get(k, missing) != b.get(k, missing)]
+            if not identity_free(k) and a.get(k, missing) != b.get(k, missing)]
+
+
+def identity_free(key: str) -> bool:
+    """Settings that do not change what a run computes (its name, where it is tracked): left out of run ids."""
+    return key == "name" or key.startswith("tracking.")
 
