@@ -238,13 +238,14 @@ def _prepare_out(out: Path, cfg, args: argparse.Namespace) -> dict | None:
     (go ahead).  Another config's run, finished or not, is refused by check_run_folder unless --force;
     an unfinished run of this config is continued with --resume only, never restarted unasked.
     """
-    from tcf.experiments.sweep import LAST_CHECKPOINT, RESULTS_FILE, RunFolderError, check_run_folder, clear_results
+    from tcf.experiments.sweep import LAST_CHECKPOINT, RunFolderError, check_run_folder, clear_results
+    from tcf.run.results import read_results
 
     state = check_run_folder(out, cfg, force=args.force)
     if state == "done":
         print(f"tcf: {out} already holds a finished run of these settings: skipped (--force runs it again)",
               file=sys.stderr)
-        return json.loads((out / RESULTS_FILE).read_text(encoding="utf-8"))
+        return read_results(out).to_dict()
     if state == "resume" and not getattr(args, "resume", False):
         raise RunFolderError(f"{out} holds an unfinished run of these settings ({LAST_CHECKPOINT}): add --resume "
                              f"to continue it, or --force to start over")
@@ -269,15 +270,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def print_train_results(results: dict, out: Path) -> None:
-    m = results["metrics"]
+    from tcf.run.results import RunRecord
+
+    record = RunRecord.from_dict(results)
     for split in ("valid", "test"):
-        ms = m[split]["metrics"]
+        ms = record.split(split)["metrics"]
         line = "  ".join(f"{k} {ms[k]['mean']:.4f}" for k in ("hr@10", "ndcg@10", "mrr@10"))
         ci = ms["ndcg@10"].get("ci95")
         print(f"{split:5s} {line}" + (f"  (ndcg@10 95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""))
-    t = results["timings"]
-    print(f"best epoch {results['best_epoch']} of {results['epochs_run']}; {t['seconds_to_best']:.1f}s to best, "
-          f"{t['wall_seconds']:.1f}s wall; parameters {results['parameters']['trainable']:,} trainable")
+    t = record.timings
+    print(f"best epoch {record.section('best_epoch')} of {record.section('epochs_run')}; {t['seconds_to_best']:.1f}s "
+          f"to best, {t['wall_seconds']:.1f}s wall; parameters {record.section('parameters')['trainable']:,} trainable")
     print(f"results: {Path(out) / 'results.json'}")
 
 
@@ -300,17 +303,21 @@ def cmd_zeroshot(args: argparse.Namespace) -> int:
 
 
 def print_zeroshot_results(r: dict, cfg, out: Path) -> None:
+    from tcf.run.results import RunRecord
+
+    record = RunRecord.from_dict(r)
     split = cfg.zeroshot.split
-    m = r["metrics"][split]
+    m = record.split(split)
     rows = [("llm", m["metrics"]), ("pop", m["baselines"]["pop"]["metrics"]), ("random", m["baselines"]["random"]["metrics"])]
     names = [k for k in ("hr@1", "hr@5", "hr@10", "ndcg@10") if k in m["metrics"]]
-    print(f"{split} ({m['n_users']} users, {r['candidates']['n_candidates']} candidates)  " + "  ".join(names))
+    print(f"{split} ({m['n_users']} users, {record.section('candidates')['n_candidates']} candidates)  "
+          + "  ".join(names))
     for label, ms in rows:
         print(f"  {label:7s}" + "".join(f" {ms[k]['mean']:8.4f}" for k in names))
     c = m["compliance"]
     print(f"compliance: valid {c['valid']:.1%}, partial {c['partial']:.1%}, failed {c['failed']:.1%} "
           f"of {c['n_prompts']} prompts; backend errors {c['backend_errors']}")
-    b, t = r["backend"], r["timings"]
+    b, t = record.section("backend"), record.timings
     speed = f", {t['prompts_per_s']:.2f} prompts/s" if t["prompts_per_s"] else ""
     print(f"backend {b['name']} ({b['identity']}): {b['calls']} calls, {b['cache_hits']} cached{speed}; "
           f"{t['wall_seconds']:.1f}s wall")

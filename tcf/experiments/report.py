@@ -340,7 +340,7 @@ def zeroshot_rows(runs: list[RunResult], trained: list[Group], s: ReportSettings
     for r in runs:
         if r.task != "zeroshot":
             continue
-        split = (r.results.get("metrics") or {}).get(s.split) or {}
+        split = r.record.split(s.split)
         compliance = split.get("compliance") or {}
         row = {"run": r, "model": Path(str(r.config.get("zeroshot.model", "?"))).name,
                "protocol": r.config.get("zeroshot.protocol", "?"), "metrics": split.get("metrics", {}),
@@ -356,14 +356,14 @@ def zeroshot_rows(runs: list[RunResult], trained: list[Group], s: ReportSettings
 def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings) -> dict[str, dict]:
     """The trained run of each head (same dataset) best on validation, scored on the zero-shot run's
     candidate lists."""
-    path = (zs.results.get("candidates") or {}).get("path")
-    fingerprint = (zs.results.get("dataset") or {}).get("fingerprint")
+    path = zs.record.section("candidates", {}).get("path")
+    fingerprint = zs.record.dataset.get("fingerprint")
     if not path or not Path(path).is_file():
         return {}
     out = {}
     for head in sorted({g.first.head for g in trained}):
         same = [g for g in trained if g.first.head == head
-                and (g.first.results.get("dataset") or {}).get("fingerprint") == fingerprint]
+                and g.first.record.dataset.get("fingerprint") == fingerprint]
         best = _select(same, s.metrics[0])
         if best is None:
             continue
@@ -381,25 +381,14 @@ def score_on_candidates(run: RunResult, path: Path, split: str) -> dict:
     """A trained run's best checkpoint ranking each user's zero-shot candidates (first round) -> metric means."""
     import torch
 
-    from tcf.config import from_dict as build
-    from tcf.data import load_dataset
     from tcf.eval.metrics import metrics_from_scores
     from tcf.eval.ranking import score_users
-    from tcf.models import build_model
-    from tcf.run.config import RunConfig
-    from tcf.run.seqdata import SeqData
-    from tcf.train.loop import text_vectors
+    from tcf.train.trained import load_trained
     from tcf.zeroshot.candidates import Candidates
 
     cands = Candidates.load(path)
-    cfg = build(RunConfig, run.results["config"])
-    dataset = load_dataset(run.results["dataset"]["path"])
-    data = SeqData(dataset)
-    vectors = text_vectors(cfg, dataset)[0] if cfg.model.tower != "id" else None
-    model = build_model(cfg, data.n_items, data.n_users, vectors)
-    state = torch.load(run.folder / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"], strict=False)
-    model.eval()
+    trained = load_trained(run.folder, record=run.record)  # strict: a checkpoint that does not fit is refused
+    model, data, cfg = trained.model, trained.data, trained.cfg
     lists = torch.as_tensor(cands.lists[:, 0, :])
     with torch.no_grad():
         scores, _ = score_users(model, data, cands.users, split, max_len=cfg.model.max_len, mask_history="none",
@@ -605,7 +594,7 @@ def neighbor_table(groups: list[Group], s: ReportSettings) -> list[str]:
 
     caches: dict[str, RunResult] = {}
     for g in groups:
-        info = g.first.results.get("text_cache") or {}
+        info = g.first.record.section("text_cache", {})
         if info.get("cache") and Path(info["cache"]).is_dir():
             caches.setdefault(info["cache"], g.first)
     rows = []
@@ -613,7 +602,7 @@ def neighbor_table(groups: list[Group], s: ReportSettings) -> list[str]:
         entry = read_entry(Path(path))
         if entry.key.get("kind") != "pooled":
             continue
-        texts = load_dataset(run.results["dataset"]["path"]).item_texts(entry.key["template"])
+        texts = load_dataset(run.record.dataset["path"]).item_texts(entry.key["template"])
         index = cached_index(entry)
         for query in s.neighbors:
             item = _find_item(texts, query)

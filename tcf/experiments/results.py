@@ -20,6 +20,7 @@ import numpy as np
 
 from tcf.config import flatten
 from tcf.errors import TcfError
+from tcf.run.results import ResultsFormatError, RunRecord, read_results
 
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (1.96 beyond)
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.16, 2.145, 2.131,
@@ -47,15 +48,20 @@ class Stat:
 @dataclass
 class RunResult:
     folder: Path
-    results: dict
+    record: RunRecord
+
+    @property
+    def results(self) -> dict:
+        """The record in its JSON layout (for code written against the dict)."""
+        return self.record.to_dict()
 
     @cached_property
     def config(self) -> dict:
-        return flatten(self.results.get("config") or {})
+        return flatten(self.record.config)
 
     @property
     def task(self) -> str:
-        return str(self.config.get("task", "train"))
+        return self.record.task
 
     @property
     def head(self) -> str:
@@ -74,26 +80,23 @@ class RunResult:
 
     @property
     def encoder_parameters(self) -> int | None:
-        return (self.results.get("parameters") or {}).get("encoder")
+        return self.record.section("parameters", {}).get("encoder")
 
     def metric(self, name: str, split: str = "test") -> tuple[float, list | None] | None:
-        m = (self.results.get("metrics") or {}).get(split, {}).get("metrics", {}).get(name)
-        if not isinstance(m, dict) or m.get("mean") is None:
-            return None
-        return float(m["mean"]), m.get("ci95")
+        return self.record.metric(name, split)
 
     def slice_metric(self, slice_name: str, name: str, split: str = "test") -> float | None:
-        s = (self.results.get("metrics") or {}).get(split, {}).get("slices", {}).get(slice_name)
+        s = self.record.split(split).get("slices", {}).get(slice_name)
         value = (s or {}).get("metrics", {}).get(name)
         return None if value is None else float(value)
 
     def slice_users(self, slice_name: str, split: str = "test") -> int | None:
-        s = (self.results.get("metrics") or {}).get(split, {}).get("slices", {}).get(slice_name)
+        s = self.record.split(split).get("slices", {}).get(slice_name)
         return None if not s or s.get("n_users") is None else int(s["n_users"])
 
     def per_user(self, name: str, split: str = "test") -> tuple[np.ndarray, np.ndarray] | None:
         """(user ids, per-user metric) from ``per_user_SPLIT.npy``, for paired tests; None when absent."""
-        cols = self.results.get("per_user_columns")
+        cols = self.record.per_user_columns
         path = self.folder / f"per_user_{split}.npy"
         if not cols or name not in cols or not path.is_file():
             return None
@@ -133,11 +136,12 @@ class Group:
         return float(np.mean(values)) if values else None
 
 
-def invalid_reason(results: dict) -> str | None:
+def invalid_reason(results: RunRecord | dict) -> str | None:
     """Why a results record must not be used (it says ``"valid": false``), or None for a usable one."""
-    if results.get("valid", True) is not False:
+    record = results if isinstance(results, RunRecord) else RunRecord.from_dict(results)
+    if record.valid:
         return None
-    return "invalid: " + str(results.get("invalid_reason") or "marked invalid")
+    return "invalid: " + str(record.invalid_reason or "marked invalid")
 
 
 def load_runs(root: str | Path) -> tuple[list[RunResult], list[tuple[Path, str]]]:
@@ -149,15 +153,15 @@ def load_runs(root: str | Path) -> tuple[list[RunResult], list[tuple[Path, str]]
     runs, failed = [], []
     for path in sorted(root.rglob("results.json")):
         try:
-            results = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            failed.append((path.parent, f"unreadable results.json: {e}"))
+            record = read_results(path)
+        except ResultsFormatError as e:  # unreadable, not a record, or a newer format: named, not half-read
+            failed.append((path.parent, str(e)))
             continue
-        reason = invalid_reason(results) if isinstance(results, dict) else "results.json is not a JSON object"
+        reason = invalid_reason(record)
         if reason:
             failed.append((path.parent, reason))
         else:
-            runs.append(RunResult(path.parent, results))
+            runs.append(RunResult(path.parent, record))
     for path in sorted(root.rglob("error.txt")):
         if not (path.parent / "results.json").is_file():
             failed.append((path.parent, path.read_text(encoding="utf-8").splitlines()[0] if path.stat().st_size else ""))

@@ -37,6 +37,7 @@ from tcf.config import flatten, from_dict, load_yaml, merge, parse_overrides, to
 from tcf.errors import ConfigError
 from tcf.fsutil import atomic_write_text
 from tcf.run.config import RunConfig, config_changes, identity_free
+from tcf.run.results import RESULTS_FILE, ResultsFormatError, RunRecord, read_results
 
 EXPERIMENT_KEYS = ("axes", "runs", "report", "description")
 POOLED_TOWERS = ("frozen", "id+text")  # towers that read pooled vectors from the embedding cache
@@ -178,7 +179,6 @@ def shard(runs: list[Run], i: int, n: int) -> list[Run]:
 
 # ---------------------------------------------------------------- run folders
 
-RESULTS_FILE = "results.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
 SHOW_CHANGES = 6  # differing settings named in one message
 
@@ -197,10 +197,10 @@ def _saved(folder: Path) -> tuple[str, dict | None, dict]:
     results = folder / RESULTS_FILE
     if results.is_file():
         try:
-            saved = json.loads(results.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise RunFolderError(f"{results} is unreadable ({e}); move it away, or --force to replace it") from None
-        return ("invalid" if saved.get("valid") is False else "done"), saved.get("config") or {}, saved
+            record = read_results(results)
+        except ResultsFormatError as e:  # unreadable, or a newer format: never overwritten unasked
+            raise RunFolderError(f"{e}; move it away, or --force to replace it") from None
+        return ("done" if record.valid else "invalid"), record.config, record.to_dict()
     last = folder / LAST_CHECKPOINT
     if last.is_file():
         import torch
@@ -434,8 +434,8 @@ def _record_failure(summary: SweepSummary, run: Run, folder: Path, reason: str, 
     log(f"  FAILED: {summary.failed[run.id]} (details in {folder / 'error.txt'})")
 
 
-def headline(results: dict, split: str = "test") -> str:
+def headline(results: RunRecord | dict, split: str = "test") -> str:
     """``ndcg@10 0.0412  hr@10 0.0901`` from a results dict (train or zero-shot)."""
-    metrics = (results.get("metrics") or {}).get(split, {}).get("metrics", {})
-    parts = [f"{k} {metrics[k]['mean']:.4f}" for k in ("ndcg@10", "hr@10") if isinstance(metrics.get(k), dict)]
+    record = results if isinstance(results, RunRecord) else RunRecord.from_dict(results)
+    parts = [f"{k} {m[0]:.4f}" for k in ("ndcg@10", "hr@10") if (m := record.metric(k, split)) is not None]
     return f"{split} " + "  ".join(parts) if parts else "results written"

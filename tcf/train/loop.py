@@ -9,7 +9,6 @@ parameter counts.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -22,11 +21,11 @@ import torch
 
 from tcf.errors import TcfError
 from tcf.eval.ranking import evaluate, report
-from tcf.fsutil import atomic_write_text
 from tcf.models import build_model
 from tcf.models.lm_tower import LM_TOWERS, param_groups, step_items, token_cache
 from tcf.provenance import provenance
 from tcf.run.config import RunConfig, config_changes, resolved
+from tcf.run.results import RunRecord, dataset_section, write_results
 from tcf.run.seqdata import SeqData
 from tcf.train import distributed
 from tcf.train.losses import full_ce, inbatch, sampled_bce
@@ -248,31 +247,26 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     par.load_state_dict(best["model"])
     if not (par.is_main or par.everyone_evaluates):
         return par.finish(None)  # rank 0 tests and writes; its results come back
-    results = {"metrics": {}, "config": resolved(cfg)}
+    metrics = {}
     for split in ("valid", "test"):
         r = par.run(lambda s=split: evaluate(model, data, s, **eval_kw))
-        results["metrics"][split] = report(r, data, bootstrap=cfg.eval.bootstrap, cold_max_count=cfg.eval.cold_max_count,
-                                           history_buckets=cfg.eval.history_buckets, seed=cfg.seed)
+        metrics[split] = report(r, data, bootstrap=cfg.eval.bootstrap, cold_max_count=cfg.eval.cold_max_count,
+                                history_buckets=cfg.eval.history_buckets, seed=cfg.seed)
         if par.is_main:
             np.save(out / f"per_user_{split}.npy", np.stack([r.users, *[r.per_user[k] for k in sorted(r.per_user)]]))
     n_total = sum(distributed.numel(p) for p in model.parameters())
-    results.update({
-        "name": cfg.name,
-        "dataset": {"path": str(dataset.path), "fingerprint": dataset.fingerprint, "n_users": data.n_users,
-                    "n_items": data.n_items},
-        "seeds": seeds,
-        "best_epoch": state["best_epoch"],
-        "epochs_run": state["epoch"],
-        "history": state["history"],
-        "timings": {"train_seconds": state["train_seconds"], "seconds_to_best": state["seconds_to_best"],
-                    "wall_seconds": time.perf_counter() - t_start},
-        "parameters": {"trainable": sum(distributed.numel(p) for p in model.parameters() if p.requires_grad),
-                       "total": n_total, **({"encoder": text_info.get("encoder_parameters")} if text_info else {})},
-        "text_cache": text_info or None,
-        "distributed": par.describe(),
-        "per_user_columns": ["user_id", *sorted(r.per_user)],
-        **provenance(),
-    })
+    record = RunRecord(
+        task="train", name=cfg.name, config=resolved(cfg), metrics=metrics, dataset=dataset_section(data),
+        seeds={"run": cfg.seed, **seeds},
+        timings={"train_seconds": state["train_seconds"], "seconds_to_best": state["seconds_to_best"],
+                 "wall_seconds": time.perf_counter() - t_start},
+        per_user_columns=["user_id", *sorted(r.per_user)], provenance=provenance(),
+        sections={"best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "history": state["history"],
+                  "parameters": {"trainable": sum(distributed.numel(p) for p in model.parameters() if p.requires_grad),
+                                 "total": n_total,
+                                 **({"encoder": text_info.get("encoder_parameters")} if text_info else {})},
+                  "text_cache": text_info or None, "distributed": par.describe()})
     if par.is_main:
-        atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=float) + "\n")
+        write_results(out, record)
+    results = record.to_dict()
     return par.finish(results)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from tcf.errors import TcfError
+from tcf.run.results import RunRecord, read_results, results_path
 
 
 class TrainedRunError(TcfError):
@@ -27,12 +28,12 @@ class TrainedRun:
     dataset: object  # Dataset
     data: object  # SeqData
     model: torch.nn.Module  # in eval mode, on the CPU
+    record: RunRecord | None = None
 
 
-def load_trained(folder: str | Path, *, results: dict | None = None) -> TrainedRun:
-    """``folder``: a run folder with ``results.json`` and ``checkpoints/best.pt``."""
-    import json
-
+def load_trained(folder: str | Path, *, record: RunRecord | None = None) -> TrainedRun:
+    """``folder``: a run folder with ``results.json`` and ``checkpoints/best.pt``; ``record``: its results
+    record when the caller has read it already."""
     from tcf.config import from_dict
     from tcf.data import load_dataset
     from tcf.models import build_model
@@ -42,20 +43,21 @@ def load_trained(folder: str | Path, *, results: dict | None = None) -> TrainedR
 
     folder = Path(folder)
     best = folder / "checkpoints" / "best.pt"
-    if results is None:
-        if not (folder / "results.json").is_file():
+    if record is None:
+        if not results_path(folder).is_file():
             raise TrainedRunError(f"{folder}: no results.json (not a finished `tcf train` run)")
-        results = json.loads((folder / "results.json").read_text())
+        record = read_results(folder)
     if not best.is_file():
         raise TrainedRunError(f"{best}: missing (the run's best checkpoint)")
-    cfg = from_dict(RunConfig, results["config"])
-    dataset = load_dataset(results["dataset"]["path"])
+    cfg = from_dict(RunConfig, record.config)
+    dataset = load_dataset(record.dataset["path"])
     data = SeqData(dataset)
     vectors = text_vectors(cfg, dataset)[0] if cfg.model.tower != "id" else None
     model = build_model(cfg, data.n_items, data.n_users, vectors)
     state = torch.load(best, map_location="cpu", weights_only=False)["model"]
+    # strict=False only to name the differing keys in the error below: nothing is ever half-loaded
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise TrainedRunError(f"{best}: does not match the model its config builds (missing {sorted(missing)[:5]}, "
                               f"unexpected {sorted(unexpected)[:5]})")
-    return TrainedRun(folder, results, cfg, dataset, data, model.eval())
+    return TrainedRun(folder, record.to_dict(), cfg, dataset, data, model.eval(), record)

@@ -158,23 +158,17 @@ def hard_negatives(cfg, dataset, data, users: np.ndarray, n_neg: int) -> np.ndar
     """The trained recommender's top items for each user (history masked, target removed): [U, n_neg]."""
     import torch
 
-    from tcf.config import from_dict
     from tcf.eval.ranking import score_users
-    from tcf.models import build_model
-    from tcf.run.config import RunConfig
-    from tcf.train.loop import text_vectors
+    from tcf.run.results import read_results
+    from tcf.train.trained import load_trained
 
     run = Path(cfg.zeroshot.hard_run)
     hard_run_identity(run)
-    results = json.loads((run / "results.json").read_text())
-    if results.get("dataset", {}).get("fingerprint") != dataset.fingerprint:
+    record = read_results(run)
+    if record.dataset.get("fingerprint") != dataset.fingerprint:
         raise ConfigError(f"zeroshot.hard_run: {run} was trained on another dataset (fingerprint differs)")
-    rcfg = from_dict(RunConfig, results["config"])
-    vectors = text_vectors(rcfg, dataset)[0] if rcfg.model.tower != "id" else None
-    model = build_model(rcfg, data.n_items, data.n_users, vectors)
-    model.load_state_dict(torch.load(run / "checkpoints" / "best.pt", map_location="cpu",
-                                     weights_only=False)["model"], strict=False)
-    model.eval()
+    trained = load_trained(run, record=record)  # strict: a checkpoint that does not fit its config is refused
+    model, rcfg = trained.model, trained.cfg
     out = []
     with torch.no_grad():
         for start in range(0, len(users), 256):

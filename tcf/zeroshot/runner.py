@@ -28,6 +28,7 @@ import numpy as np
 from tcf.eval.metrics import metrics_from_scores, paired_test, summarize
 from tcf.fsutil import atomic_write_text
 from tcf.provenance import provenance
+from tcf.run.results import RunRecord, dataset_section, write_results
 from tcf.zeroshot.backend import BackendFailed, GenParams, Reply, backend_where, build_backend, identity_for
 from tcf.zeroshot.cache import ResponseCache, cache_key, cacheable
 from tcf.zeroshot.candidates import load_or_build
@@ -206,49 +207,40 @@ def run_zeroshot(cfg, out, *, progress: bool = True, backend=None) -> dict:
     rand = metrics_from_scores(np.zeros(cands.lists[:, 0].shape), target_col, ks=ks)
     ci = cfg.eval.bootstrap > 0
     split = z.split
-    results = {
-        "task": "zeroshot", "name": cfg.name, "valid": True,
-        "metrics": {split: {
-            "n_users": len(cands.users), "metrics": summarize(per_user, ci=ci, n=cfg.eval.bootstrap, seed=cfg.seed),
-            "baselines": {"pop": {"metrics": summarize(pop, ci=ci, n=cfg.eval.bootstrap, seed=cfg.seed)},
-                          "random": {"metrics": summarize(rand, ci=False), "note": "exact expectation"}},
-            "vs_pop": {m: paired_test(per_user[m], pop[m], seed=cfg.seed) for m in ("hr@1", "ndcg@10")
-                       if m in per_user},
-            "compliance": compliance(parsed, replies)}},
-        "config": resolved(cfg),
-    }
+    metrics = {split: {
+        "n_users": len(cands.users), "metrics": summarize(per_user, ci=ci, n=cfg.eval.bootstrap, seed=cfg.seed),
+        "baselines": {"pop": {"metrics": summarize(pop, ci=ci, n=cfg.eval.bootstrap, seed=cfg.seed)},
+                      "random": {"metrics": summarize(rand, ci=False), "note": "exact expectation"}},
+        "vs_pop": {m: paired_test(per_user[m], pop[m], seed=cfg.seed) for m in ("hr@1", "ndcg@10") if m in per_user},
+        "compliance": compliance(parsed, replies)}}
     n_tok_p = [r.prompt_tokens for r in replies]
     n_tok_c = [r.completion_tokens for r in replies]
     gen_s = stats["generate_seconds"]
-    results.update({
-        "dataset": {"path": str(dataset.path), "fingerprint": dataset.fingerprint, "n_users": data.n_users,
-                    "n_items": data.n_items},
-        "seeds": {"candidates": cfg.seed, "generation": z.gen_seed},
-        "candidates": {"path": str(cand_path), "key": cands.key, "n_users": len(cands.users),
-                       "n_candidates": int(cands.lists.shape[2]), "bootstrap": int(cands.lists.shape[1])},
-        "backend": {"name": z.backend, "identity": stats["identity"], "calls": stats["calls"],
-                    "cache_hits": stats["cache_hits"], "retries": stats.get("retries", 0),
-                    "cache_path": str(cache_path) if cache is not None else None,
-                    "generation": params.as_dict()},
-        "tokens": {"prompt_total": int(sum(n_tok_p)), "completion_total": int(sum(n_tok_c)),
-                   "prompt_mean": float(np.mean(n_tok_p)) if n_tok_p else 0.0,
-                   "completion_mean": float(np.mean(n_tok_c)) if n_tok_c else 0.0},
-        "timings": {"generate_seconds": gen_s, "prompts_per_s": stats["calls"] / gen_s if gen_s > 0 else None,
-                    "wall_seconds": time.perf_counter() - t_start},
-        "per_user_columns": ["user_id", *sorted(per_user)],
-        **provenance(),
-    })
     invalid = backend_failure(z, replies, stats.get("backend", z.backend))
-    if invalid:  # first in the file, where a reader sees it before any metric
-        results = {"task": "zeroshot", "name": cfg.name, "valid": False, "invalid_reason": invalid} | {
-            **results, "valid": False}
+    record = RunRecord(
+        task="zeroshot", name=cfg.name, config=resolved(cfg), metrics=metrics, dataset=dataset_section(data),
+        seeds={"run": cfg.seed, "candidates": cfg.seed, "generation": z.gen_seed},
+        timings={"generate_seconds": gen_s, "prompts_per_s": stats["calls"] / gen_s if gen_s > 0 else None,
+                 "wall_seconds": time.perf_counter() - t_start},
+        per_user_columns=["user_id", *sorted(per_user)], provenance=provenance(),
+        valid=not invalid, invalid_reason=invalid or None,  # first in the file, where a reader sees it
+        sections={
+            "candidates": {"path": str(cand_path), "key": cands.key, "n_users": len(cands.users),
+                           "n_candidates": int(cands.lists.shape[2]), "bootstrap": int(cands.lists.shape[1])},
+            "backend": {"name": z.backend, "identity": stats["identity"], "calls": stats["calls"],
+                        "cache_hits": stats["cache_hits"], "retries": stats.get("retries", 0),
+                        "cache_path": str(cache_path) if cache is not None else None,
+                        "generation": params.as_dict()},
+            "tokens": {"prompt_total": int(sum(n_tok_p)), "completion_total": int(sum(n_tok_c)),
+                       "prompt_mean": float(np.mean(n_tok_p)) if n_tok_p else 0.0,
+                       "completion_mean": float(np.mean(n_tok_c)) if n_tok_c else 0.0}})
     write_samples(out / "samples.jsonl", jobs, replies, parsed, cands, per_user)
     np.save(out / f"per_user_{split}.npy", np.stack([cands.users, *[per_user[k] for k in sorted(per_user)]]))
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=float) + "\n")
+    write_results(out, record)
     if invalid:
         raise BackendFailed(f"{invalid}; {out / 'results.json'} is marked invalid, and the replies received are "
                             "cached: a rerun asks only for the rest")
-    return results
+    return record.to_dict()
 
 
 def write_samples(path: Path, jobs, replies, parsed, cands, per_user) -> None:
