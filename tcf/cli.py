@@ -339,14 +339,18 @@ def _sweep(args: argparse.Namespace, shard_of: tuple[int, int]):
         for k, run in enumerate(exp.runs):
             print(f"{k:4d} {run.id}  {run.overrides}")
         return exp, None
-    return exp, run_sweep(exp, out, shard_of=shard_of, progress=not args.quiet, force=args.force)
+    return exp, run_sweep(exp, out, shard_of=shard_of, progress=not args.quiet, force=args.force,
+                          only=getattr(args, "run", None))
 
 
 def _finish(summary, *, report: bool) -> int:
     if report:
         from tcf.experiments.report import write_report
+        from tcf.tracking import log_sweep_report
 
-        print(f"report: {write_report(summary.out)}")
+        path = write_report(summary.out)
+        print(f"report: {path}")
+        log_sweep_report(summary.out, Path(path).parent)  # tracking: on (MLflow), bounded by its timeout
     print(f"{len(summary.ran)} run(s) done, {len(summary.skipped)} already done, {len(summary.failed)} failed")
     for run_id, reason in summary.failed.items():
         print(f"  failed: {run_id}: {reason}", file=sys.stderr)
@@ -361,6 +365,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from tcf.experiments.sweep import parse_shard
 
+    if args.launcher != "local" or args.dry_run:  # scheduler jobs (tcf/experiments/launch.py)
+        from tcf.experiments.launch import cli_launch
+
+        return cli_launch(args)
     shard_of = parse_shard(args.shard)
     _, summary = _sweep(args, shard_of)
     if summary is None:
@@ -536,6 +544,13 @@ def build_parser() -> argparse.ArgumentParser:
     experiment_args(sw)
     sw.add_argument("--shard", metavar="I/N", help="run only runs I, I+N, I+2N, ... of the list (0 <= I < N)")
     sw.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    sw.add_argument("--run", action="append", metavar="RUN_ID", help="run only this run (repeatable): what one "
+                    "cluster job runs")
+    sw.add_argument("--launcher", default="local", choices=["local", "slurm", "submitit-local"],
+                    help="local: run here (default); slurm: one job per run through submitit, resources from "
+                         "tcf plan and the file's launcher: section; submitit-local: the same jobs as local processes")
+    sw.add_argument("--dry-run", action="store_true", help="print the job table (run, resources, command), submit "
+                    "nothing")
     sw.set_defaults(func=cmd_sweep)
 
     rp = sub.add_parser("report", help="markdown table, answers and plots from a folder of runs",

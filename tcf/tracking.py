@@ -282,3 +282,13 @@ def log_report(cfg: TrackingConfig, out: str | Path, report_dir: str | Path, nam
 
     tracker.submit(write)
     return tracker.close()
+
+
+def log_sweep_report(out: str | Path, report_dir: str | Path) -> bool | None:
+    """After ``tcf run`` / ``tcf sweep`` wrote the report: log it where the sweep's runs are tracked (if they are)."""
+    runs = _read_json(Path(out) / PLAN_FILE).get("runs") or []
+    t = ((runs[0].get("config") or {}).get("tracking") if runs else None) or {}
+    if not t.get("enabled"):
+        return None
+    fields = {k: t[k] for k in ("enabled", "uri", "experiment", "timeout_s") if k in t}
+    return log_report(TrackingConfig(**fields), out, report_dir)

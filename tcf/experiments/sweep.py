@@ -39,7 +39,7 @@ from tcf.fsutil import atomic_write_text
 from tcf.run.config import RunConfig, config_changes, identity_free
 from tcf.run.results import RESULTS_FILE, ResultsFormatError, RunRecord, read_results
 
-EXPERIMENT_KEYS = ("axes", "runs", "report", "description")
+EXPERIMENT_KEYS = ("axes", "runs", "report", "description", "launcher")  # launcher: tcf/experiments/launch.py
 POOLED_TOWERS = ("frozen", "id+text")  # towers that read pooled vectors from the embedding cache
 PLAN_FILE = "experiment.json"
 
@@ -389,7 +389,7 @@ def _states(runs: list[Run], out: Path, force: bool, summary: SweepSummary, log)
 
 
 def run_sweep(exp: Experiment, out: str | Path, *, shard_of: tuple[int, int] = (0, 1), progress: bool = True,
-              log: Callable[[str], None] = print, force: bool = False) -> SweepSummary:
+              log: Callable[[str], None] = print, force: bool = False, only: list[str] | None = None) -> SweepSummary:
     """Run this process's share of the experiment: skip finished runs, resume killed ones, survive failures.
 
     ``out`` holding runs this experiment does not have (an edited sweep file) is refused, and so is a
@@ -400,6 +400,11 @@ def run_sweep(exp: Experiment, out: str | Path, *, shard_of: tuple[int, int] = (
     out.mkdir(parents=True, exist_ok=True)
     write_plan(exp, out)
     mine = shard(exp.runs, *shard_of)
+    if only:  # --run RUN_ID: what one cluster job runs (tcf/experiments/launch.py)
+        unknown = sorted(set(only) - {r.id for r in exp.runs})
+        if unknown:
+            raise ConfigError(f"--run {unknown[0]}: not a run of {exp.name} (tcf sweep FILE --list shows them)")
+        mine = [r for r in mine if r.id in only]
     summary = SweepSummary(out)
     states = _states(mine, out, force, summary, log)
     summary.skipped = [r.id for r in mine if states.get(r.id) == "done"]
