@@ -71,3 +71,13 @@ def test_fp16_fine_tuning_runs_with_loss_scaling(tiny_dataset, tiny_model, tmp_p
     ck = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
     assert ck["scaler"] is not None and ck["scaler"]["scale"] > 0
     assert all(v.dtype == torch.float32 for k, v in ck["model"].items() if k.startswith("tower.lm."))
+
+
+def test_fp16_under_deepspeed_is_refused(tiny_dataset, tiny_model, tmp_path):
+    """Inside a DeepSpeed engine the loop's GradScaler is not used: fp16 there would train unscaled."""
+    from tcf.errors import ConfigError
+    from tcf.models.lm_tower import check_config
+
+    with pytest.raises(ConfigError, match="without loss scaling"):
+        check_config(cfg_for(tiny_dataset, tiny_model, tmp_path, "encoder.dtype=fp16", "train.strategy=deepspeed"))
+    check_config(cfg_for(tiny_dataset, tiny_model, tmp_path, "encoder.dtype=bf16", "train.strategy=deepspeed"))

@@ -45,6 +45,10 @@ def check_config(cfg) -> None:
         raise ConfigError(f"model.finetune_layers must be >= 1, got {m.finetune_layers}")
     if m.tower == "lora" and (m.lora_r < 1 or m.lora_alpha <= 0 or not 0 <= m.lora_dropout < 1):
         raise ConfigError("model.lora_r must be >= 1, model.lora_alpha > 0 and model.lora_dropout within [0, 1)")
+    if cfg.encoder.dtype == "fp16" and t.strategy == "deepspeed":
+        raise ConfigError(f"encoder.dtype=fp16 with model.tower={m.tower} under train.strategy=deepspeed would train "
+                          "without loss scaling (the loop's GradScaler is not used inside a DeepSpeed engine): use "
+                          "encoder.dtype=bf16 (no scaling needed) or train.strategy none/ddp")
 
 
 def cache_spec(cfg):
