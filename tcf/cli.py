@@ -220,15 +220,19 @@ def cmd_neighbors(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- training
 
 def _run_out(args: argparse.Namespace, cfg) -> Path:
-    """--out, or runs/NAME-HASH of the resolved config: the same settings always land in the same folder."""
-    import hashlib
-
-    from tcf.run.config import resolved
+    """--out, or runs/RUN_ID (tcf.run.config.run_id, the id a sweep gives the same settings): the same
+    settings always land in the same folder, whichever command runs them.  A folder named by the id
+    older versions of tcf train gave (a hash of the whole config) is still found and used."""
+    from tcf.hashing import json_digest
+    from tcf.run.config import resolved, run_id
 
     if args.out:
         return Path(args.out)
-    digest = hashlib.sha256(json.dumps(resolved(cfg), sort_keys=True).encode()).hexdigest()[:8]
-    return Path("runs") / f"{cfg.name}-{digest}"
+    out, older = Path("runs") / run_id(cfg), Path("runs") / f"{cfg.name}-{json_digest(resolved(cfg), 8)}"
+    if not out.exists() and older.is_dir():
+        print(f"tcf: using {older} (named by an older tcf; the same settings are now {out})", file=sys.stderr)
+        return older
+    return out
 
 
 def _prepare_out(out: Path, cfg, args: argparse.Namespace) -> dict | None:

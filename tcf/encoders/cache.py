@@ -16,7 +16,6 @@ never read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import numpy as np
 
 from tcf.errors import TcfError
 from tcf.fsutil import atomic_write_text
+from tcf.hashing import file_digest, json_digest
 
 FORMAT_VERSION = 1
 KINDS = ("pooled", "tokens")
@@ -37,15 +37,11 @@ class CacheError(TcfError):
 
 
 def key_hash(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    return json_digest(key)
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path)
 
 
 def _slug(text: str) -> str:

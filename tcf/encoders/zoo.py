@@ -37,6 +37,7 @@ from pathlib import Path
 
 from tcf.errors import TcfError
 from tcf.fsutil import atomic_dir
+from tcf.hashing import file_digest
 
 SOURCE_FILE = "tcf_source.json"  # written into converted folders: where the weights came from
 
@@ -101,20 +102,17 @@ def file_hash(path: Path) -> str:
     memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if memo in _HASHES:
         return _HASHES[memo]
-    h = hashlib.sha256()
+    if st.st_size <= FULL_HASH_LIMIT:
+        _HASHES[memo] = file_digest(path)
+        return _HASHES[memo]
+    h = hashlib.sha256()  # size + first and last 64 MiB
     with open(path, "rb") as f:
-        if st.st_size <= FULL_HASH_LIMIT:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-            digest = h.hexdigest()
-        else:
-            h.update(str(st.st_size).encode())
-            h.update(f.read(64 << 20))
-            f.seek(-(64 << 20), os.SEEK_END)
-            h.update(f.read(64 << 20))
-            digest = "partial:" + h.hexdigest()
-    _HASHES[memo] = digest
-    return digest
+        h.update(str(st.st_size).encode())
+        h.update(f.read(64 << 20))
+        f.seek(-(64 << 20), os.SEEK_END)
+        h.update(f.read(64 << 20))
+    _HASHES[memo] = "partial:" + h.hexdigest()
+    return _HASHES[memo]
 
 
 def folder_identity(folder: Path) -> str:

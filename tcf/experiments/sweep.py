@@ -22,7 +22,6 @@ same folder and a restarted sweep finds what it already did.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import re
@@ -36,7 +35,7 @@ from typing import Any
 from tcf.config import flatten, from_dict, load_yaml, merge, parse_overrides, to_dict
 from tcf.errors import ConfigError
 from tcf.fsutil import atomic_write_text
-from tcf.run.config import RunConfig, config_changes, identity_free
+from tcf.run.config import RunConfig, config_changes, config_hash, run_id  # noqa: F401 - config_hash re-exported
 from tcf.run.results import RESULTS_FILE, ResultsFormatError, RunRecord, read_results
 
 EXPERIMENT_KEYS = ("axes", "runs", "report", "description", "launcher")  # launcher: tcf/experiments/launch.py
@@ -99,18 +98,6 @@ def _label(key: str, value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._+=-]+", "_", text).strip("_") or "x"
 
 
-def config_hash(cfg: RunConfig) -> str:
-    """Short hash of the resolved config's settings that differ from the defaults, name and tracking excluded.
-
-    Equal settings give equal hashes; a setting added to RunConfig later (with a default that
-    keeps the old behaviour) leaves every existing run id, and so every finished run, as it was.
-    """
-    defaults = flatten(to_dict(RunConfig()))
-    data = {k: v for k, v in flatten(to_dict(cfg)).items()
-            if not identity_free(k) and (k not in defaults or defaults[k] != v)}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
 def expand(data: dict, *, where: str = "experiment", overrides: list[str] | None = None,
            default_name: str = "run") -> Experiment:
     """An experiment dict (see the module doc) -> its runs, each config validated and named."""
@@ -152,7 +139,7 @@ def _make_run(base: dict, fixed: dict, point: dict, base_name: str, where: str) 
         cfg = from_dict(RunConfig, merged)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
-    return Run(f"{name}-{config_hash(cfg)}", name, cfg, {k: v for k, v in sets.items() if k != "name"})
+    return Run(run_id(cfg), name, cfg, {k: v for k, v in sets.items() if k != "name"})
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:

@@ -283,3 +283,22 @@ def identity_free(key: str) -> bool:
     """Settings that do not change what a run computes (its name, where it is tracked): left out of run ids."""
     return key == "name" or key.startswith("tracking.")
 
+
+def config_hash(cfg: RunConfig) -> str:
+    """Short hash of the resolved config's settings that differ from the defaults, name and tracking excluded.
+
+    Equal settings give equal hashes; a setting added to RunConfig later (with a default that
+    keeps the old behaviour) leaves every existing run id, and so every finished run, as it was.
+    """
+    from tcf.hashing import json_digest
+
+    defaults = flatten(to_dict(RunConfig()))
+    data = {k: v for k, v in flatten(to_dict(cfg)).items()
+            if not identity_free(k) and (k not in defaults or defaults[k] != v)}
+    return json_digest(data, 8)
+
+
+def run_id(cfg: RunConfig) -> str:
+    """``NAME-HASH``: the folder of a run, whoever starts it (``tcf train`` / ``zeroshot`` under ``runs/``,
+    ``tcf run`` / ``sweep`` under OUT), so the same settings find each other's finished work."""
+    return f"{cfg.name}-{config_hash(cfg)}"

@@ -10,7 +10,6 @@ the same lists.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from tcf.errors import ConfigError
 from tcf.fsutil import atomic_write_text
+from tcf.hashing import json_digest
 
 FORMAT = "tcf-zeroshot-candidates"
 
@@ -65,7 +65,7 @@ def candidate_key(cfg, dataset) -> dict:
 
 
 def key_hash(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return json_digest(key, 12)
 
 
 def sample_users(all_users: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
