@@ -491,18 +491,28 @@ def top_saved_bytes(config, k: int, items: int, tokens: int, dtype: str, pooling
     return sum(saved.values())
 
 
-def finetune_bytes(arch: Arch, k: int, item: ItemActivations, step: StepItems, checkpointing: bool) -> dict:
+def finetune_bytes(arch: Arch, k: int, item: ItemActivations, step: StepItems, checkpointing: bool,
+                   dtype: str = "bf16") -> dict:
     """Memory of one training step of the top ``k`` blocks on cached layer L-k states (the lower blocks never
     run): weights, gradients and AdamW states, and the activations of ``step.items`` texts plus the loss's
-    logits (an fp32 log-softmax output and a bool mask, [positions, candidates])."""
+    logits (an fp32 log-softmax output and a bool mask, [positions, candidates]).
+
+    In bf16 / fp16 the trainable weights are fp32 masters run under autocast (``lm_tower.master_weights``):
+    the matmuls keep their low-precision copies of the weights for backward too (one block's at a time
+    with gradient checkpointing); ``weight_copies`` says how much of ``activations`` that is (DeepSpeed
+    holds the weights in bf16 itself: its options count the gathered block instead).
+    """
     params = arch.top_params(k)
+    copies = 0
+    if dtype != "fp32":
+        copies = DTYPE_BYTES[dtype] * (max(arch.block_params, default=0) if checkpointing else params)
     if checkpointing:  # each block's input kept, one block recomputed at a time during backward
         blocks = k * item.block_input + item.per_block
     else:
         blocks = k * item.per_block
-    acts = step.items * (blocks + item.above) + step.positions * step.candidates * 5
+    acts = step.items * (blocks + item.above) + step.positions * step.candidates * 5 + copies
     return {"trainable_params": params, "weights_grads_adamw": params * ADAMW_BYTES_PER_PARAM, "activations": acts,
-            "total": params * ADAMW_BYTES_PER_PARAM + acts}
+            "weight_copies": copies, "total": params * ADAMW_BYTES_PER_PARAM + acts}
 
 
 def flops_per_token(arch: Arch, tokens: int, n_params: int | None = None) -> int:
@@ -588,7 +598,7 @@ def finetune_options(arch: Arch, hw: Hardware, job: dict) -> list[dict]:
     """Top-k fine-tuning on the layer L-k cache: one device, checkpointing, or ZeRO-3 (with optimizer offload),
     each with the ``tcf train`` settings that run it."""
     k, n = job["k"], hw.n_gpus
-    plain, ckpt = (finetune_bytes(arch, k, job["item"], job["step"], c) for c in (False, True))
+    plain, ckpt = (finetune_bytes(arch, k, job["item"], job["step"], c, job["dtype"]) for c in (False, True))
     states = plain["weights_grads_adamw"]
     opts = []
     where = "GPU" if n else "CPU"
@@ -597,15 +607,16 @@ def finetune_options(arch: Arch, hw: Hardware, job: dict) -> list[dict]:
                      "", "")
         opts.append({"option": opt, "train": sets})
     zero3 = {"grad_checkpointing": True, "strategy": "deepspeed", "zero_stage": 3}
+    acts = ckpt["activations"] - ckpt["weight_copies"]
     if n > 1:
-        shard = states // n + ckpt["activations"]
+        shard = states // n + acts
         opts.append({"option": Option(f"DeepSpeed ZeRO-3 over {n} GPUs, gradient checkpointing", shard, 0, n,
                                       "weights, gradients and AdamW states partitioned", ""), "train": zero3})
     if n:
         # AdamW moments and fp32 master weights move to CPU memory (ZeRO-Offload); weights and gradients stay
         # partitioned on the GPUs, one block at a time gathered whole
         gather = 2 * max(arch.block_params[arch.n_layers - k:], default=0) * 2
-        per_gpu = ckpt["activations"] + states // (2 * n) + gather
+        per_gpu = acts + states // (2 * n) + gather
         opts.append({"option": Option(f"DeepSpeed ZeRO-3 over {n} GPU(s), AdamW states offloaded to CPU", per_gpu,
                                       states, n, "AdamW steps run on the CPU (slow)", ""),
                      "train": {**zero3, "offload": True}})
@@ -736,8 +747,8 @@ def _activations(arch: Arch, batch: int, tokens: int, k: int, dtype: str, ft: di
     if k:
         out["step"] = dataclasses.asdict(ft["step"])
         out["per_item"] = dataclasses.asdict(ft["item"])
-        out["finetune"] = finetune_bytes(arch, k, ft["item"], ft["step"], False)
-        out["finetune_checkpointing"] = finetune_bytes(arch, k, ft["item"], ft["step"], True)
+        out["finetune"] = finetune_bytes(arch, k, ft["item"], ft["step"], False, dtype)
+        out["finetune_checkpointing"] = finetune_bytes(arch, k, ft["item"], ft["step"], True, dtype)
     return out
 
 
@@ -796,7 +807,7 @@ def _extraction_plan(job: dict, hw: Hardware, dtype: str, model: str, dataset: s
 
 def _finetune_plan(arch: Arch, hw: Hardware, k: int, batch: int, tokens: int, ft: dict) -> dict:
     step = ft["step"]
-    opts = finetune_options(arch, hw, {"k": k, "item": ft["item"], "step": step})
+    opts = finetune_options(arch, hw, {"k": k, "item": ft["item"], "step": step, "dtype": ft["dtype"]})
     chosen = next((o for o in opts if fits(o["option"], hw)), None)
     how = {"sampled": f"the largest of {step.steps} steps drawn from the dataset as tcf train draws them "
                       f"(mean {step.mean:,.0f})",
@@ -829,7 +840,7 @@ def _smaller_batch(arch: Arch, hw: Hardware, k: int, batch: int, ft: dict) -> st
     """The largest power-of-two fraction of ``batch`` whose step fits (in-batch negatives change with it)."""
     b = batch // 2
     while b >= 1:
-        opts = finetune_options(arch, hw, {"k": k, "item": ft["item"], "step": ft["steps"](b)})
+        opts = finetune_options(arch, hw, {"k": k, "item": ft["item"], "step": ft["steps"](b), "dtype": ft["dtype"]})
         fit = next((o["option"].name for o in opts if fits(o["option"], hw)), None)
         if fit:
             return f"train.batch_size={b} fits ({fit}), or lower --finetune-layers"
