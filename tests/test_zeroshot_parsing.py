@@ -3,6 +3,8 @@ actually write back), plus the echo, hallucination and truncation cases."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tcf.zeroshot.parsing import norm, parse
@@ -164,3 +166,89 @@ def test_reasoning_is_skipped_and_noted():
     assert p.ranking == [4, 3, 2, 1, 0] and p.notes == ["reasoning block skipped"]
     cut = parse("<think>\nStar Wars, then Babe, then", CANDS, "rank")
     assert (cut.status, cut.method) == ("failed", "reasoning") and "never closed" in cut.notes[0]
+
+
+# a real ml-100k rank prompt as the study builds it: user 1's last 10 movies, 20 sampled candidates
+ML_HISTORY = ["Birdcage, The", "Mighty Aphrodite", "Beautiful Girls", "Ace Ventura: Pet Detective",
+              "American President, The", "Englishman Who Went Up a Hill, But Came Down a Mountain, The",
+              "Nutty Professor, The", "Kids in the Hall: Brain Candy", "Up in Smoke", "Home Alone"]
+ML_CANDS = ["Nowhere", "Annie Hall", "Star Trek V: The Final Frontier", "Spirits of the Dead (Tre passi nel delirio)",
+            "Bloody Child, The", "Trees Lounge", "What's Love Got to Do with It", "Lamerica",
+            "Adventures of Pinocchio, The", "Bloodsport 2", "Donnie Brasco", "Sexual Life of the Belgians, The",
+            "Four Days in September", "Apollo 13", "Wild Things", "Spitfire Grill, The", "Next Karate Kid, The",
+            "Freeway", "Angus", "Forrest Gump"]
+NEW_ORDER = [13, 19, 10, 1, 2, 16, 9, 18, 5, 0, 3, 4, 6, 7, 8, 11, 12, 14, 15, 17]
+
+
+def ml_prompt(protocol: str = "rank") -> str:
+    return PromptTemplate.named(protocol).render(history=ML_HISTORY, candidates=ML_CANDS, source="ml-100k")
+
+
+@pytest.mark.parametrize("line", ["[{i}] {t}", "{k}. [{i}] {t}", "{k}. {t}"])
+def test_a_reordered_copy_of_the_candidate_lines_is_a_ranking_not_an_echo(line):
+    prompt = ml_prompt()
+    reply = "\n".join(line.format(k=k, i=i + 1, t=ML_CANDS[i]) for k, i in enumerate(NEW_ORDER, start=1))
+    p = parse(reply, ML_CANDS, "rank", prompt=prompt)
+    assert (p.status, p.ranking) == ("valid", NEW_ORDER), p
+    top = "\n".join(line.format(k=k, i=i + 1, t=ML_CANDS[i]) for k, i in enumerate(NEW_ORDER[:5], start=1))
+    assert parse(top, ML_CANDS, "rank", prompt=prompt).ranking == NEW_ORDER[:5]
+
+
+@pytest.mark.parametrize("protocol", ["rank", "rank-recency", "rank-icl", "topk-json", "choice"])
+def test_copies_of_the_prompt_are_echoes(protocol):
+    cands = ML_CANDS[:4] if protocol == "choice" else ML_CANDS
+    prompt = PromptTemplate.named(protocol).render(history=ML_HISTORY, candidates=cands, k=5, source="ml-100k")
+    shown = [ln for ln in prompt.splitlines() if re.match(r"^(?:\[\d+\]|[A-D]\.) ", ln)]
+    assert len(shown) == len(cands)
+    for reply in (prompt,  # verbatim
+                  prompt[:len(prompt) // 3],  # cut off by max_new_tokens inside the history
+                  prompt[:prompt.index("\n9. ") + 3],  # ... right after a history number ("9."): no index
+                  prompt[:prompt.index(shown[0]) + 8],  # cut off inside the first candidate line
+                  "\n".join(shown),  # the candidate lines, in presented order
+                  "Sure! Here are the movies:\n" + "\n".join(shown[:3])):  # a prefix of them
+        p = parse(reply, cands, protocol, k=5, prompt=prompt)
+        assert (p.status, p.method, p.ranking) == ("failed", "echo", []), (reply, p)
+
+
+def test_an_answer_after_restated_history_or_instructions_is_read():
+    prompt = ml_prompt()
+    history = "\n".join(ln for ln in prompt.splitlines()[:11])
+    p = parse(history + "\n\nMy ranking: 14, 20, 11, 2, 3", ML_CANDS, "rank", prompt=prompt)
+    assert p.ranking == [13, 19, 10, 1, 2] and p.method != "echo"
+    # presented order written as numbers is the model's (position-biased) answer, not a copy of the prompt
+    p = parse(", ".join(str(i) for i in range(1, 21)), ML_CANDS, "rank", prompt=prompt)
+    assert (p.status, p.ranking) == ("valid", list(range(20)))
+
+
+# choice options whose ml-100k titles hold a standalone capital A (the letter of another option)
+ACHOICE = ["Toy Story", "2001: A Space Odyssey", "Few Good Men, A", "Clockwork Orange, A"]  # A..D
+
+
+@pytest.mark.parametrize("reply,ranking", [
+    # an exact candidate title is that candidate, not the letter inside it
+    ("Few Good Men, A", [2]),
+    ("Clockwork Orange, A", [3]),
+    ("I would recommend Clockwork Orange, A", [3]),
+    ("2001: A Space Odyssey", [1]),
+    ("The answer is A Few Good Men", [2]),
+    ("Answer: A Clockwork Orange.", [3]),
+    ("I would recommend A Few Good Men, a gripping courtroom drama.", [2]),
+    ("**2001: A Space Odyssey (1968)**", [1]),
+    # a letter standing as the answer
+    ("A", [0]),
+    ("A.", [0]),
+    ("(B)", [1]),
+    ("Answer: C", [2]),
+    ("Answer: **D**", [3]),
+    ("C) Few Good Men, A", [2]),
+    ("D. Clockwork Orange, A", [3]),
+    ("B - 2001: A Space Odyssey", [1]),
+    ("My pick: C) Few Good Men, A", [2]),
+    ("I would choose D because the user likes classics.", [3]),
+    ("Toy Story is a family film and the user watches thrillers, so the answer is D.", [3]),
+    # a capital A that begins a title that is no candidate is no letter
+    ("A Bronx Tale would suit this user.", []),
+])
+def test_a_capital_letter_inside_a_title_is_not_the_option_letter(reply, ranking):
+    p = parse(reply, ACHOICE, "choice")
+    assert (p.ranking, p.status) == (ranking, "valid" if ranking else "failed"), p

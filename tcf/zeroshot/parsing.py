@@ -9,7 +9,10 @@ A number is an index only where it stands as one (``12``, ``12.``, ``12)``, ``[1
 titles, and a piece that is exactly a candidate's title is that candidate even when it
 is also a candidate number.  Duplicates are dropped, items that are not candidates
 (out-of-range numbers, titles from the history, invented titles) are ignored and
-counted.  A reply that repeats the prompt's candidate list is an echo, not a ranking.
+counted.  A reply that copies the prompt back (its instruction and history lines, or the candidate
+lines in their presented order) is an echo, not a ranking; the candidate lines in a new order are a
+ranking.  A ``choice`` reply that is a candidate's title ("Few Good Men, A", "I would recommend 2001: A
+Space Odyssey") names that candidate: a capital inside a title is not an option letter.
 
 Reasoning models write a ``<think>...</think>`` block before the answer; only the text
 after the last closing tag is read.  A reply that is nothing but reasoning (the block
@@ -38,6 +41,7 @@ INDEX = re.compile(r"^(?:\[(\d{1,4})\]|\((\d{1,4})\)|#(\d{1,4})(?!\d)"
                    r"|\(?(\d{1,4})(?=$|[.):,;\]](?!\d)|\s*[-–—]+(?:\s|$)|\s+[(\[]))")
 THINK_OPEN = re.compile(r"^\s*<(think|thinking|reasoning)>", re.IGNORECASE)
 THINK_CLOSE = re.compile(r"</(?:think|thinking|reasoning)>", re.IGNORECASE)
+MASK = "\u2588"  # stands for a candidate title in the text a choice reply's letters are read from
 
 
 @dataclass
@@ -94,6 +98,8 @@ class Matcher:
         """The candidate whose title is the whole piece (exact, or case-folded; a trailing year or period
         allowed): "187", "10" or "2001: A Space Odyssey" name that film even where they read as numbers."""
         s = piece.strip().strip("*_`\"' ").rstrip(" .,;")
+        if piece.strip() in self.exact:  # "Enfer, L'": the quote that is stripped below is part of the title
+            return self.exact[piece.strip()]
         if s in self.exact:
             return self.exact[s]
         if re.match(r"^(?:\[\d+\]|\(\d+\)|#\d)", s):  # "[10]" is the number the prompt showed, not "10"
@@ -143,6 +149,23 @@ class Matcher:
                 covered = end
         return out
 
+    def mask_titles(self, text: str) -> str:
+        """``text`` with every candidate title in it (as presented, without its year, or with a trailing article
+        moved to the front: "A Few Good Men") replaced by as many ``MASK`` characters."""
+        spans = []
+        for title in self.exact:
+            base = re.sub(r"\s*\(\d{4}\)\s*$", "", title)
+            forms = {title, base}
+            m = re.match(r"^(.*?),\s*(the|an?|les|la|le|l'|il|el|das|der|die|los|las)$", base, re.IGNORECASE)
+            if m:
+                forms.add(m.group(2) + ("" if m.group(2).endswith("'") else " ") + m.group(1))
+            for form in (f for f in forms if len(f) >= 3):
+                spans += [x.span() for x in re.finditer(r"(?<!\w)" + re.escape(form) + r"(?!\w)", text, re.IGNORECASE)]
+        chars = list(text)
+        for start, end in spans:
+            chars[start:end] = MASK * (end - start)
+        return "".join(chars)
+
 
 def after_reasoning(reply: str) -> tuple[str, str | None]:
     """(the answer, a note): the text after the last closing reasoning tag.  A block opened at the start
@@ -157,13 +180,34 @@ def after_reasoning(reply: str) -> tuple[str, str | None]:
     return reply, None
 
 
-def is_echo(reply: str, prompt: str | None) -> bool:
-    """The reply repeats the prompt: most of its longer lines appear verbatim."""
+CANDIDATE_LABEL = re.compile(r"^(?:\[\w{1,4}\]|\(\w{1,4}\)|\w{1,4}[.):])\s*")
+
+
+def is_echo(reply: str, prompt: str | None, candidates: list[str], ranking: list[int]) -> bool:
+    """The reply copies the prompt back instead of answering.  Copied prompt text is the prompt's own lines
+    around the list (its two opening lines, or at least half of its instruction and history lines) or the
+    presented candidate lines themselves in their presented order (``[3] Title``, at least three).  An echo is
+    copied text with nothing of its own ranked (no candidate, or candidates in the presented order), a reply that
+    is nothing but prompt lines (a copy cut off by max_new_tokens ends in a piece of one: "...\n10."), or the
+    candidate list copied in order with the prompt text around it, whatever numbers that text holds (the
+    prompt's example answer).  Candidate lines in a new order are a ranking, whatever else the reply repeats,
+    and so is the presented order written as the asked numbers ("1, 2, 3, ..."): that is the model's answer
+    (position bias), not a copy."""
     if not prompt:
         return False
-    lines = [ln.strip() for ln in prompt.splitlines() if len(ln.strip()) > 12]
-    repeated = sum(1 for ln in lines if ln in reply)
-    return bool(lines) and repeated >= max(3, 0.5 * len(lines))
+    texts = {t.strip() for t in candidates}
+    lines = [ln.strip() for ln in prompt.splitlines() if ln.strip()]
+    shown = [ln for ln in lines if CANDIDATE_LABEL.match(ln) and CANDIDATE_LABEL.sub("", ln, 1).strip() in texts]
+    context = [ln for ln in lines if ln not in shown]
+    said = [ln.strip() for ln in reply.splitlines() if ln.strip()]
+    repeated = sum(1 for ln in context if ln in said or (len(ln) > 12 and ln in reply))
+    copied_context = (len(lines) >= 2 and said[:2] == lines[:2]) or (bool(context) and
+                                                                     repeated >= max(2, len(context) / 2))
+    at = [reply.find(ln) for ln in shown if ln in reply]
+    copied_list = len(at) >= min(3, len(candidates)) and at == sorted(at)
+    in_order = ranking == list(range(len(ranking)))
+    only_copies = all(ln in lines for ln in said[:-1]) and any(ln.startswith(said[-1]) for ln in lines)
+    return (copied_context and (copied_list or in_order or only_copies)) or (copied_list and in_order)
 
 
 def json_entries(reply: str) -> list | None:
@@ -244,23 +288,44 @@ def mixed_list(text: str, matcher: Matcher) -> list[str]:
     return pieces if pieces and None not in kinds and "index" in kinds else []
 
 
+# "Answer: ", "The answer is ", "I would recommend ", "My pick would be " before a choice reply's answer
+ANSWER_PHRASE = re.compile(
+    r"^\W*(?:(?:my|the)\s+)?(?:final\s+)?(?:answer|choice|option|pick|recommendation|selection)\s*"
+    r"(?:is|would be|will be|:|-)[\s*:]*"
+    r"|^\W*(?:i\s*(?:would|'d|will|'ll)?\s+)?(?:choose|pick|select|recommend|suggest|go with)\s+", re.IGNORECASE)
+# a letter ends where it stands as the answer: the end, a closing mark or stop, a dash, a lowercase word ("B because"),
+# or a candidate title ("B Star Wars"); before a capitalised word it begins a title ("A Bronx Tale", "A Space Odyssey")
+LETTER_END = rf"(?=[*)\]]*(?:$|[.):,;!?]|\s+(?:[a-z]|-|[(\[{MASK}])))"
+
+
 def choice_pieces(reply: str, matcher: Matcher) -> list[str | int]:
-    """The letter a choice reply names: "B", "(B)", "Answer: B. Title", "I would choose **C**", else titles."""
+    """What a choice reply names: a candidate's title when that is the whole answer ("Few Good Men, A", "I would
+    recommend 2001: A Space Odyssey": the capitals in them are not option letters), else the letter it gives
+    ("B", "(B)", "Answer: B. Title", "I would choose **C**"), read with the candidates' titles masked, else
+    the titles its lines mention."""
     allowed = LETTERS[:matcher.n]
     text = reply.strip()
+    for answer in (text, ANSWER_PHRASE.sub("", text, count=1)):
+        whole = matcher.whole_title(answer)
+        if whole is not None:
+            return [whole]
+    masked = matcher.mask_titles(text)
     m = re.search(r"(?i:answer|choice|option|choose|pick|select|go with|recommend)\w*\s*(?i:is|would be|:)?\s*"
-                  r"[*(\[]*([A-Z])(?![\w'])", text)
+                  r"[*(\[]*([A-Z])" + LETTER_END, masked)
     if m and m.group(1) in allowed:
         return [m.group(1)]
-    first = re.match(r"^[*(\[]*([A-Z])[*)\]]*(?:[.):]|\s*$|\s+-|\s+[A-Z0-9(\[])", text)
+    first = re.match(rf"^[*(\[]*([A-Z])[*)\]]*(?:[.):]|\s*$|\s+-|\s+[(\[{MASK}])", masked)
     if first and first.group(1) in allowed:
         return [first.group(1)]
-    return [p for line in text.splitlines() for p in (choice_line(line, allowed) or matcher.titles_in(line))]
+    return [p for line, hidden in zip(text.splitlines(), masked.splitlines())
+            for p in (choice_line(hidden, allowed) or matcher.titles_in(line))]
 
 
 def choice_line(line: str, allowed: str) -> list[str] | None:
-    letters = re.findall(r"(?<![\w'])([A-Z])(?:[.):]|(?![\w']))", line)
-    letters = [x for x in letters if x in allowed and not (x == "A" and re.search(r"\bA [a-z]", line))]
+    """The first option letter standing as one in a line (titles masked); "A" before a lowercase word is the
+    article, and a capital inside a name ("L.A.", "3-D", "M*A*S*H") is no letter."""
+    letters = [m.group(1) for m in re.finditer(r"(?<![\w'./-])([A-Z])" + LETTER_END, line)
+               if m.group(1) in allowed and not (m.group(1) == "A" and re.match(r"A\s+[a-z]", line[m.start():]))]
     return letters[:1] or None
 
 
@@ -274,22 +339,25 @@ def parse(reply: str | None, candidates: list[str], protocol: str, *, k: int | N
     reply, note = after_reasoning(reply)
     if not reply.strip():
         return Parsed([], "failed", "reasoning", notes=[note])
-    if is_echo(reply, prompt):
+    parsed = read(reply, Matcher(candidates, letters=protocol == "choice"), protocol, want)
+    if is_echo(reply, prompt, candidates, parsed.ranking):
         return Parsed([], "failed", "echo", notes=["the reply repeats the prompt"])
-    matcher = Matcher(candidates, letters=protocol == "choice")
+    parsed.notes += [note] if note else []
+    return parsed
+
+
+def read(reply: str, matcher: Matcher, protocol: str, want: int) -> Parsed:
+    """The ranking a reply's text gives, in the protocol's format or else as lists, segments and titles."""
     if protocol == "choice":
         pieces, method = choice_pieces(reply, matcher), "letters"
     elif protocol == "topk-json" and (entries := json_entries(reply)) is not None:
         parsed = collect([e if isinstance(e, str) else str(e) for e in entries], matcher, want, "json")
         if parsed.ranking:
-            parsed.notes += [note] if note else []
             return parsed
         pieces, method = segments(reply, matcher), None  # an array of something else (genres, code): read the text
     else:
         pieces, method = segments(reply, matcher), None
-    parsed = collect(pieces, matcher, want, method)
-    parsed.notes += [note] if note else []
-    return parsed
+    return collect(pieces, matcher, want, method)
 
 
 def collect(pieces: list, matcher: Matcher, want: int, method: str | None) -> Parsed:
