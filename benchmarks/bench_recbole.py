@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from recbole_child import ROOT, run_child
 
@@ -102,20 +101,17 @@ def rescore_recbole(info: dict, data) -> dict:
 
 
 def run_tcf(out: Path, threads: int, batch_size: int) -> dict:
-    from tcf.data import ensure_dataset
     from tcf.eval.ranking import evaluate
-    from tcf.models import build_model
     from tcf.run.config import load_config
-    from tcf.run.seqdata import SeqData
     from tcf.train.loop import train
+    from tcf.train.trained import load_trained
 
     cfg = load_config(ROOT / "experiments" / "ml100k-sasrec-id.yaml",
                       [f"train.threads={threads}", f"train.batch_size={batch_size}", "eval.bootstrap=0",
                        f"data.root={out / 'data'}"])
     results = train(cfg, out / "run", progress=False)
-    data = SeqData(ensure_dataset(cfg.data.dataset, root=cfg.data.root))
-    model = build_model(cfg, data.n_items, data.n_users)
-    model.load_state_dict(torch.load(out / "run" / "checkpoints" / "best.pt", weights_only=False)["model"])
+    run = load_trained(out / "run")  # the one strict loader of a finished run
+    model, data = run.model, run.data
     unmasked = evaluate(model, data, "test", ks=(10,), max_len=cfg.model.max_len, mask_history=False)
     results["unmasked"] = {k: float(np.mean(v)) for k, v in unmasked.per_user.items()}
     return results, data

@@ -26,12 +26,13 @@ from tcf.config import from_dict
 from tcf.eval.metrics import holm, normal_pvalue, paired_test, t_pvalue
 from tcf.experiments.results import T975, Group, RunResult, Stat, group_runs, load_runs
 from tcf.fsutil import atomic_write_text
+from tcf.run.config import LM_TOWERS, TOWERS
 
-TOWER_ORDER = ("id", "frozen", "id+text", "finetune", "lora")
+TOWER_ORDER = TOWERS
 TOWER_NAMES = {"id": "ID", "frozen": "frozen text", "id+text": "ID + text", "finetune": "fine-tuned text",
                "lora": "LoRA text"}
 HEAD_NAMES = {"sasrec": "SASRec", "dssm": "DSSM"}
-TUNED = ("finetune", "lora")
+TUNED = LM_TOWERS
 
 
 @dataclass(frozen=True)

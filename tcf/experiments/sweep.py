@@ -35,11 +35,11 @@ from typing import Any
 from tcf.config import flatten, from_dict, load_yaml, merge, parse_overrides, to_dict
 from tcf.errors import ConfigError
 from tcf.fsutil import atomic_write_text
-from tcf.run.config import RunConfig, config_changes, config_hash, run_id  # noqa: F401 - config_hash re-exported
+from tcf.models.inputs import pooled_entry, text_input_kind
+from tcf.run.config import POOLED_TOWERS, RunConfig, config_changes, config_hash, run_id  # noqa: F401 - config_hash re-exported
 from tcf.run.results import RESULTS_FILE, ResultsFormatError, RunRecord, read_results
 
 EXPERIMENT_KEYS = ("axes", "runs", "report", "description", "launcher")  # launcher: tcf/experiments/launch.py
-POOLED_TOWERS = ("frozen", "id+text")  # towers that read pooled vectors from the embedding cache
 PLAN_FILE = "experiment.json"
 
 
@@ -290,10 +290,9 @@ def write_plan(exp: Experiment, out: Path) -> None:
 
 
 def cache_kind(cfg: RunConfig) -> str | None:
-    """The embedding cache a run reads: "pooled" vectors, "tokens" (fine-tuned towers), or None."""
-    if getattr(cfg, "task", "train") != "train" or cfg.model.tower == "id" or cfg.cache_path:
-        return None
-    return "pooled" if cfg.model.tower in POOLED_TOWERS else "tokens"
+    """The embedding cache a run needs extracted: "pooled" vectors, "tokens" (fine-tuned towers), or None
+    (an ID tower, a zero-shot run, or a run that names its cache_path)."""
+    return None if cfg.cache_path else text_input_kind(cfg)
 
 
 def cache_needs(runs: list[Run]) -> dict[str, list[Run]]:
@@ -319,10 +318,9 @@ def _extract_one(cfg: RunConfig, progress: bool) -> str:
         from tcf.models.lm_tower import token_cache
 
         return str(token_cache(cfg, dataset)[0].path)
-    from tcf.encoders.extract import extract
     from tcf.encoders.index import cached_index
 
-    entry = extract(dataset, cfg.encoder, root=cfg.cache_root, template=cfg.data.template, progress=progress).entry
+    entry = pooled_entry(cfg, dataset, progress=progress)
     cached_index(entry)  # exact FAISS index beside the vectors: the report's neighbour lists and `tcf neighbors`
     return str(entry.path)
 

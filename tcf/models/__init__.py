@@ -7,17 +7,18 @@ import numpy as np
 from tcf.models.dssm import DSSM
 from tcf.models.sasrec import SASRec
 from tcf.models.towers import FrozenTextTower, FusedTower, IDTower
+from tcf.run.config import LM_TOWERS, POOLED_TOWERS
 
 
 def build_model(cfg, n_items: int, n_users: int, text_vectors: np.ndarray | None = None):
     """``cfg``: a RunConfig; ``text_vectors``: the cache matrix [N + 1, D] for text towers, or for ``finetune`` /
-    ``lora`` the token-state cache entry (``tcf.models.lm_tower.token_cache``)."""
+    ``lora`` the token-state cache entry: what :func:`tcf.models.inputs.text_inputs` gives."""
     m = cfg.model
-    if m.tower in ("frozen", "id+text") and text_vectors is None:
+    if m.tower in POOLED_TOWERS and text_vectors is None:
         raise ValueError("a text tower needs the cached text vectors")
     if m.tower == "id":
         tower = IDTower(n_items, m.dim)
-    elif m.tower in ("finetune", "lora"):
+    elif m.tower in LM_TOWERS:
         if text_vectors is None:
             raise ValueError(f"the {m.tower} tower needs the token-state cache entry")
         from tcf.models.lm_tower import build_lm_tower

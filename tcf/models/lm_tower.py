@@ -27,8 +27,7 @@ from torch import nn
 from tcf.encoders.pooling import l2_normalize, pool
 from tcf.errors import ConfigError
 from tcf.models.towers import adapter
-
-LM_TOWERS = ("finetune", "lora")
+from tcf.run.config import LM_TOWERS  # noqa: F401 - re-exported (the names live with the config)
 
 
 def check_config(cfg) -> None:

@@ -14,7 +14,9 @@ from tcf.errors import ConfigError
 from tcf.tracking import TrackingConfig
 
 HEADS = ("sasrec", "dssm")
-TOWERS = ("id", "frozen", "id+text", "finetune", "lora")
+POOLED_TOWERS = ("frozen", "id+text")  # read pooled text vectors from the embedding cache
+LM_TOWERS = ("finetune", "lora")  # run the top k LM layers on cached hidden states (tcf.models.inputs)
+TOWERS = ("id", *POOLED_TOWERS, *LM_TOWERS)
 LOSSES = ("ce", "inbatch", "bce")
 STRATEGIES = ("none", "ddp", "deepspeed")
 RANKERS = ("matmul", "faiss")

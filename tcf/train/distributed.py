@@ -266,8 +266,9 @@ class Parallel:
                               "number of processes or ZeRO stage?)")
 
     def load_state_dict(self, weights: dict) -> None:
+        """Load weights :meth:`state_dict` gave (every key of the model), strictly: a mismatch is an error."""
         with self.gathered(modify=True):
-            self.model.load_state_dict(weights, strict=False)
+            self.model.load_state_dict(weights)
 
     def barrier(self) -> None:
         if self.world > 1:

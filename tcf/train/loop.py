@@ -22,9 +22,11 @@ import torch
 from tcf.errors import TcfError
 from tcf.eval.ranking import evaluate, report
 from tcf.models import build_model
-from tcf.models.lm_tower import LM_TOWERS, param_groups, step_items, token_cache
+from tcf.models.inputs import text_inputs
+from tcf.models.inputs import text_inputs as text_vectors  # noqa: F401 - the old name
+from tcf.models.lm_tower import param_groups, step_items
 from tcf.provenance import provenance
-from tcf.run.config import RunConfig, config_changes, resolved
+from tcf.run.config import LM_TOWERS, RunConfig, config_changes, resolved
 from tcf.run.results import RunRecord, dataset_section, write_results
 from tcf.run.seqdata import SeqData
 from tcf.train import distributed
@@ -48,29 +50,6 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def text_vectors(cfg: RunConfig, dataset) -> tuple[np.ndarray, dict]:
-    """The pooled text vectors for the dataset: extracted (or found) in the cache, or a given entry, checked."""
-    from tcf.encoders.cache import CacheError, read_entry
-    from tcf.encoders.extract import extract
-
-    if cfg.model.tower in LM_TOWERS:  # the token-state cache entry (hidden states entering layer L-k)
-        return token_cache(cfg, dataset)
-    if cfg.cache_path:
-        entry = read_entry(Path(cfg.cache_path))
-        template = cfg.data.template or dataset.template
-        want = dataset.text_fingerprint(template)
-        if entry.key.get("kind") != "pooled":
-            raise CacheError(f"{entry.path}: a {entry.key.get('kind')} cache; the frozen tower needs pooled vectors")
-        if entry.key["text_fingerprint"] != want or entry.manifest["rows"] != dataset.n_items + 1:
-            raise CacheError(f"{entry.path}: made for other item texts (text_fingerprint "
-                             f"{entry.key['text_fingerprint'][:12]}, {entry.manifest['rows']} rows) than "
-                             f"{dataset.path} with template {template!r} ({want[:12]}, {dataset.n_items + 1} rows)")
-    else:
-        entry = extract(dataset, cfg.encoder, root=cfg.cache_root, template=cfg.data.template, progress=True).entry
-    return np.asarray(entry.vectors, dtype=np.float32), {"cache": str(entry.path), "key_hash": entry.manifest["key_hash"],
-                                                         "encoder_parameters": entry.manifest["n_parameters"]}
 
 
 def say(line: str) -> None:
@@ -143,7 +122,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     device = par.device or pick_device(cfg.train.device)
     dataset = ensure_dataset(cfg.data.dataset, root=cfg.data.root)
     data = SeqData(dataset)
-    vectors, text_info = (text_vectors(cfg, dataset) if cfg.model.tower != "id" else (None, {}))
+    vectors, text_info = text_inputs(cfg, dataset)  # pooled vectors, token-state cache entry, or none
     model = build_model(cfg, data.n_items, data.n_users, vectors).to(device)
     opt = torch.optim.AdamW(param_groups(model, cfg.train), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     log_pop = label_log_probs(data, device)
@@ -167,7 +146,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         if changes:
             raise TrainingError(f"--resume: {last} was made with another config ({'; '.join(changes[:5])}); "
                                 "use a new --out")
-        model.load_state_dict(ck["model"], strict=False)
+        model.load_state_dict(ck["model"])  # strict: last.pt holds the full state of the model this config builds
         if ck["optimizer"] is not None:  # DeepSpeed keeps its (partitioned) optimizer state in its own checkpoint
             opt.load_state_dict(ck["optimizer"])
         state = ck["state"]

@@ -37,9 +37,9 @@ def load_trained(folder: str | Path, *, record: RunRecord | None = None) -> Trai
     from tcf.config import from_dict
     from tcf.data import load_dataset
     from tcf.models import build_model
+    from tcf.models.inputs import text_inputs
     from tcf.run.config import RunConfig
     from tcf.run.seqdata import SeqData
-    from tcf.train.loop import text_vectors
 
     folder = Path(folder)
     best = folder / "checkpoints" / "best.pt"
@@ -52,7 +52,7 @@ def load_trained(folder: str | Path, *, record: RunRecord | None = None) -> Trai
     cfg = from_dict(RunConfig, record.config)
     dataset = load_dataset(record.dataset["path"])
     data = SeqData(dataset)
-    vectors = text_vectors(cfg, dataset)[0] if cfg.model.tower != "id" else None
+    vectors = text_inputs(cfg, dataset)[0]
     model = build_model(cfg, data.n_items, data.n_users, vectors)
     state = torch.load(best, map_location="cpu", weights_only=False)["model"]
     # strict=False only to name the differing keys in the error below: nothing is ever half-loaded
