@@ -55,7 +55,8 @@ OnReply = Callable[[int, Reply], None]
 
 
 class ChatBackend(ABC):
-    """Subclasses set ``name`` and ``identity`` (model and exact weights / server) when built."""
+    """Subclasses set ``name`` and ``identity`` (model and exact weights / server) when built, and say
+    what that identity will be without building (:meth:`identity_for`), as ``Encoder.key_for`` does."""
 
     name: str
     identity: str
@@ -68,6 +69,12 @@ class ChatBackend(ABC):
     def close(self) -> None:  # noqa: B027 - a no-op unless a backend holds a model
         """Free the model."""
 
+    @classmethod
+    def identity_for(cls, z) -> str:
+        """The identity a backend built from ``z`` reports, found without loading weights (cache lookups).
+        Every registered backend says it; one handed in ready-built (tests) is asked its ``identity``."""
+        raise NotImplementedError(f"{cls.__name__} does not say its identity before it is built")
+
 
 def build_backend(z) -> ChatBackend:
     """The backend a :class:`tcf.run.config.ZeroShotConfig` names."""
@@ -76,13 +83,4 @@ def build_backend(z) -> ChatBackend:
 
 def identity_for(z) -> str:
     """The model identity a backend will report, found without loading weights (for cache lookups)."""
-    if z.backend == "openai":
-        if not z.api_base:
-            from tcf.errors import ConfigError
-
-            raise ConfigError("zeroshot.backend openai needs zeroshot.api_base, e.g. http://127.0.0.1:8000/v1")
-        return f"openai:{z.api_base.rstrip('/')}:{z.model}" + (f"@{z.revision}" if z.revision else "")
-    CHAT_BACKENDS.get(z.backend)  # unknown names and missing packages fail here, before any work
-    from tcf.zeroshot.hf_chat import resolve
-
-    return resolve(z)[1]
+    return CHAT_BACKENDS.get(z.backend).identity_for(z)  # unknown names and missing packages fail here

@@ -35,6 +35,10 @@ def plain_text(messages: list[dict]) -> str:
 class HFChat(ChatBackend):
     name = "hf"
 
+    @classmethod
+    def identity_for(cls, z) -> str:
+        return resolve(z)[1]
+
     def __init__(self, z):
         import torch
         from transformers import AutoModelForCausalLM

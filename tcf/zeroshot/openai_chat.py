@@ -12,22 +12,26 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from tcf.errors import ConfigError
 from tcf.http import RetryPolicy, ServerError, api_key, post_json
-from tcf.zeroshot.backend import ChatBackend, GenParams, OnReply, Reply, identity_for
+from tcf.zeroshot.backend import ChatBackend, GenParams, OnReply, Reply
 
 
 class OpenAIChat(ChatBackend):
     name = "openai"
 
     def __init__(self, z):
-        if not z.api_base:
-            raise ConfigError("zeroshot.backend openai needs zeroshot.api_base, e.g. http://127.0.0.1:8000/v1")
+        self.identity = self.identity_for(z)
         self.z = z
         self.url = z.api_base.rstrip("/") + "/chat/completions"
-        self.identity = identity_for(z)
         self.key = api_key(z.api_key_env)
         self.policy = RetryPolicy(max_retries=z.max_retries, timeout_s=z.timeout_s)
         self.stats: dict = {}
         self.calls = 0
+
+    @classmethod
+    def identity_for(cls, z) -> str:
+        if not z.api_base:
+            raise ConfigError("zeroshot.backend openai needs zeroshot.api_base, e.g. http://127.0.0.1:8000/v1")
+        return f"openai:{z.api_base.rstrip('/')}:{z.model}" + (f"@{z.revision}" if z.revision else "")
 
     def _one(self, messages: list[dict], params: GenParams) -> Reply:
         payload = {"model": self.z.model, "messages": messages, "temperature": params.temperature,

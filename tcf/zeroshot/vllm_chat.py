@@ -17,6 +17,10 @@ VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 class VLLMChat(ChatBackend):
     name = "vllm"
 
+    @classmethod
+    def identity_for(cls, z) -> str:
+        return resolve(z)[1]
+
     def __init__(self, z, llm=None):
         self.z = z
         source, self.identity = resolve(z)
