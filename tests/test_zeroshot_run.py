@@ -127,6 +127,41 @@ def test_hard_negatives_come_from_a_trained_run(tmp_path, tiny_dataset):
                       SeqData(tiny_dataset))
 
 
+def test_hard_negatives_need_enough_items_outside_each_history(tmp_path, tiny_dataset):
+    """A user with fewer allowed items than negatives is refused, as uniform sampling refuses it: the trained
+    run's top list would otherwise fill up with masked items (padding, the history, the target itself)."""
+    from tcf.train.data import SeqData
+    from tcf.train.loop import train
+
+    run = tmp_path / "sasrec"
+    train(load_config(None, [f"data.dataset={tiny_dataset.path}", "train.epochs=1", "model.dim=8",
+                             "eval.bootstrap=0"]), run, progress=False)
+    data = SeqData(tiny_dataset)
+    n = data.n_items  # n - 1 negatives: more than any user has outside their sequence (>= 3 items)
+    with pytest.raises(ConfigError, match=rf"user \d+: only \d+ items outside the user's history.*n_candidates {n} "):
+        load_or_build(config(tmp_path, tiny_dataset, n_candidates=n), tiny_dataset, data)
+    with pytest.raises(ConfigError, match=rf"user \d+: only \d+ items outside the user's history.*{n - 1} hard "
+                                          rf"negatives.*n_candidates {n} "):
+        load_or_build(config(tmp_path, tiny_dataset, n_candidates=n, negatives="hard", hard_run=run), tiny_dataset,
+                      data)
+    fits = min(n - len(set(data.seqs[u].tolist())) for u in data.users)  # what the longest history leaves
+    c, _ = load_or_build(config(tmp_path, tiny_dataset, n_candidates=fits + 1, negatives="hard", hard_run=run,
+                                limit=None), tiny_dataset, data)
+    for row, u in enumerate(c.users):  # at the limit every list still holds the target and real, unseen items
+        items = c.lists[row, 0].tolist()
+        assert 0 not in items and len(set(items)) == len(items)
+        assert not (set(items) - {c.targets[row]}) & set(data.seqs[u].tolist())
+
+
+def test_hard_negatives_are_refused_on_the_validation_split():
+    """The hard run's checkpoint was early-stopped on the validation targets: lists made hard for it there
+    would be fitted to the answers."""
+    with pytest.raises(ConfigError, match="negatives: hard.*split: valid.*early-stopped"):
+        ZeroShotConfig(negatives="hard", hard_run="runs/sasrec", split="valid")
+    assert ZeroShotConfig(negatives="hard", hard_run="runs/sasrec", split="test").split == "test"
+    assert ZeroShotConfig(negatives="popularity", split="valid").split == "valid"
+
+
 def test_every_template_renders_and_ships_with_the_package():
     for name in ("rank", "rank-recency", "rank-icl", "choice", "topk-json"):
         text = PromptTemplate.named(name).render(history=["Fargo", "Heat"], candidates=["Babe", "Seven", "Alien", "Big"],

@@ -143,7 +143,7 @@ class ZeroShotConfig:
     prompt: str | None = None  # template name in prompts/ or a file path (default: the protocol's own)
     n_candidates: int | None = None  # target + negatives (default: rank* 20, choice 4, topk-json 100)
     top_k: int = 10  # topk-json: how many the model is asked to return
-    negatives: str = "uniform"  # uniform | popularity | hard (a trained run's top items)
+    negatives: str = "uniform"  # uniform | popularity | hard (a trained run's top items; split: test only)
     hard_run: str | None = None  # negatives: hard: folder of a `tcf train` run (results.json + checkpoints/best.pt)
     position: str = "shuffle"  # shuffle (seeded) | pinned (the target at pinned_position, for position-bias studies)
     pinned_position: int = 0  # 0-based slot of the target when position: pinned
@@ -191,6 +191,11 @@ class ZeroShotConfig:
             raise ConfigError(f"zeroshot.negatives must be one of {list(NEGATIVES)}, got {self.negatives!r}")
         if self.negatives == "hard" and not self.hard_run:
             raise ConfigError("zeroshot.negatives: hard needs zeroshot.hard_run (a `tcf train` run folder)")
+        if self.negatives == "hard" and self.split == "valid":
+            raise ConfigError("zeroshot.negatives: hard cannot be used with zeroshot.split: valid: the hard_run's "
+                              "checkpoint was early-stopped on those same validation targets, so lists made hard "
+                              "for it there are fitted to the answers; use split: test (or negatives: uniform / "
+                              "popularity)")
         if self.position not in ("shuffle", "pinned"):
             raise ConfigError(f"zeroshot.position must be shuffle or pinned, got {self.position!r}")
         if self.split not in ("test", "valid"):

@@ -178,5 +178,12 @@ def hard_negatives(cfg, dataset, data, users: np.ndarray, n_neg: int) -> np.ndar
             scores[torch.arange(len(chunk)), targets] = float("-inf")
             for row, u in enumerate(chunk):  # items after the target (the valid split's test item) are not negatives
                 scores[row, torch.tensor(data.seqs[u])] = float("-inf")
+            allowed = torch.isfinite(scores).sum(1)
+            short = torch.nonzero(allowed < n_neg).flatten().tolist()  # topk would fill up with masked items
+            if short:
+                row = short[0]
+                raise ConfigError(f"user {int(chunk[row])}: only {int(allowed[row])} items outside the user's history "
+                                  f"for {n_neg} hard negatives; zeroshot.n_candidates {n_neg + 1} is too many for "
+                                  "this dataset")
             out.append(scores.topk(n_neg, dim=1).indices.numpy())
     return np.concatenate(out)
