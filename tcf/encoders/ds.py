@@ -16,48 +16,12 @@ Install with ``DS_BUILD_OPS=0 pip install 'tcf[deepspeed]'``.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
-import warnings
 
 from tcf.encoders.base import EncoderSpec
 from tcf.encoders.hf import HFEncoder, torch_dtype
+from tcf.encoders.quiet import _CPU_NOTE, import_deepspeed, quiet_deepspeed  # noqa: F401 - re-exported
 from tcf.errors import ConfigError
-
-
-class _CpuFallbackNote(logging.Filter):
-    """Drops the one line DeepSpeed logs (to stdout) when it finds no GPU and settles on the CPU."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "Setting accelerator to CPU" not in record.getMessage()
-
-
-_CPU_NOTE = _CpuFallbackNote()
-
-
-@contextlib.contextmanager
-def quiet_deepspeed():
-    """Keep DeepSpeed's import-time noise off the terminal while it is imported here, or by transformers /
-    accelerate (``save_pretrained`` imports it whenever it is installed).
-
-    On a machine without a GPU every import logs "Setting accelerator to CPU ..." to stdout, and
-    DeepSpeed releases warn (FutureWarning, DeprecationWarning) about the torch APIs they call: nothing
-    a user can act on.  Only those go: exceptions still raise, and DeepSpeed's own warnings and errors
-    while it runs still print.
-    """
-    logging.getLogger("DeepSpeed").addFilter(_CPU_NOTE)  # the logger DeepSpeed creates at import; added once
-    with warnings.catch_warnings():
-        for category in (FutureWarning, DeprecationWarning):
-            warnings.filterwarnings("ignore", category=category, module=r"deepspeed(\.|$)")
-        yield
-
-
-def import_deepspeed():
-    """``import deepspeed`` without its import-time noise: every place tcf chooses DeepSpeed imports it so."""
-    with quiet_deepspeed():
-        import deepspeed
-    return deepspeed
 
 
 def zero3_config(offload: bool) -> dict:

@@ -12,7 +12,6 @@ results are put back in input order; the batch size halves on out-of-memory.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 
 from tcf.encoders.base import Embedded, Encoder, EncoderSpec, TokenStates, encoder_key
 from tcf.encoders.pooling import pool
+from tcf.encoders.quiet import quiet_transformers  # noqa: F401 - re-exported
 from tcf.errors import ConfigError, TcfError
 
 log = logging.getLogger(__name__)
@@ -110,23 +110,6 @@ def _identity():
     import torch
 
     return torch.nn.Identity()
-
-
-@contextlib.contextmanager
-def quiet_transformers():
-    """Silence transformers' load reports and progress bars while loading (errors still raise)."""
-    from transformers.utils import logging as tlog
-
-    level = tlog.get_verbosity()
-    bars = tlog.is_progress_bar_enabled()
-    tlog.set_verbosity_error()
-    tlog.disable_progress_bar()
-    try:
-        yield
-    finally:
-        tlog.set_verbosity(level)
-        if bars:
-            tlog.enable_progress_bar()
 
 
 def describe(spec: EncoderSpec):

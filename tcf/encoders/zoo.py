@@ -266,7 +266,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     marker = out / SOURCE_FILE
     if marker.exists() and json.loads(marker.read_text()).get("sha256") == digest:
         return out
-    from tcf.encoders.hf import quiet_transformers
+    from tcf.encoders.quiet import quiet_transformers
 
     print(f"tcf: converting {gguf.name} to a safetensors folder once (tens of seconds) -> {out}", file=sys.stderr)
     # transformers' GGUF reader draws its own progress bar on stderr; our one line above says it all
@@ -277,7 +277,7 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    from tcf.encoders.ds import quiet_deepspeed
+    from tcf.encoders.quiet import quiet_deepspeed, quiet_transformers
 
     # save_pretrained imports DeepSpeed whenever it is installed (accelerate's unwrap): keep its noise out
     with atomic_dir(out) as tmp, quiet_transformers(), quiet_deepspeed():
