@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +184,35 @@ def test_zero_shot_against_baselines_and_a_trained_model_on_the_same_candidates(
     trained = zs_summary["baselines"]["trained SASRec (ID)"]
     assert 0 <= trained <= 1 and zs_summary["baselines"]["random"] == pytest.approx(
         np.mean([1 / np.log2(r + 2) for r in range(5)]))  # random order over 5 candidates: exact expectation
+
+
+def test_the_hard_run_itself_is_not_scored_on_the_lists_made_hard_for_it(tiny_dataset, tmp_path):
+    """Lists drawn from a trained run's own top items rank its target exactly as the full catalogue does: that
+    run is no baseline on them.  The report leaves it out with a note; another head is still scored."""
+    from tcf.experiments.config import load_config
+    from tcf.train.loop import train
+    from tcf.zeroshot import run_zeroshot
+
+    common = [f"data.dataset={tiny_dataset.path}", f"cache_root={tmp_path / 'cache'}", "eval.bootstrap=20"]
+    for head in ("sasrec", "dssm"):
+        train(load_config(None, [*common, f"model.head={head}", "model.dim=16", "model.max_len=8", "train.epochs=2",
+                                 "train.batch_size=16"]), tmp_path / "runs" / f"{head}-id", progress=False)
+    zs = load_config(None, [*common, "task=zeroshot", "zeroshot.protocol=rank", "zeroshot.n_candidates=5",
+                            "zeroshot.limit=12", "zeroshot.history_len=4", "zeroshot.use_cache=false",
+                            "zeroshot.negatives=hard", f"zeroshot.hard_run={tmp_path / 'runs' / 'sasrec-id'}"])
+    run_zeroshot(zs, tmp_path / "runs" / "zs", progress=False, backend=ReverseRanker())
+    md = report_text(tmp_path / "runs")
+    answer = md.split("**How far is zero-shot prompting from trained models?**")[1].split("## ")[0]
+    assert "the trained DSSM (ID) on the same candidates" in answer
+    assert "the trained SASRec (ID) on the same candidates" not in answer
+    assert "trained SASRec (ID) not scored: it is the hard_run (`sasrec-id`)" in answer
+    row = next(line for line in md.splitlines() if line.startswith("| smollm2-135m | rank |"))
+    assert "trained SASRec (ID) not scored: it is the hard_run (`sasrec-id`)" in row
+    zs_summary = json.loads((tmp_path / "runs" / "report" / "report.json").read_text())["zeroshot"][0]
+    assert "trained DSSM (ID)" in zs_summary["baselines"] and "trained SASRec (ID)" not in zs_summary["baselines"]
+    assert any("hard_run" in note for note in zs_summary["notes"])
+    # runs copied elsewhere: the hard run is known by its best checkpoint's hash, not its old folder
+    shutil.copytree(tmp_path / "runs", tmp_path / "moved", ignore=shutil.ignore_patterns("report"))
+    moved = report_text(tmp_path / "moved")
+    assert "trained SASRec (ID) not scored: it is the hard_run (`sasrec-id`)" in moved
+    assert "the trained SASRec (ID) on the same candidates" not in moved

@@ -346,21 +346,25 @@ def zeroshot_rows(runs: list[RunResult], trained: list[Group], s: ReportSettings
         row = {"run": r, "model": Path(str(r.config.get("zeroshot.model", "?"))).name,
                "protocol": r.config.get("zeroshot.protocol", "?"), "metrics": split.get("metrics", {}),
                "n_users": split.get("n_users"), "compliance": compliance.get("valid"),
-               "partial": compliance.get("partial"), "baselines": {}}
+               "partial": compliance.get("partial"), "baselines": {}, "notes": []}
         for name, b in (split.get("baselines") or {}).items():
             row["baselines"][name] = b.get("metrics", {}) if isinstance(b, dict) else {}
-        row["baselines"].update(trained_on_candidates(r, trained, s))
+        row["baselines"].update(trained_on_candidates(r, trained, s, notes=row["notes"]))
         rows.append(row)
     return rows
 
 
-def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings) -> dict[str, dict]:
+def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings,
+                          notes: list[str] | None = None) -> dict[str, dict]:
     """The trained run of each head (same dataset) best on validation, scored on the zero-shot run's
-    candidate lists."""
+    candidate lists.  The run whose top items are the lists' hard negatives (``zeroshot.hard_run``) is left
+    out, said in ``notes``: its rank of the target among them equals its full-catalogue rank, and the lists
+    were made hard for it alone, so it is no baseline there."""
     path = zs.record.section("candidates", {}).get("path")
     fingerprint = zs.record.dataset.get("fingerprint")
     if not path or not Path(path).is_file():
         return {}
+    hard = hard_run_of(zs)
     out = {}
     for head in sorted({g.first.head for g in trained}):
         same = [g for g in trained if g.first.head == head
@@ -368,14 +372,44 @@ def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings
         best = _select(same, s.metrics[0])
         if best is None:
             continue
+        name = (f"trained {HEAD_NAMES.get(head, head)} ({TOWER_NAMES.get(best.first.tower, best.first.tower)}"
+                + (f", {best.first.encoder})" if best.first.encoder else ")"))
+        if hard is not None and is_hard_run(best.first, hard):
+            if notes is not None:
+                notes.append(f"{name} not scored: it is the hard_run (`{best.first.folder.name}`) whose top items "
+                             "are the negatives, so its rank among them is its full-catalogue rank")
+            continue
         try:
             metrics = score_on_candidates(best.first, Path(path), s.split)
         except Exception as e:  # noqa: BLE001 - a run that cannot be rebuilt is reported, not fatal
             print(f"tcf report: could not score {best.first.folder} on {path}: {e}")
             continue
-        out[f"trained {HEAD_NAMES.get(head, head)} ({TOWER_NAMES.get(best.first.tower, best.first.tower)}"
-            + (f", {best.first.encoder})" if best.first.encoder else ")")] = metrics
+        out[name] = metrics
     return out
+
+
+def hard_run_of(zs: RunResult) -> dict | None:
+    """The trained run a zero-shot run drew hard negatives from ({path, best_sha256} as its candidate file's key
+    records it), or None for uniform / popularity negatives."""
+    key = zs.record.section("candidates", {}).get("key") or {}
+    if key.get("negatives") == "hard" and isinstance(key.get("hard_run"), dict):
+        return key["hard_run"]
+    if zs.config.get("zeroshot.negatives") == "hard" and zs.config.get("zeroshot.hard_run"):
+        return {"path": str(zs.config.get("zeroshot.hard_run"))}
+    return None
+
+
+def is_hard_run(run: RunResult, hard: dict) -> bool:
+    """``run`` is that hard run: the same folder, or (a moved or copied folder) the same best checkpoint."""
+    folder = Path(run.folder)
+    if hard.get("path") and Path(hard["path"]).resolve() == folder.resolve():
+        return True
+    best = folder / "checkpoints" / "best.pt"
+    if not hard.get("best_sha256") or not best.is_file():
+        return False
+    from tcf.encoders.zoo import file_hash
+
+    return file_hash(best)[:16] == hard["best_sha256"]
 
 
 def score_on_candidates(run: RunResult, path: Path, split: str) -> dict:
@@ -429,7 +463,8 @@ def answer_zeroshot(rows: list[dict], s: ReportSettings) -> list[str]:
                             + f" the {name} on the same candidates")
         line = "; ".join(parts)
         said = ", ".join(verdicts[:-1]) + (" and " if len(verdicts) > 1 else "") + (verdicts[-1] if verdicts else "")
-        out.append(line + (f" — **zero-shot is {said}**." if verdicts else "."))
+        out.append(line + (f" — **zero-shot is {said}**." if verdicts else ".")
+                   + "".join(f" ({note}.)" for note in row.get("notes", [])))
     return out or ["not measured (no zero-shot run)."]
 
 
@@ -647,14 +682,16 @@ def table(groups: list[Group], s: ReportSettings) -> list[str]:
 
 def zeroshot_table(rows: list[dict], s: ReportSettings) -> list[str]:
     names = sorted({n for r in rows for n in r["baselines"]})
+    notes = any(r.get("notes") for r in rows)
     cols = ["model", "protocol", *[f"{s.split} {m}" for m in s.metrics], *[f"{n} {s.metrics[0]}" for n in names],
-            "format compliance"]
+            "format compliance", *(["notes"] if notes else [])]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         vals = [_mean(r["metrics"], m) for m in s.metrics] + [_mean(r["baselines"].get(n, {}), s.metrics[0])
                                                               for n in names]
         cells = [r["model"], str(r["protocol"]), *["—" if v is None else f"{v:.4f}" for v in vals],
                  "—" if r["compliance"] is None else f"{r['compliance']:.1%}"]
+        cells += ["; ".join(r.get("notes", []))] if notes else []  # e.g. a trained baseline left out, and why
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -733,5 +770,6 @@ def _summary(trained: list[Group], zs: list[dict], found: list[Finding], s: Repo
         for g in sorted(trained, key=_order)],
         "zeroshot": [{"model": r["model"], "protocol": r["protocol"], "compliance": r["compliance"],
                       **{m: _mean(r["metrics"], m) for m in s.metrics},
-                      "baselines": {n: _mean(b, s.metrics[0]) for n, b in r["baselines"].items()}} for r in zs],
+                      "baselines": {n: _mean(b, s.metrics[0]) for n, b in r["baselines"].items()},
+                      "notes": r.get("notes", [])} for r in zs],
         "comparisons": [f.record(s) for f in found]}
