@@ -130,8 +130,12 @@ def order_scores(parsed: Parsed, n: int, unranked: str, rng: np.random.Generator
     The candidates the reply left unranked (all of them when it failed) share the points left, 1..n-m:
     ``tie`` gives each their mean, (n - m + 1) / 2, a tie below every ranked candidate, so the metrics
     are their exact expectation under a random order of the unranked ones (the tie-aware metrics compute
-    it) and a failed reply scores the random baseline wherever the prompt put the target; summed over
-    bootstrap rounds the points stay expected Borda points, and candidates no round ranked stay tied.
+    it) and a failed reply scores the random baseline wherever the prompt put the target.  That holds for
+    one round only: with bootstrap > 1 ``score_users`` sums these (expected) points over the rounds and the
+    metrics are computed on the ranking of the sums, a Borda consensus.  That is neither the mean of the
+    rounds' metrics nor the expected metric under random orders of the unranked candidates (a metric of
+    summed expected points is not the expectation of the metric); only the candidates that no round ranked
+    stay tied with one another, and only that tie is averaged exactly.
     ``shuffle`` draws one random order of them (``rng``), ``order`` keeps their presented order: that
     scores where the prompt put the target, not the model (a failed reply with the target pinned first
     gets HR@1 = 1), so it is an explicit opt-in for reproducing work that did it.
@@ -151,8 +155,12 @@ def order_scores(parsed: Parsed, n: int, unranked: str, rng: np.random.Generator
 
 
 def score_users(jobs, parsed, cands, unranked: str, seed: int = 0) -> np.ndarray:
-    """Borda aggregation over bootstrap rounds, aligned with round 0's order: [U, N].  ``shuffle`` draws
-    each prompt's tail order from (seed, user, round), so it does not depend on which users are run."""
+    """Borda aggregation over bootstrap rounds, aligned with round 0's order: [U, N], the sum of each round's
+    ``order_scores``.  With bootstrap > 1 the metrics computed on these sums are those of the consensus
+    ranking, not the mean of per-round metrics and not an expected metric: a candidate ranked in some rounds
+    and left unranked (tied, at its expected points) in others is simply placed by its summed points.
+    ``shuffle`` draws each prompt's tail order from (seed, user, round), so it does not depend on which
+    users are run."""
     n_users, _, n = cands.lists.shape
     scores = np.zeros((n_users, n))
     for job, p in zip(jobs, parsed):
