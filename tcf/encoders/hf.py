@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tcf.devices import pick_device, torch_dtype  # noqa: F401 - re-exported
 from tcf.encoders.base import Embedded, Encoder, EncoderSpec, TokenStates, encoder_key
 from tcf.encoders.pooling import pool
 from tcf.encoders.quiet import quiet_transformers  # noqa: F401 - re-exported
@@ -25,22 +26,6 @@ from tcf.errors import ConfigError, TcfError
 
 log = logging.getLogger(__name__)
 FINAL_NORMS = ("norm", "final_layer_norm", "ln_f", "final_layernorm")
-
-
-def torch_dtype(name: str):
-    import torch
-
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-def pick_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"encoder.device is {name!r} but no CUDA device is available")
-    return name
 
 
 def resolve_model(spec: EncoderSpec):

@@ -14,11 +14,11 @@ import os
 
 import numpy as np
 
+from tcf.devices import VLLM_DTYPES
 from tcf.encoders.base import Embedded, Encoder, EncoderSpec, encoder_key
 from tcf.encoders.hf import describe, load_tokenizer, tokenize
 from tcf.errors import ConfigError
 
-VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 VLLM_POOLING = {"mean": "MEAN", "last": "LAST", "cls": "CLS"}
 
 

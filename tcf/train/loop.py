@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tcf.devices import pick_device as device_named
 from tcf.errors import TcfError
 from tcf.eval.ranking import evaluate, report
 from tcf.models import build_model
@@ -47,9 +48,7 @@ def seed_everything(seed: int) -> dict:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return torch.device(device_named(name, "train.device"))
 
 
 def say(line: str) -> None:

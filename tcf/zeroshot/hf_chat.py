@@ -57,7 +57,7 @@ class HFChat(ChatBackend):
         with quiet_transformers():
             self.model = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch_dtype(z.dtype), **kw)
         self.model.eval()
-        self.device = pick_device(z.device)
+        self.device = pick_device(z.device, "zeroshot.device")
         self.model.to(self.device)
         self.batch_size = z.batch_size
         self.calls = 0

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import os
 
+from tcf.devices import VLLM_DTYPES
 from tcf.zeroshot.backend import ChatBackend, GenParams, OnReply, Reply
 from tcf.zeroshot.hf_chat import resolve
-
-VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 class VLLMChat(ChatBackend):
