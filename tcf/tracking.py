@@ -174,13 +174,14 @@ def flat(d: dict, prefix: str = "") -> dict:
 
 
 def final_metrics(results: dict) -> dict[str, float]:
-    """``test_ndcg_at_10`` (mean), ``..._ci_low`` / ``..._ci_high`` (95% CI) per split and metric of a results record."""
+    """``test_ndcg_at_10`` (mean), ``..._ci_low`` / ``..._ci_high`` (95% CI) per split and metric of a results record;
+    the valid split's are ``best_valid_...`` (the per-epoch ``valid_ndcg_at_10`` is another series)."""
     out = {}
     for split, section in (results.get("metrics") or {}).items():
         for name, m in ((section or {}).get("metrics") or {}).items():
             if not isinstance(m, dict) or m.get("mean") is None:
                 continue
-            key = metric_key(f"{split}_{name}")
+            key = metric_key(f"{'best_' if split == 'valid' else ''}{split}_{name}")  # valid: the chosen checkpoint's
             out[key] = float(m["mean"])
             ci = m.get("ci95")
             if ci and len(ci) == 2 and None not in ci:

@@ -440,7 +440,7 @@ def _read(path: Path) -> dict:
 
 
 def submit(exp: Experiment, out: Path, jobs: list[Job], lc: LauncherConfig, cluster: str,
-           log=print, wait_local: bool = True) -> list[Job]:
+           log=print) -> list[Job]:
     """Submit the jobs to run, leaders (first run of each shared cache, and runs needing none) first; on the
     local executor, the followers once the leaders are done (there are no dependencies there)."""
     folder = out / LAUNCH_DIR
@@ -450,7 +450,9 @@ def submit(exp: Experiment, out: Path, jobs: list[Job], lc: LauncherConfig, clus
     job_cls = _checkpointable()
     submitted = []
     for wave in (False, True):
-        if wave and cluster != "slurm" and wait_local:
+        if not any((j.after is not None) == wave for j in todo):
+            continue
+        if wave and cluster != "slurm":  # no dependencies on the local executor: the leaders first, then the rest
             for j in submitted:
                 _wait(j)
         for (_, _), members in _arrays([j for j in todo if (j.after is not None) == wave]).items():

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tcf import tracking
 from tcf.devices import pick_device as device_named
 from tcf.errors import TcfError
 from tcf.eval.ranking import evaluate, report
@@ -201,6 +202,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         state["epoch"] = epoch + 1
         state["history"].append({"epoch": epoch + 1, "loss": float(np.mean(losses)), f"valid_{SELECT_METRIC}": valid,
                                  "seconds": time.perf_counter() - t0})
+        tracking.log_epoch(cfg, out, state["history"][-1], main=par.is_main)  # tracking: on (MLflow); instant
         weights = par.state_dict()  # on every rank (gathered under ZeRO-3); rank 0 writes
         if valid > state["best"]:
             state.update(best=valid, best_epoch=epoch + 1, bad_epochs=0, seconds_to_best=state["train_seconds"])
@@ -247,4 +249,5 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     if par.is_main:
         write_results(out, record)
     results = record.to_dict()
+    tracking.log_results(cfg, out, results, main=par.is_main)  # waits at most tracking.timeout_s, never raises
     return par.finish(results)
