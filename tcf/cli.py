@@ -396,7 +396,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.dataset is not None and args.items is not None:
         raise ConfigError("give --dataset or --items, not both")
     p = plan(args.model, hardware(args.gpus, args.cpu_mem), items=args.items, tokens=args.tokens, batch=args.batch,
-             finetune_layers=args.finetune_layers, dtype=args.dtype, dataset=args.dataset, tflops=args.tflops)
+             finetune_layers=args.finetune_layers, dtype=args.dtype, dataset=args.dataset, tflops=args.tflops,
+             loss=args.loss, max_len=args.max_len)
     print(json.dumps(p, indent=2) if args.json else render(p))
     return 0
 
@@ -583,7 +584,11 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--dataset", help="dataset folder: its item count sizes the cache")
     pl.add_argument("--items", type=int, help="number of items, instead of --dataset")
     pl.add_argument("--tokens", type=int, default=64, help="text length in tokens (max_tokens; default 64)")
-    pl.add_argument("--batch", type=int, default=64, help="item texts per forward / training step (default 64)")
+    pl.add_argument("--batch", type=int, default=64, help="texts per extraction forward; train.batch_size (sequences "
+                    "per step) for fine-tuning (default 64)")
+    pl.add_argument("--loss", default="inbatch", choices=["inbatch", "bce", "ce"],
+                    help="fine-tuning: train.loss, which sets the items a step runs (default inbatch)")
+    pl.add_argument("--max-len", type=int, default=50, help="fine-tuning: model.max_len (default 50)")
     pl.add_argument("--finetune-layers", type=int, default=2, help="top-k blocks fine-tuned (0 = frozen only)")
     pl.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="GPU weights and activations")
     pl.add_argument("--tflops", type=float, help="effective TFLOP/s per device for the time estimate "
