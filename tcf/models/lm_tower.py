@@ -52,7 +52,7 @@ def check_config(cfg) -> None:
 
 def cache_spec(cfg):
     """The encoder spec of the token cache: hidden states entering layer L-k."""
-    from tcf.encoders.hf import describe
+    from tcf.encoders.hf_load import describe
 
     n_layers, k = describe(cfg.encoder)[3], cfg.model.finetune_layers
     if not 1 <= k <= n_layers:
@@ -88,7 +88,8 @@ def full_parameter_count(spec) -> int:
     from accelerate import init_empty_weights
     from transformers import AutoModel
 
-    from tcf.encoders.hf import describe, quiet_transformers
+    from tcf.encoders.hf_load import describe
+    from tcf.encoders.quiet import quiet_transformers
 
     with quiet_transformers(), init_empty_weights():
         return sum(p.numel() for p in AutoModel.from_config(describe(spec)[2]).parameters())
@@ -263,7 +264,7 @@ def block_linears(model: nn.Module) -> list[str]:
 
     from transformers.pytorch_utils import Conv1D
 
-    from tcf.encoders.hf import LAYER_LISTS
+    from tcf.models.top_layers import LAYER_LISTS
 
     in_block = re.compile(rf"^({'|'.join(re.escape(p) for p in LAYER_LISTS)})\.\d+\.")
     return [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D)) and in_block.match(n)]
@@ -296,7 +297,7 @@ def enable_checkpointing(model) -> None:
 
 def build_lm_tower(cfg, entry) -> LMTower:
     """The ``finetune`` or ``lora`` tower of a RunConfig over a token-state cache entry."""
-    from tcf.encoders.hf import load_top_layers
+    from tcf.models.top_layers import load_top_layers
 
     check_config(cfg)
     m = cfg.model

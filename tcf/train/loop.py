@@ -9,6 +9,7 @@ parameter counts.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -108,13 +109,46 @@ def step_loss(model, batch, cfg: RunConfig, data: SeqData, log_pop, device, gath
     return sampled_bce(h, y, rows, known, model.item_vectors, data.n_items)
 
 
-def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
+@dataclasses.dataclass
+class Training:
+    """What one run's steps share: the config, its folder, the data, the model and how it is stepped."""
+
+    cfg: RunConfig
+    out: Path
+    par: distributed.Parallel
+    device: torch.device
+    data: SeqData
+    text_info: dict | None
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    log_pop: torch.Tensor
+    gather: object
+    amp: bool
+    eval_kw: dict
+    seeds: dict
+    t_start: float
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def last(self) -> Path:
+        return self.ckpt_dir / "last.pt"
+
+
+def new_state() -> dict:
+    return {"epoch": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [], "train_seconds": 0.0,
+            "seconds_to_best": None}
+
+
+def set_up(cfg: RunConfig, out: Path) -> Training:
+    """Seeds, threads, process group, data, text inputs, model, optimizer and loss scaler of a run."""
     from tcf.data import ensure_dataset
 
-    out = Path(out)
-    ckpt_dir = out / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     seeds = seed_everything(cfg.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -125,129 +159,165 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     vectors, text_info = text_inputs(cfg, dataset)  # pooled vectors, token-state cache entry, or none
     model = build_model(cfg, data.n_items, data.n_users, vectors).to(device)
     opt = torch.optim.AdamW(param_groups(model, cfg.train), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    log_pop = label_log_probs(data, device)
-    gather = par.gather_candidates if cfg.train.gather_negatives and par.world > 1 else None
-    amp = cfg.train.amp and device.type == "cuda"
     # fp16 LM layers (fp32 master weights, autocast): scale the loss so small gradients do not underflow
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.model.tower in LM_TOWERS and cfg.encoder.dtype == "fp16"
                                   and cfg.train.strategy != "deepspeed")
     eval_kw = dict(ks=tuple(cfg.eval.ks), max_len=cfg.model.max_len, mask_history=cfg.eval.mask_history,
                    batch_users=cfg.eval.batch_users, device=device, ranker=cfg.eval.ranker,
                    faiss_index=cfg.eval.faiss_index)
+    return Training(cfg=cfg, out=out, par=par, device=device, data=data, text_info=text_info, model=model, opt=opt,
+                    scaler=scaler, log_pop=label_log_probs(data, device),
+                    gather=par.gather_candidates if cfg.train.gather_negatives and par.world > 1 else None,
+                    amp=cfg.train.amp and device.type == "cuda", eval_kw=eval_kw, seeds=seeds, t_start=t_start)
 
-    state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": [], "train_seconds": 0.0,
-             "seconds_to_best": None}
-    last = ckpt_dir / "last.pt"
-    if resume:
-        if not last.is_file():
-            raise TrainingError(f"--resume: no checkpoint at {last}")
-        ck = torch.load(last, map_location=device, weights_only=False)
-        changes = config_changes(ck["config"], resolved(cfg))
-        if changes:
-            raise TrainingError(f"--resume: {last} was made with another config ({'; '.join(changes[:5])}); "
-                                "use a new --out")
-        model.load_state_dict(ck["model"])  # strict: last.pt holds the full state of the model this config builds
-        if ck["optimizer"] is not None:  # DeepSpeed keeps its (partitioned) optimizer state in its own checkpoint
-            opt.load_state_dict(ck["optimizer"])
-        state = ck["state"]
-        if ck.get("scaler"):
-            scaler.load_state_dict(ck["scaler"])
-        torch.set_rng_state(ck["rng"]["torch"])
-        np.random.set_state(ck["rng"]["numpy"])
-        random.setstate(ck["rng"]["python"])
 
-    par.wrap(model, opt, cfg)  # DDP, or a DeepSpeed engine around model and optimizer
-    if resume:
-        par.load_engine(ckpt_dir / "deepspeed", state["epoch"])
-    show = progress and par.is_main
-    windows = data.windows(cfg.model.max_len)
-    steps = math.ceil(len(windows) / (cfg.train.batch_size * par.world))
-    if show:
-        say(f"{cfg.name}: up to {cfg.train.epochs} epochs of {steps} steps ({len(windows):,} windows, batch "
-            f"{cfg.train.batch_size}{f' x {par.world} processes' if par.world > 1 else ''}); stops after "
-            f"{cfg.train.patience} epochs without a better valid {SELECT_METRIC} (train.epochs, train.patience)"
-            + (f"; resuming after epoch {state['epoch']}" if state["epoch"] else ""))
-    while state["epoch"] < cfg.train.epochs and state["bad_epochs"] < cfg.train.patience:
-        epoch = state["epoch"]
-        model.train()
-        t0 = time.perf_counter()
-        perm = windows[np.random.default_rng(cfg.seed + epoch).permutation(len(windows))]
-        par.seed_epoch(cfg.seed, epoch)
-        losses = []
-        bar = step_bar(show, steps, f"epoch {epoch + 1}/{cfg.train.epochs}", cfg.train.batch_size * par.world)
-        for step, (part, real) in enumerate(par.batches(perm, cfg.train.batch_size), start=1):  # this rank's part
-            batch = data.train_batch(part, cfg.model.max_len)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp), step_items(model, batch):
-                loss, value = par.loss(lambda m, b=batch: step_loss(m, b, cfg, data, log_pop, device, gather),
-                                       batch[2], real)
-            if not math.isfinite(value):
-                raise TrainingError(f"loss became {value} at epoch {epoch + 1}, step {step}; "
-                                    f"stopped. The last good checkpoint is {last if last.exists() else 'none yet'} "
-                                    "(lower train.lr, or check the text vectors)")
-            losses.append(value)
-            if par.step(loss):  # DeepSpeed: backward, clipping and the step are the engine's
-                continue
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.train.grad_clip > 0:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            bar_step(bar, float(np.mean(losses)))
-        if bar is not None:
-            bar.close()
-        valid = par.on_main(lambda: evaluate(model, data, "valid", **eval_kw).mean(SELECT_METRIC))  # to every rank
-        state["train_seconds"] += time.perf_counter() - t0
-        state["epoch"] = epoch + 1
-        state["history"].append({"epoch": epoch + 1, "loss": float(np.mean(losses)), f"valid_{SELECT_METRIC}": valid,
-                                 "seconds": time.perf_counter() - t0})
-        tracking.log_epoch(cfg, out, state["history"][-1], main=par.is_main)  # tracking: on (MLflow); instant
-        weights = par.state_dict()  # on every rank (gathered under ZeRO-3); rank 0 writes
-        if valid > state["best"]:
-            state.update(best=valid, best_epoch=epoch + 1, bad_epochs=0, seconds_to_best=state["train_seconds"])
-            if par.is_main:
-                _save(ckpt_dir / "best.pt", {"model": weights, "epoch": epoch + 1})
-        else:
-            state["bad_epochs"] += 1
-        par.save_engine(ckpt_dir / "deepspeed", epoch + 1)  # DeepSpeed: every rank its part, before last.pt
+def resume_from_last(run: Training) -> dict:
+    """Load last.pt (same config only) into the model, optimizer, scaler and random streams; -> the loop state."""
+    if not run.last.is_file():
+        raise TrainingError(f"--resume: no checkpoint at {run.last}")
+    ck = torch.load(run.last, map_location=run.device, weights_only=False)
+    changes = config_changes(ck["config"], resolved(run.cfg))
+    if changes:
+        raise TrainingError(f"--resume: {run.last} was made with another config ({'; '.join(changes[:5])}); "
+                            "use a new --out")
+    run.model.load_state_dict(ck["model"])  # strict: last.pt holds the full state of the model this config builds
+    if ck["optimizer"] is not None:  # DeepSpeed keeps its (partitioned) optimizer state in its own checkpoint
+        run.opt.load_state_dict(ck["optimizer"])
+    if ck.get("scaler"):
+        run.scaler.load_state_dict(ck["scaler"])
+    torch.set_rng_state(ck["rng"]["torch"])
+    np.random.set_state(ck["rng"]["numpy"])
+    random.setstate(ck["rng"]["python"])
+    return ck["state"]
+
+
+def train_epoch(run: Training, windows: np.ndarray, epoch: int, show: bool) -> list[float]:
+    """One pass over this rank's part of the epoch's permutation; -> the step losses."""
+    cfg, par, data, device = run.cfg, run.par, run.data, run.device
+    run.model.train()
+    perm = windows[np.random.default_rng(cfg.seed + epoch).permutation(len(windows))]
+    par.seed_epoch(cfg.seed, epoch)
+    losses = []
+    bar = step_bar(show, steps_per_epoch(run, len(windows)), f"epoch {epoch + 1}/{cfg.train.epochs}", cfg.train.batch_size * par.world)
+    for step, (part, real) in enumerate(par.batches(perm, cfg.train.batch_size), start=1):  # this rank's part
+        batch = data.train_batch(part, cfg.model.max_len)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=run.amp), step_items(run.model, batch):
+            loss, value = par.loss(lambda m, b=batch: step_loss(m, b, cfg, data, run.log_pop, device, run.gather),
+                                   batch[2], real)
+        if not math.isfinite(value):
+            raise TrainingError(f"loss became {value} at epoch {epoch + 1}, step {step}; "
+                                f"stopped. The last good checkpoint is {run.last if run.last.exists() else 'none yet'} "
+                                "(lower train.lr, or check the text vectors)")
+        losses.append(value)
+        if par.step(loss):  # DeepSpeed: backward, clipping and the step are the engine's
+            continue
+        optimizer_step(run, loss)
+        bar_step(bar, float(np.mean(losses)))
+    if bar is not None:
+        bar.close()
+    return losses
+
+
+def optimizer_step(run: Training, loss: torch.Tensor) -> None:
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if run.cfg.train.grad_clip > 0:
+        run.scaler.unscale_(run.opt)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.train.grad_clip)
+    run.scaler.step(run.opt)
+    run.scaler.update()
+
+
+def end_epoch(run: Training, state: dict, losses: list[float], t0: float, show: bool) -> None:
+    """Validate, log the epoch, keep best.pt on a better validation score, write last.pt."""
+    cfg, par = run.cfg, run.par
+    valid = par.on_main(lambda: evaluate(run.model, run.data, "valid", **run.eval_kw).mean(SELECT_METRIC))  # to all
+    state["train_seconds"] += time.perf_counter() - t0
+    state["epoch"] = epoch = state["epoch"] + 1
+    state["history"].append({"epoch": epoch, "loss": float(np.mean(losses)), f"valid_{SELECT_METRIC}": valid,
+                             "seconds": time.perf_counter() - t0})
+    tracking.log_epoch(cfg, run.out, state["history"][-1], main=par.is_main)  # tracking: on (MLflow); instant
+    weights = par.state_dict()  # on every rank (gathered under ZeRO-3); rank 0 writes
+    if valid > state["best"]:
+        state.update(best=valid, best_epoch=epoch, bad_epochs=0, seconds_to_best=state["train_seconds"])
         if par.is_main:
-            _save(last, {"model": weights, "optimizer": par.optimizer_state(opt), "state": state,
-                         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            _save(run.ckpt_dir / "best.pt", {"model": weights, "epoch": epoch})
+    else:
+        state["bad_epochs"] += 1
+    par.save_engine(run.ckpt_dir / "deepspeed", epoch)  # DeepSpeed: every rank its part, before last.pt
+    if par.is_main:
+        _save(run.last, {"model": weights, "optimizer": par.optimizer_state(run.opt), "state": state,
+                         "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
                          "config": resolved(cfg),
                          "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                                  "python": random.getstate()}})
-        if show:
-            say(f"epoch {epoch + 1}: loss {np.mean(losses):.4f}  valid {SELECT_METRIC} {valid:.4f}  best "
-                f"{state['best']:.4f}@{state['best_epoch']}  ({time.perf_counter() - t0:.1f} s"
-                + (f"; {state['bad_epochs']}/{cfg.train.patience} without a better one)" if state["bad_epochs"] else ")"))
+    if show:
+        say(f"epoch {epoch}: loss {np.mean(losses):.4f}  valid {SELECT_METRIC} {valid:.4f}  best "
+            f"{state['best']:.4f}@{state['best_epoch']}  ({time.perf_counter() - t0:.1f} s"
+            + (f"; {state['bad_epochs']}/{cfg.train.patience} without a better one)" if state["bad_epochs"] else ")"))
 
-    par.barrier()  # best.pt is written
-    best = torch.load(ckpt_dir / "best.pt", map_location=device, weights_only=False)
-    par.load_state_dict(best["model"])
-    if not (par.is_main or par.everyone_evaluates):
-        return par.finish(None)  # rank 0 tests and writes; its results come back
+
+def steps_per_epoch(run: Training, n_windows: int) -> int:
+    return math.ceil(n_windows / (run.cfg.train.batch_size * run.par.world))
+
+
+def announce(run: Training, n_windows: int, state: dict) -> None:
+    cfg, world = run.cfg, run.par.world
+    say(f"{cfg.name}: up to {cfg.train.epochs} epochs of {steps_per_epoch(run, n_windows)} steps ({n_windows:,} windows, batch "
+        f"{cfg.train.batch_size}{f' x {world} processes' if world > 1 else ''}); stops after "
+        f"{cfg.train.patience} epochs without a better valid {SELECT_METRIC} (train.epochs, train.patience)"
+        + (f"; resuming after epoch {state['epoch']}" if state["epoch"] else ""))
+
+
+def final_test(run: Training, state: dict) -> RunRecord:
+    """Load best.pt, evaluate it on valid and test (per-user scores saved beside), -> the results record."""
+    cfg, par, model, data = run.cfg, run.par, run.model, run.data
     metrics = {}
     for split in ("valid", "test"):
-        r = par.run(lambda s=split: evaluate(model, data, s, **eval_kw))
+        r = par.run(lambda s=split: evaluate(model, data, s, **run.eval_kw))
         metrics[split] = report(r, data, bootstrap=cfg.eval.bootstrap, cold_max_count=cfg.eval.cold_max_count,
                                 history_buckets=cfg.eval.history_buckets, seed=cfg.seed)
         if par.is_main:
-            np.save(out / f"per_user_{split}.npy", np.stack([r.users, *[r.per_user[k] for k in sorted(r.per_user)]]))
+            np.save(run.out / f"per_user_{split}.npy",
+                    np.stack([r.users, *[r.per_user[k] for k in sorted(r.per_user)]]))
     n_total = sum(distributed.numel(p) for p in model.parameters())
-    record = RunRecord(
+    return RunRecord(
         task="train", name=cfg.name, config=resolved(cfg), metrics=metrics, dataset=dataset_section(data),
-        seeds={"run": cfg.seed, **seeds},
+        seeds={"run": cfg.seed, **run.seeds},
         timings={"train_seconds": state["train_seconds"], "seconds_to_best": state["seconds_to_best"],
-                 "wall_seconds": time.perf_counter() - t_start},
+                 "wall_seconds": time.perf_counter() - run.t_start},
         per_user_columns=["user_id", *sorted(r.per_user)], provenance=provenance(),
         sections={"best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "history": state["history"],
                   "parameters": {"trainable": sum(distributed.numel(p) for p in model.parameters() if p.requires_grad),
                                  "total": n_total,
-                                 **({"encoder": text_info.get("encoder_parameters")} if text_info else {})},
-                  "text_cache": text_info or None, "distributed": par.describe()})
+                                 **({"encoder": run.text_info.get("encoder_parameters")} if run.text_info else {})},
+                  "text_cache": run.text_info or None, "distributed": par.describe()})
+
+
+def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
+    run = set_up(cfg, Path(out))
+    par = run.par
+    state = resume_from_last(run) if resume else new_state()
+    par.wrap(run.model, run.opt, cfg)  # DDP, or a DeepSpeed engine around model and optimizer
+    if resume:
+        par.load_engine(run.ckpt_dir / "deepspeed", state["epoch"])
+    show = progress and par.is_main
+    windows = run.data.windows(cfg.model.max_len)
+    if show:
+        announce(run, len(windows), state)
+    while state["epoch"] < cfg.train.epochs and state["bad_epochs"] < cfg.train.patience:
+        t0 = time.perf_counter()
+        losses = train_epoch(run, windows, state["epoch"], show)
+        end_epoch(run, state, losses, t0, show)
+
+    par.barrier()  # best.pt is written
+    best = torch.load(run.ckpt_dir / "best.pt", map_location=run.device, weights_only=False)
+    par.load_state_dict(best["model"])
+    if not (par.is_main or par.everyone_evaluates):
+        return par.finish(None)  # rank 0 tests and writes; its results come back
+    record = final_test(run, state)
     if par.is_main:
-        write_results(out, record)
+        write_results(run.out, record)
     results = record.to_dict()
-    tracking.log_results(cfg, out, results, main=par.is_main)  # waits at most tracking.timeout_s, never raises
+    tracking.log_results(cfg, run.out, results, main=par.is_main)  # waits at most tracking.timeout_s, never raises
     return par.finish(results)

@@ -10,18 +10,14 @@ retried at half size.  A model with no chat template is refused unless
 
 from __future__ import annotations
 
-import logging
-
 from tcf.errors import ConfigError
 from tcf.zeroshot.backend import ChatBackend, GenParams, OnReply, Reply
-
-log = logging.getLogger(__name__)
 
 
 def resolve(z):
     """-> (folder or hub name, identity) for the config's model, shared with the encoders' loading path."""
     from tcf.encoders.base import EncoderSpec
-    from tcf.encoders.hf import describe
+    from tcf.encoders.hf_load import describe
 
     source, identity, _, _, _ = describe(EncoderSpec(model=z.model, revision=z.revision))
     return source, identity
@@ -43,8 +39,10 @@ class HFChat(ChatBackend):
         import torch
         from transformers import AutoModelForCausalLM
 
+        from tcf.devices import pick_device, torch_dtype
         from tcf.encoders.base import EncoderSpec
-        from tcf.encoders.hf import load_tokenizer, pick_device, quiet_transformers, torch_dtype
+        from tcf.encoders.hf_load import load_tokenizer
+        from tcf.encoders.quiet import quiet_transformers
 
         self.z = z
         self._torch = torch
@@ -95,30 +93,21 @@ class HFChat(ChatBackend):
         return results
 
     def generate(self, prompts, params, on_reply: OnReply | None = None) -> list[Reply]:
-        torch = self._torch
+        from tcf.encoders.hf_load import by_length
+
         ids = [self.render(p) for p in prompts]
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         out: list[Reply | None] = [None] * len(prompts)
-        start = 0
-        while start < len(order):
-            idx = order[start:start + self.batch_size]
-            try:
-                gens = self._generate([ids[i] for i in idx], params)
-            except torch.OutOfMemoryError:
-                if self.batch_size == 1:
-                    raise
-                self.batch_size = max(1, self.batch_size // 2)
-                log.warning("out of memory: generation batch size lowered to %d", self.batch_size)
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                continue
+
+        def step(idx):
+            gens = self._generate([ids[i] for i in idx], params)
             for i, (tokens, n_generated) in zip(idx, gens):
                 out[i] = Reply(self.tokenizer.decode(tokens, skip_special_tokens=True).strip(), len(ids[i]),
                                n_generated)
                 self.calls += 1
                 if on_reply:
                     on_reply(i, out[i])
-            start += len(idx)
+
+        by_length(self, [len(x) for x in ids], step, "generation batch size")
         return out
 
     def close(self) -> None:
