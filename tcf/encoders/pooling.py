@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-POOLINGS = ("mean", "last", "cls")
+ITEM_TOKEN = "item_token"  # fine-tuned towers only: a learned token's final state (tcf.models.item_token)
+POOLINGS = ("mean", "last", "cls", ITEM_TOKEN)
 
 
 def mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -42,6 +43,11 @@ def pool(states: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
         return gather_rows(states, last_index(mask))
     if mode == "cls":
         return gather_rows(states, first_index(mask))
+    if mode == ITEM_TOKEN:
+        from tcf.errors import ConfigError
+
+        raise ConfigError("pooling item_token is a learned token run through fine-tuned layers (model.tower "
+                          "finetune / lora); an encoder's states cannot be pooled with it")
     raise ValueError(f"unknown pooling {mode!r}; choose one of {POOLINGS}")
 
 

@@ -27,6 +27,10 @@ def build_model(cfg, n_items: int, n_users: int, text_vectors: np.ndarray | None
     else:
         text = FrozenTextTower(text_vectors, m.dim, m.adapter_layers, m.dropout, m.normalize_text, m.adapter)
         tower = text if m.tower == "frozen" else FusedTower(IDTower(n_items, m.dim), text, m.dim, m.fusion)
+    if m.head == "llm":
+        from tcf.models.llm_head import build_llm_head
+
+        return build_llm_head(cfg, tower)
     if m.head == "sasrec":
         return SASRec(tower, dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads, dropout=m.dropout,
                       max_len=m.max_len)

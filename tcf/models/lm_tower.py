@@ -177,11 +177,16 @@ class LMTower(nn.Module):
         for start in range(0, len(ids), self.chunk_items):
             chunk = ids[order[start:start + self.chunk_items]]
             states, mask = self.tokens.rows(chunk, self._dtype, self._device)
-            with self._autocast():
-                hidden = self.lm(states, mask)
-            parts.append(pool(hidden.float(), mask, self.pooling))  # [c, D_lm] fp32
+            parts.append(self.pooled(states, mask))  # [c, D_lm] fp32
         out = torch.cat(parts)
         return out[torch.argsort(order)]  # back to the order of ids
+
+    def pooled(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[c, t, D] cached states, [c, t] mask -> [c, D_lm] fp32: the top k layers, then pooling
+        (``item_token`` pooling overrides this: tcf.models.item_token)."""
+        with self._autocast():
+            hidden = self.lm(states, mask)
+        return pool(hidden.float(), mask, self.pooling)
 
     def vectors(self, ids: torch.Tensor) -> torch.Tensor:
         """[n] unique item ids -> [n, dim]; the padding id 0 gives zeros."""
@@ -248,7 +253,8 @@ def step_items(model: nn.Module, batch):
 def param_groups(model: nn.Module, train_cfg) -> list[dict]:
     """AdamW groups: the LM's trainable parameters at ``train.lm_lr`` / ``train.lm_weight_decay``, the rest
     at the optimizer's defaults (``train.lr`` / ``train.weight_decay``)."""
-    lm = {id(p) for m in model.modules() if isinstance(m, TopLayers) for p in m.parameters()}
+    lm = {id(p) for m in model.modules() if isinstance(m, TopLayers) or getattr(m, "is_lm", False)
+          for p in m.parameters()}  # is_lm: the llm head's user LM (tcf.models.llm_head.UserLM)
     rest = [p for p in model.parameters() if id(p) not in lm]
     groups = [{"params": rest}]
     lm_params = [p for p in model.parameters() if id(p) in lm and p.requires_grad]
@@ -311,8 +317,11 @@ def build_lm_tower(cfg, entry) -> LMTower:
         hf_model = add_lora(hf_model, m.lora_r, m.lora_alpha, m.lora_dropout)
     compute = master_weights(hf_model)
     tokens = TokenStore(entry.states, entry.mask)
-    return LMTower(TopLayers(hf_model, kind), tokens, m.dim, pooling=cfg.encoder.pooling, layers=m.adapter_layers,
-                   dropout=m.dropout, normalize=m.normalize_text, adapter_style=m.adapter, compute_dtype=compute)
+    tower = LMTower
+    if cfg.encoder.pooling == "item_token":  # a learned token appended to each text (HLLM's item token)
+        from tcf.models.item_token import ItemTokenTower as tower
+    return tower(TopLayers(hf_model, kind), tokens, m.dim, pooling=cfg.encoder.pooling, layers=m.adapter_layers,
+                 dropout=m.dropout, normalize=m.normalize_text, adapter_style=m.adapter, compute_dtype=compute)
 
 
 def master_weights(model: nn.Module) -> torch.dtype | None:

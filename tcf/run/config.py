@@ -13,7 +13,7 @@ from tcf.encoders.base import EncoderSpec
 from tcf.errors import ConfigError
 from tcf.tracking import TrackingConfig
 
-HEADS = ("sasrec", "dssm")
+HEADS = ("sasrec", "dssm", "llm")  # llm: a causal LM over the item vectors (tcf.models.llm_head)
 POOLED_TOWERS = ("frozen", "id+text")  # read pooled text vectors from the embedding cache
 LM_TOWERS = ("finetune", "lora")  # run the top k LM layers on cached hidden states (tcf.models.inputs)
 TOWERS = ("id", *POOLED_TOWERS, *LM_TOWERS)
@@ -31,7 +31,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    head: str = "sasrec"  # sasrec | dssm
+    head: str = "sasrec"  # sasrec | dssm | llm (HLLM-style user LM)
     tower: str = "id"  # id | frozen | id+text | finetune (top k LM layers trained) | lora (adapters on them)
     dim: int = 64
     n_layers: int = 2  # sasrec blocks
@@ -48,6 +48,11 @@ class ModelConfig:
     lora_r: int = 8  # lora: adapter rank
     lora_alpha: int = 16
     lora_dropout: float = 0.05
+    llm_model: str = "smollm2-135m"  # llm head: the causal LM (zoo name, folder, hub name) that reads item vectors
+    llm_init: str = "pretrained"  # llm head: pretrained weights | random (the same config, HLLM's ablation)
+    llm_layers: int = 0  # llm head: only the bottom n blocks are loaded and run (0 = all)
+    llm_train: str = "full"  # llm head: full | top:K (blocks below the top K frozen) | lora (model.lora_*) | frozen
+    llm_dtype: str = "fp32"  # llm head: fp32 | bf16 weights (trained ones as fp32 masters under autocast)
 
     def __post_init__(self):
         if self.head not in HEADS:
@@ -56,6 +61,11 @@ class ModelConfig:
             raise ConfigError(f"model.tower must be one of {list(TOWERS)}, got {self.tower!r}")
         if self.adapter not in ("mlp", "tcf"):
             raise ConfigError(f"model.adapter must be mlp or tcf, got {self.adapter!r}")
+        if self.llm_init not in ("pretrained", "random") or self.llm_dtype not in ("fp32", "bf16"):
+            raise ConfigError(f"model.llm_init must be pretrained or random and model.llm_dtype fp32 or bf16 (fp16 "
+                              f"would need loss scaling), got {self.llm_init!r}, {self.llm_dtype!r}")
+        if not (self.llm_train in ("full", "frozen", "lora") or str(self.llm_train).startswith("top:")):
+            raise ConfigError(f"model.llm_train must be full, frozen, lora or top:K, got {self.llm_train!r}")
 
 
 @dataclass(frozen=True)
@@ -254,6 +264,10 @@ class RunConfig:
     def __post_init__(self):
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {list(TASKS)}, got {self.task!r}")
+        if self.encoder.pooling == "item_token" and self.model.tower in POOLED_TOWERS and self.task == "train":
+            raise ConfigError(f"encoder.pooling=item_token with model.tower={self.model.tower}: the learned item "
+                              "token needs LM blocks that run over it (model.tower finetune or lora); a frozen "
+                              "encoder's vectors are pooled once, when cached: use pooling mean, last or cls")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

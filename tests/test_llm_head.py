@@ -1,0 +1,217 @@
+"""The LLM user head (``model.head: llm``, HLLM style) and item-token pooling for fine-tuned towers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tcf.encoders.base import EncoderSpec
+from tcf.errors import ConfigError
+from tcf.experiments.config import load_config
+from tcf.models import build_model
+from tcf.models.llm_head import LLMHead, load_bottom_layers, parse_train
+from tcf.models.lm_tower import param_groups
+from tcf.train import loop
+
+N = 2  # bottom blocks of the tiny models' 4 the user LM runs
+
+
+def cfg_for(dataset, tiny_model, tmp_path, *overrides):
+    return load_config(None, [f"data.dataset={dataset.path}", f"encoder.model={tiny_model}", "encoder.max_tokens=12",
+                              f"cache_root={tmp_path / 'cache'}", "model.dim=16", "model.max_len=8",
+                              "model.head=llm", f"model.llm_model={tiny_model}", f"model.llm_layers={N}",
+                              "train.epochs=1", "train.batch_size=16", "eval.bootstrap=20", *overrides])
+
+
+def head_for(cfg, n_items: int = 40) -> LLMHead:
+    torch.manual_seed(0)
+    return build_model(cfg, n_items, 30)
+
+
+def lm_params(head: LLMHead) -> dict:
+    return dict(head.lm.model.named_parameters())
+
+
+@pytest.mark.parametrize("tower", ["id", "frozen", "finetune"])
+def test_llm_head_one_epoch_with_each_tower(tiny_dataset, tiny_model, tmp_path, tower):
+    extra = ["train.loss=inbatch", "model.finetune_layers=2"] if tower == "finetune" else []
+    cfg = cfg_for(tiny_dataset, tiny_model, tmp_path, f"model.tower={tower}", *extra)
+    r = loop.train(cfg, tmp_path / "run", progress=False)
+    for split in ("valid", "test"):
+        assert 0 <= r["metrics"][split]["metrics"]["ndcg@10"]["mean"] <= 1
+    assert np.isfinite(r["history"][0]["loss"]) and r["config"]["model"]["head"] == "llm"
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["config"]["model"]["llm_layers"] == N
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=False)["model"]
+    assert {k for k in best if k.startswith("lm.model.layers.")} and not any("embed_tokens" in k for k in best)
+
+
+def test_bottom_layers_load_only_those_blocks_and_equal_the_full_model(tiny_model, monkeypatch):
+    from transformers import AutoModel
+
+    from tcf.models import llm_head
+
+    read = []
+    module = llm_head._top_layers()
+    real = module._checkpoint_reader
+
+    def spy(folder):
+        names, get = real(folder)
+        return names, lambda name: read.append(name) or get(name)
+
+    monkeypatch.setattr(module, "_checkpoint_reader", spy)
+    model, kind, n_layers = load_bottom_layers(EncoderSpec(model=str(tiny_model)), N)
+    assert kind == "decoder" and n_layers == 4 and len(model.layers) == N
+    assert read and all(n.startswith(("layers.0.", "layers.1.", "norm.")) for n in read), read
+    assert not [n for n in read if "embed" in n]
+    full = AutoModel.from_pretrained(str(tiny_model)).eval()
+    x = torch.randn(2, 5, full.config.hidden_size)
+    want = full.norm(full(inputs_embeds=x, output_hidden_states=True).hidden_states[N])
+    got = model.eval()(inputs_embeds=x, position_ids=torch.arange(5).expand(2, 5)).last_hidden_state
+    torch.testing.assert_close(got, want)
+
+
+def test_pretrained_and_random_init_differ_and_random_is_seeded(tiny_model):
+    spec = EncoderSpec(model=str(tiny_model))
+    pre = load_bottom_layers(spec, N, "pretrained")[0].state_dict()
+    rand = load_bottom_layers(spec, N, "random", seed=1)[0].state_dict()
+    again = load_bottom_layers(spec, N, "random", seed=1)[0].state_dict()
+    assert pre.keys() == rand.keys()
+    weights = [k for k in pre if k.endswith("proj.weight")]
+    assert all(not torch.equal(pre[k], rand[k]) for k in weights)
+    assert all(torch.equal(rand[k], again[k]) for k in rand)
+    assert all(torch.isfinite(v).all() and 0.005 < float(v.std()) < 0.1 for k, v in rand.items() if k in weights)
+
+
+def test_left_padding_and_positions_do_not_change_a_users_states(tiny_dataset, tiny_model, tmp_path):
+    head = head_for(cfg_for(tiny_dataset, tiny_model, tmp_path, "model.dropout=0")).eval()
+    seq = torch.tensor([[0, 0, 0, 5, 7, 9], [0, 0, 0, 0, 0, 5]])
+    short = torch.tensor([[5, 7, 9]])
+    with torch.no_grad():
+        s = head.states(torch.tensor([1, 2]), seq)  # [2, 6, 16]
+        t = head.states(torch.tensor([1]), short)
+    assert torch.isfinite(s).all() and (s[0, :3] == 0).all()
+    torch.testing.assert_close(s[0, 3:], t[0])
+    torch.testing.assert_close(s[1, 5], t[0, 0])  # the first real item at position 0, whatever its padding
+
+
+@pytest.mark.parametrize("mode", ["top:1", "frozen", "lora", "full"])
+def test_llm_train_modes_freeze_what_they_say(tiny_dataset, tiny_model, tmp_path, mode):
+    cfg = cfg_for(tiny_dataset, tiny_model, tmp_path, f"model.llm_train={mode}", "train.grad_checkpointing=true")
+    head = head_for(cfg)
+    params = lm_params(head)
+    trainable = {k for k, p in params.items() if p.requires_grad}
+    if mode == "top:1":
+        assert trainable == {k for k in params if k.startswith(("layers.1.", "norm."))}
+    elif mode == "frozen":
+        assert not trainable
+    elif mode == "lora":
+        assert trainable and all("lora_" in k for k in trainable)
+    else:
+        assert trainable == set(params)
+    groups = param_groups(head, cfg.train)
+    lm_group = [g for g in groups if g.get("lr") == cfg.train.lm_lr]
+    assert {id(p) for g in lm_group for p in g["params"]} == {id(p) for k, p in params.items() if k in trainable}
+    before = {k: p.detach().clone() for k, p in params.items()}
+    opt = torch.optim.AdamW(groups, lr=0.01)
+    head.train()
+    seq = torch.tensor([[0, 3, 4, 5], [1, 2, 3, 4]])
+    loss = head.states(torch.tensor([1, 2]), seq).pow(2).sum() + head.all_items().sum()
+    loss.backward()
+    opt.step()
+    moved = {k for k, p in params.items() if not torch.equal(p, before[k])}
+    assert moved == trainable
+    assert head.proj_in.weight.grad is not None  # the projections always train
+
+
+def test_bad_llm_settings_are_refused(tiny_dataset, tiny_model, tmp_path):
+    with pytest.raises(ConfigError, match="llm_train"):
+        cfg_for(tiny_dataset, tiny_model, tmp_path, "model.llm_train=top")
+    with pytest.raises(ConfigError, match="llm_init"):
+        cfg_for(tiny_dataset, tiny_model, tmp_path, "model.llm_init=scratch")
+    with pytest.raises(ConfigError, match="llm_layers"):
+        head_for(cfg_for(tiny_dataset, tiny_model, tmp_path, "model.llm_layers=9"))
+    with pytest.raises(ConfigError, match="top:3"):
+        head_for(cfg_for(tiny_dataset, tiny_model, tmp_path, "model.llm_train=top:3"))
+    assert parse_train("top:2") == ("top", 2) and parse_train("lora") == ("lora", 0)
+
+
+def test_head_is_a_sweep_axis(tiny_dataset, tiny_model, tmp_path):
+    from tcf.experiments.sweep import expand, run_sweep
+
+    doc = {"name": "h", "data": {"dataset": str(tiny_dataset.path)}, "cache_root": str(tmp_path / "cache"),
+           "model": {"dim": 16, "max_len": 8, "llm_model": str(tiny_model), "llm_layers": 1},
+           "train": {"epochs": 1, "batch_size": 16}, "eval": {"bootstrap": 0},
+           "axes": {"model.head": ["sasrec", "dssm", "llm"]}}
+    exp = expand(doc)
+    assert [r.config.model.head for r in exp.runs] == ["sasrec", "dssm", "llm"]
+    summary = run_sweep(exp, tmp_path / "out", progress=False, log=lambda _: None)
+    assert len(summary.ran) == 3 and not summary.failed
+
+
+# ---------------------------------------------------------------- item-token pooling
+
+def test_item_token_trains_and_is_its_final_state(tiny_dataset, tiny_model, tmp_path):
+    from tcf.encoders.extract import extract
+    from tcf.models.item_token import ItemTokenTower, append_token
+    from tcf.models.lm_tower import build_lm_tower, cache_spec
+
+    cfg = cfg_for(tiny_dataset, tiny_model, tmp_path, "model.head=sasrec", "model.tower=finetune",
+                  "encoder.pooling=item_token", "train.loss=inbatch")
+    entry = extract(tiny_dataset, cache_spec(cfg), root=cfg.cache_root, kind="tokens").entry
+    tower = build_lm_tower(cfg, entry).train()
+    assert isinstance(tower, ItemTokenTower)
+    ids = torch.tensor([1, 2, 3])
+    tower(ids).sum().backward()
+    assert tower.item_token.grad is not None and tower.item_token.grad.abs().sum() > 0
+    states = torch.zeros(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    s, m, at = append_token(states, mask, torch.ones(4))
+    assert at.tolist() == [2, 3] and m.tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
+    assert s[0, 2].tolist() == [1.0] * 4 and s[1, 3].tolist() == [1.0] * 4 and s[0, 3].abs().sum() == 0
+
+
+def test_item_token_one_epoch(tiny_dataset, tiny_model, tmp_path):
+    cfg = cfg_for(tiny_dataset, tiny_model, tmp_path, "model.head=sasrec", "model.tower=lora",
+                  "encoder.pooling=item_token", "train.loss=inbatch")
+    r = loop.train(cfg, tmp_path / "run", progress=False)
+    assert np.isfinite(r["history"][0]["loss"])
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=False)["model"]
+    assert "tower.item_token" in best
+
+
+@pytest.mark.parametrize("tower", ["frozen", "id+text"])
+def test_item_token_is_refused_for_frozen_encoders(tiny_dataset, tiny_model, tmp_path, tower):
+    from tcf.encoders.pooling import pool
+
+    with pytest.raises(ConfigError, match="item_token"):
+        cfg_for(tiny_dataset, tiny_model, tmp_path, f"model.tower={tower}", "encoder.pooling=item_token")
+    with pytest.raises(ConfigError, match="item_token"):
+        pool(torch.zeros(1, 2, 3), torch.ones(1, 2), "item_token")
+
+
+# ---------------------------------------------------------------- learns (slow)
+
+@pytest.mark.slow
+def test_synthetic_llm_head_beats_popularity(tmp_path):
+    """The llm head (pretrained SmolLM2-135M's bottom 2 blocks) learns the synthetic topic structure."""
+    from tcf.data import prepare
+    from tcf.eval.ranking import evaluate
+    from tcf.models.baselines import Popularity
+    from tcf.train.data import SeqData
+
+    ds = prepare("synthetic", None, tmp_path / "synth", source_options={"seed": 0})
+    pop = evaluate(Popularity(SeqData(ds).train_counts), SeqData(ds), "test", max_len=20).mean("ndcg@10")
+    results = {}
+    for tower in ("id", "frozen"):
+        cfg = load_config(None, [f"data.dataset={ds.path}", "encoder.model=minilm-l6", f"cache_root={tmp_path / 'c'}",
+                                 "model.head=llm", "model.llm_model=smollm2-135m", "model.llm_layers=2",
+                                 f"model.tower={tower}", "model.max_len=20", "train.epochs=15", "train.patience=3",
+                                 "train.batch_size=64", "train.lm_lr=3e-4", "eval.bootstrap=0"])
+        results[tower] = loop.train(cfg, tmp_path / tower, progress=False)["metrics"]["test"]["metrics"]
+    print("popularity", pop, {k: r["ndcg@10"]["mean"] for k, r in results.items()})
+    for tower, r in results.items():
+        assert r["ndcg@10"]["mean"] > 1.5 * pop, (tower, r["ndcg@10"]["mean"], pop)
