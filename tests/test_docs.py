@@ -79,3 +79,26 @@ def test_architecture_assigns_every_package_folder():
     for pkg in sorted(p for p in (ROOT / "tcf").iterdir() if (p / "__init__.py").is_file()):
         assert f"`tcf/{pkg.name}/`" in arch, f"ARCHITECTURE.md does not say which stage tcf/{pkg.name}/ is"
     assert "`tcf/cli.py`" in arch
+
+
+def test_the_paired_comparison_snippet_reads_what_training_writes(tmp_path, monkeypatch):
+    """docs/evaluation.md's per_user() on two real (tiny) training runs, then paired_test as the page says."""
+    from tcf.data import prepare
+    from tcf.experiments.config import load_config
+    from tcf.train.loop import train
+
+    monkeypatch.chdir(tmp_path)
+    prepare("synthetic", None, "data/tiny",
+            source_options={"n_users": 12, "n_items": 20, "n_topics": 2, "min_len": 3, "max_len": 5})
+    snippet = re.findall(r"^```python\n(.*?)^```", text(ROOT / "docs" / "evaluation.md"), re.M | re.S)
+    assert len(snippet) == 1
+    scope: dict = {}
+    exec(compile(snippet[0], "docs/evaluation.md", "exec"), scope)
+    for run, seed in (("runs/a", 1), ("runs/b", 2)):
+        cfg = load_config(None, ["data.dataset=data/tiny", "train.epochs=1", "eval.bootstrap=0", f"seed={seed}",
+                                 "model.dim=8"])
+        train(cfg, run, progress=False)
+    a, b = scope["per_user"]("runs/a"), scope["per_user"]("runs/b")
+    assert a.shape == b.shape == (12,) and ((0 <= a) & (a <= 1)).all()
+    r = scope["paired_test"](a, b)
+    assert set(r) >= {"mean_diff", "ci95", "p_value", "n"} and r["n"] == 12
