@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tcf import __version__
+from tcf import __version__, extensions
 from tcf.errors import ConfigError, TcfError
 
 # ---------------------------------------------------------------- data
@@ -87,14 +87,16 @@ ENCODER_FLAGS = ("model", "backend", "revision", "layer", "pooling", "max_tokens
 
 
 def add_encoder_args(p: argparse.ArgumentParser, *, dataset_required: bool = True) -> None:
+    from tcf.encoders.zoo import ZOO
+
     g = p.add_argument_group("encoder")
     g.add_argument("--dataset", required=dataset_required, help="dataset folder, or a source name prepared under data/ on first use")
     g.add_argument("--model", default="minilm-l6",
-                   help="zoo name (minilm-l6, smollm2-135m, gemma3-270m), hub name, model folder or .gguf file")
-    g.add_argument("--backend", default="hf", help="encoder backend (hf)")
+                   help=f"zoo name ({', '.join(ZOO)}), hub name, model folder or .gguf file")
+    g.add_argument("--backend", default="hf", help=f"encoder backend: {extensions.ENCODERS.help()}")
     g.add_argument("--revision", help="hub revision")
     g.add_argument("--layer", type=int, default=-1, help="hidden-state index: 0 = embeddings, -1 = final output")
-    g.add_argument("--pooling", default="mean", choices=["mean", "last", "cls"])
+    g.add_argument("--pooling", default="mean", choices=extensions.POOLINGS.choices())
     g.add_argument("--max-tokens", type=int, default=64, help="texts are truncated to this many tokens (counted)")
     g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     g.add_argument("--quantization", choices=["int8", "int4"], help="bitsandbytes quantization")
@@ -427,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  tcf data prepare synthetic --set seed=1 --out data/synth\n"
                "`tcf data sources` lists every source and its settings.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    prep.add_argument("source", help="ml-100k | tcf-tsv | mind | hm | table | synthetic")
+    prep.add_argument("source", help=extensions.SOURCES.help())
     prep.add_argument("path", nargs="?", default=None, help="folder or archive of raw files (ml-100k: optional)")
     prep.add_argument("--out", required=True, help="dataset folder to write (replaced atomically if it exists)")
     prep.add_argument("--config", help="YAML file of settings (preprocessing and the source's own)")
@@ -494,7 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
                                     "settings that differ (--force replaces it).",
                         epilog="example: tcf train --config experiments/ml100k-sasrec-id.yaml --set train.epochs=5")
     tr.add_argument("--config", help="run config YAML (see experiments/)")
-    tr.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="overrides, e.g. model.tower=frozen train.lr=3e-4")
+    tr.add_argument("--set", nargs="*", metavar="KEY=VALUE",
+                    help="overrides, e.g. model.tower=frozen train.lr=3e-4. "
+                    + "; ".join(f"{key}: {reg.help()}" for key, reg in extensions.EXTENSION_POINTS.items()
+                                if key.startswith(("model.", "train.", "encoder."))))
     tr.add_argument("--out", help="run folder (default runs/NAME-HASH of the resolved config)")
     tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     tr.add_argument("--force", action="store_true",
@@ -504,7 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     zs = sub.add_parser("zeroshot", help="prompt a chat LLM to rank candidates; score it against Pop and random",
                         description="Zero-shot recommendation: each sampled user's true next item plus negatives, "
-                                    "rendered with a prompt template, answered by a chat backend (hf, vllm, openai; "
+                                    "rendered with a prompt template, answered by a chat backend ("
+                                    f"{', '.join(extensions.CHAT_BACKENDS)}; "
                                     "replies cached in SQLite), parsed back to a ranking and scored with HR/NDCG/MRR "
                                     "beside Pop and random on the same candidates. Writes OUT/results.json and "
                                     "OUT/samples.jsonl; a finished run of the same settings there is skipped, one "

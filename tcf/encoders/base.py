@@ -47,10 +47,9 @@ class EncoderSpec:
     offload: bool = False  # ZeRO-3: keep the partitioned weights in CPU memory
 
     def __post_init__(self):
-        from tcf.encoders.pooling import POOLINGS
+        from tcf.extensions import POOLINGS
 
-        if self.pooling not in POOLINGS:
-            raise ConfigError(f"encoder.pooling must be one of {list(POOLINGS)}, got {self.pooling!r}")
+        POOLINGS.check(self.pooling, "encoder.pooling")
         if self.dtype not in DTYPES:
             raise ConfigError(f"encoder.dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         if self.quantization not in QUANTIZATIONS:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from tcf import extensions
+
 ITEM_TOKEN = "item_token"  # fine-tuned towers only: a learned token's final state (tcf.models.item_token)
-POOLINGS = ("mean", "last", "cls", ITEM_TOKEN)
+POOLINGS = extensions.POOLINGS.choices()  # the modes' names live in tcf.extensions
 
 
 def mean_pool(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tcf.extensions import HEADS
 from tcf.models.dssm import DSSM
 from tcf.models.sasrec import SASRec
 from tcf.models.towers import FrozenTextTower, FusedTower, IDTower
@@ -27,15 +28,18 @@ def build_model(cfg, n_items: int, n_users: int, text_vectors: np.ndarray | None
     else:
         text = FrozenTextTower(text_vectors, m.dim, m.adapter_layers, m.dropout, m.normalize_text, m.adapter)
         tower = text if m.tower == "frozen" else FusedTower(IDTower(n_items, m.dim), text, m.dim, m.fusion)
-    if m.head == "llm":
-        from tcf.models.llm_head import build_llm_head
+    return HEADS.get(m.head)(cfg, tower, n_items, n_users)  # model.head: its builder, listed in tcf.extensions
 
-        return build_llm_head(cfg, tower)
-    if m.head == "sasrec":
-        return SASRec(tower, dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads, dropout=m.dropout,
-                      max_len=m.max_len)
+
+def build_sasrec(cfg, tower, n_items: int, n_users: int) -> SASRec:
+    m = cfg.model
+    return SASRec(tower, dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads, dropout=m.dropout, max_len=m.max_len)
+
+
+def build_dssm(cfg, tower, n_items: int, n_users: int) -> DSSM:
+    m = cfg.model
     return DSSM(tower, n_users=n_users, dim=m.dim, user_tower=m.user_tower, mlp_layers=m.mlp_layers,
                 dropout=m.dropout)
 
 
-__all__ = ["DSSM", "SASRec", "build_model"]
+__all__ = ["DSSM", "SASRec", "build_dssm", "build_model", "build_sasrec"]

@@ -8,16 +8,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tcf import extensions
 from tcf.config import flatten, from_dict, load_yaml, merge, parse_overrides, to_dict
 from tcf.encoders.base import EncoderSpec
 from tcf.errors import ConfigError
+from tcf.extensions import LM_TOWERS, POOLED_TOWERS  # noqa: F401 - the tower groups, importable from here
 from tcf.tracking import TrackingConfig
 
-HEADS = ("sasrec", "dssm", "llm")  # llm: a causal LM over the item vectors (tcf.models.llm_head)
-POOLED_TOWERS = ("frozen", "id+text")  # read pooled text vectors from the embedding cache
-LM_TOWERS = ("finetune", "lora")  # run the top k LM layers on cached hidden states (tcf.models.inputs)
-TOWERS = ("id", *POOLED_TOWERS, *LM_TOWERS)
-LOSSES = ("ce", "inbatch", "bce")
+# the names of heads, towers and losses are listed once, in tcf.extensions (validation, --help and docs read them)
+HEADS = extensions.HEADS.choices()
+TOWERS = extensions.TOWERS.choices()
+LOSSES = extensions.LOSSES.choices()
 STRATEGIES = ("none", "ddp", "deepspeed")
 RANKERS = ("matmul", "faiss")
 
@@ -55,10 +56,8 @@ class ModelConfig:
     llm_dtype: str = "fp32"  # llm head: fp32 | bf16 weights (trained ones as fp32 masters under autocast)
 
     def __post_init__(self):
-        if self.head not in HEADS:
-            raise ConfigError(f"model.head must be one of {list(HEADS)}, got {self.head!r}")
-        if self.tower not in TOWERS:
-            raise ConfigError(f"model.tower must be one of {list(TOWERS)}, got {self.tower!r}")
+        extensions.HEADS.check(self.head, "model.head")
+        extensions.TOWERS.check(self.tower, "model.tower")
         if self.adapter not in ("mlp", "tcf"):
             raise ConfigError(f"model.adapter must be mlp or tcf, got {self.adapter!r}")
         if self.llm_init not in ("pretrained", "random") or self.llm_dtype not in ("fp32", "bf16"):
@@ -91,8 +90,7 @@ class TrainConfig:
     grad_checkpointing: bool = False  # finetune / lora: recompute the LM layers' activations in backward
 
     def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise ConfigError(f"train.loss must be one of {list(LOSSES)}, got {self.loss!r}")
+        extensions.LOSSES.check(self.loss, "train.loss")
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"train.strategy must be one of {list(STRATEGIES)}, got {self.strategy!r}")
         if self.zero_stage not in (1, 2, 3):

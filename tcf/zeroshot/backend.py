@@ -12,13 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tcf.errors import TcfError
-from tcf.registry import Entry, Registry
-
-CHAT_BACKENDS = Registry("chat backend", {
-    "hf": Entry("tcf.zeroshot.hf_chat:HFChat", packages=("transformers",)),
-    "vllm": Entry("tcf.zeroshot.vllm_chat:VLLMChat", extra="vllm", packages=("vllm",)),
-    "openai": Entry("tcf.zeroshot.openai_chat:OpenAIChat"),
-})
+from tcf.extensions import CHAT_BACKENDS  # the backends' names live in tcf.extensions
 
 
 class BackendFailed(TcfError):
