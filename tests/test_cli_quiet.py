@@ -48,3 +48,14 @@ def test_only_deepspeeds_own_deprecation_warnings_are_dropped():
             warnings.warn_explicit("a real one", FutureWarning, "y.py", 1, module="tcf.train.loop")
             warnings.warn_explicit("not a deprecation", UserWarning, "x.py", 2, module="deepspeed.runtime")
     assert sorted(str(w.message) for w in seen) == ["a real one", "not a deprecation"]
+
+
+def test_lora_does_not_print_bitsandbytes_hub_kernel_warning():
+    """peft imports bitsandbytes, whose CPU backend tries to fetch a kernel from a hub and warns when it can't."""
+    import subprocess
+    import sys
+
+    code = ("import torch\nfrom tcf.models.lm_tower import add_lora\n"
+            "add_lora(torch.nn.Sequential(torch.nn.Linear(4, 4)), 2, 4, 0.0)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert "kernels-community" not in r.stderr + r.stdout

@@ -61,3 +61,20 @@ def import_deepspeed():
     with quiet_deepspeed():
         import deepspeed
     return deepspeed
+
+
+class _NoHubKernel(logging.Filter):
+    """Drops bitsandbytes' import-time warning that it could not fetch a faster CPU 4-bit kernel from a model hub
+    (``kernels-community``): on a machine without the hub nothing can act on it, and the CPU fallback is used."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "from kernels-community" not in record.getMessage()
+
+
+_NO_HUB_KERNEL = _NoHubKernel()
+
+
+def quiet_bitsandbytes() -> None:
+    """Before bitsandbytes is imported (peft imports it for LoRA): keep its hub-kernel warning off the terminal."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NO_HUB_KERNEL)
+

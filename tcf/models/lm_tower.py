@@ -278,6 +278,9 @@ def block_linears(model: nn.Module) -> list[str]:
 
 def add_lora(model: nn.Module, r: int, alpha: int, dropout: float) -> nn.Module:
     """Freeze ``model`` and put LoRA adapters on every linear map of its blocks; -> the model (changed in place)."""
+    from tcf.encoders.quiet import quiet_bitsandbytes
+
+    quiet_bitsandbytes()
     from peft import LoraConfig, inject_adapter_in_model
     from transformers.pytorch_utils import Conv1D
 
