@@ -119,11 +119,14 @@ def bootstrap_ci(values: np.ndarray, *, n: int = 1000, level: float = 0.95, seed
 
 def paired_test(a: np.ndarray, b: np.ndarray, *, n: int = 10000, seed: int = 0, chunk: int = CHUNK) -> dict:
     """Paired comparison of two runs on the same users: mean difference, its bootstrap CI, and a
-    two-sided sign-flip permutation p-value (``n`` sign patterns, drawn ``chunk`` elements at a time)."""
+    two-sided sign-flip permutation p-value (``n`` sign patterns, drawn ``chunk`` elements at a time); the
+    p-value is None (no test) when a value is not finite."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     if a.shape != b.shape:
         raise ValueError(f"paired test needs the same users in both runs ({a.shape} vs {b.shape})")
     d = a - b
+    if not np.isfinite(d).all():  # a NaN value: no test (its mean would make every sign flip look small)
+        return {"mean_diff": float("nan"), "ci95": [float("nan"), float("nan")], "p_value": None, "n": int(len(d))}
     rng = np.random.default_rng(seed)
     extreme = 0
     for rows in _row_chunks(n, len(d), chunk):
@@ -195,13 +198,14 @@ def _betainc(a: float, b: float, x: float) -> float:
     return 1.0 - front * _betacf(b, a, 1.0 - x) / b
 
 
-def t_pvalue(t: float, df: float) -> float:
-    """Two-sided p-value of Student's t with ``df`` (not necessarily whole) degrees of freedom, without scipy."""
-    if not math.isfinite(t):
-        return 0.0
+def t_pvalue(t: float, df: float) -> float | None:
+    """Two-sided p-value of Student's t with ``df`` (not necessarily whole) degrees of freedom, without scipy.
+    None (no test) when ``t`` or ``df`` is not a finite number (a NaN mean, an overflow): never "significant"."""
+    if not (math.isfinite(t) and math.isfinite(df)) or df <= 0:
+        return None
     return _betainc(df / 2, 0.5, df / (df + t * t))
 
 
-def normal_pvalue(z: float) -> float:
-    """Two-sided p-value of a standard normal statistic."""
-    return math.erfc(abs(z) / math.sqrt(2)) if math.isfinite(z) else 0.0
+def normal_pvalue(z: float) -> float | None:
+    """Two-sided p-value of a standard normal statistic; None (no test) when ``z`` is not finite."""
+    return math.erfc(abs(z) / math.sqrt(2)) if math.isfinite(z) else None

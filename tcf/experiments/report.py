@@ -23,8 +23,20 @@ from pathlib import Path
 import numpy as np
 
 from tcf.config import from_dict
-from tcf.eval.metrics import holm, normal_pvalue, paired_test, t_pvalue
-from tcf.experiments.results import T975, Group, RunResult, Stat, group_runs, load_runs
+from tcf.eval.metrics import holm, paired_test
+from tcf.experiments.results import Group, RunResult, Stat, group_runs, load_runs
+from tcf.experiments.stats import (  # noqa: F401 - compare, holm_family and the test names: imported from here
+    MIXED,
+    NO_TEST,
+    PAIRED,
+    PAIRED_RESAMPLES,
+    WELCH,
+    Z_FROM_CI,
+    Comparison,
+    cold_compare,
+    compare,
+    holm_family,
+)
 from tcf.fsutil import atomic_write_text
 from tcf.run.config import LM_TOWERS, TOWERS
 
@@ -85,96 +97,6 @@ def _extra(g: Group) -> str:
 # reports, and treats its tests as one family: Holm–Bonferroni adjusted p-values decide.
 
 SELECT_SPLIT = "valid"
-PAIRED_RESAMPLES = 2000  # sign flips of the paired permutation test (seed 0)
-PAIRED = "paired permutation test over users"
-WELCH = "Welch t-test over seeds"
-Z_FROM_CI = "unpaired z-test from the 95% CIs"
-
-
-@dataclass
-class Comparison:
-    a: Stat
-    b: Stat
-    p_value: float | None  # None: no test possible (no per-user records, seeds or CIs)
-    test: str = ""  # which test gave p_value
-    p_holm: float | None = None  # adjusted over the answer's family (set by holm_family)
-    family: int = 1  # tests in that family
-
-    @property
-    def diff(self) -> float:
-        return self.a.mean - self.b.mean
-
-    def significant(self, alpha: float) -> bool:
-        p = self.p_value if self.p_holm is None else self.p_holm
-        return p is not None and p < alpha
-
-    def evidence(self) -> str:
-        if self.p_value is None:
-            return "no test: neither per-user records, seeds nor confidence intervals"
-        text = f"{self.test} p = {self.p_value:.3g}"
-        if self.family > 1 and self.p_holm is not None:
-            text += f", Holm-adjusted over {self.family} tests p = {self.p_holm:.3g}"
-        return text
-
-    def verdict(self, alpha: float, better: str, worse: str) -> str:
-        if not self.significant(alpha):
-            return "no clear difference"
-        return better if self.diff > 0 else worse
-
-
-def _seed_means(g: Group, metric: str, split: str) -> np.ndarray:
-    return np.array([m[0] for m in (r.metric(metric, split) for r in g.runs) if m is not None])
-
-
-def _welch(x: np.ndarray, y: np.ndarray) -> float:
-    """Two-sided Welch t-test p-value of mean(x) - mean(y) (each at least two seeds)."""
-    va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
-    diff = float(x.mean() - y.mean())
-    if va + vb == 0:
-        return 1.0 if diff == 0 else 0.0
-    df = (va + vb) ** 2 / (va ** 2 / (len(x) - 1) + vb ** 2 / (len(y) - 1))
-    return t_pvalue(diff / math.sqrt(va + vb), df)
-
-
-def _se(st: Stat) -> float:
-    """Standard error read off a 95% CI: a bootstrap (normal) interval over users, or a t interval over seeds."""
-    q = 1.96 if st.over == "users" or st.n - 2 >= len(T975) else T975[st.n - 2]
-    return (st.hi - st.lo) / 2 / q
-
-
-def _z_from_ci(a: Stat, b: Stat) -> float:
-    """Unpaired: runs on the same users are positively correlated, so this errs towards 'no difference'."""
-    se = math.hypot(_se(a), _se(b))
-    if se == 0:
-        return 1.0 if a.mean == b.mean else 0.0
-    return normal_pvalue((a.mean - b.mean) / se)
-
-
-def compare(a: Group, b: Group, metric: str, split: str) -> Comparison | None:
-    """``a`` against ``b`` on ``split``, by the strongest test the stored results allow: paired over users
-    (single runs, same users), Welch over seeds (both with several), else a z-test from the two CIs."""
-    sa, sb = a.stat(metric, split), b.stat(metric, split)
-    if sa is None or sb is None:
-        return None
-    if len(a.runs) == 1 and len(b.runs) == 1:
-        ua, ub = a.first.per_user(metric, split), b.first.per_user(metric, split)
-        if ua is not None and ub is not None and np.array_equal(ua[0], ub[0]):
-            return Comparison(sa, sb, paired_test(ua[1], ub[1], n=PAIRED_RESAMPLES)["p_value"], PAIRED)
-    xa, xb = _seed_means(a, metric, split), _seed_means(b, metric, split)
-    if len(xa) > 1 and len(xb) > 1:
-        return Comparison(sa, sb, _welch(xa, xb), WELCH)
-    if None not in (sa.lo, sa.hi, sb.lo, sb.hi):
-        return Comparison(sa, sb, _z_from_ci(sa, sb), Z_FROM_CI)
-    return Comparison(sa, sb, None)
-
-
-def holm_family(comparisons: list[Comparison]) -> list[Comparison]:
-    """Holm–Bonferroni over one answer's tests: each gets its adjusted p-value and the family size."""
-    adjusted = holm([c.p_value for c in comparisons])
-    tested = sum(p is not None for p in adjusted)
-    for c, p in zip(comparisons, adjusted):
-        c.p_holm, c.family = p, tested
-    return comparisons
 
 
 def _rel(c: Comparison) -> str:
@@ -215,8 +137,8 @@ class Finding:
         c = self.c
         return {"question": self.question, "head": self.head, "a": group_label(self.a), "b": group_label(self.b),
                 "metric": s.metrics[0], "split": s.split, "selected_on": SELECT_SPLIT, "a_mean": c.a.mean,
-                "b_mean": c.b.mean, "diff": c.diff, "test": c.test or None, "p_value": c.p_value,
-                "p_holm": c.p_holm, "family": c.family, "alpha": s.alpha, "significant": c.significant(s.alpha)}
+                "b_mean": c.b.mean, "diff": c.diff, **c.record(), "alpha": s.alpha,
+                "significant": c.significant(s.alpha)}
 
 
 def _family(found: list[Finding]) -> list[Finding]:
@@ -224,13 +146,17 @@ def _family(found: list[Finding]) -> list[Finding]:
     return found
 
 
+COLD = "text vs ID (cold items)"
+
+
 def _of(n: int, what: str) -> str:
     return f" (of {n} {what})" if n > 1 else ""
 
 
 def text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
-    """Per head: the text tower best on validation against the ID setting best on validation."""
-    m, out = s.metrics[0], []
+    """Per head: the text tower best on validation against the ID setting best on validation, on every user
+    (one family) and on the users whose target is a cold item (a family of its own)."""
+    m, out, cold = s.metrics[0], [], []
     for head in sorted({g.first.head for g in groups}):
         ids = [g for g in groups if g.first.head == head and g.first.tower == "id"]
         texts = [g for g in groups if g.first.head == head and g.first.tower != "id"]
@@ -238,17 +164,27 @@ def text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
         c = compare(best, base, m, s.split) if base is not None and best is not None else None
         if c is None:
             continue
-        before = (f"{HEAD_NAMES.get(head, head)}: the text tower best on {SELECT_SPLIT} {m}"
+        name = HEAD_NAMES.get(head, head)
+        before = (f"{name}: the text tower best on {SELECT_SPLIT} {m}"
                   f"{_of(len(texts), 'towers')}, {group_label(best, False)}, against the ID setting best on "
                   f"{SELECT_SPLIT}{_of(len(ids), 'settings')}: {s.split} {m} ")
-        after = ""
-        cold_t, cold_i = best.slice_mean("cold", m, s.split), base.slice_mean("cold", m, s.split)
-        if cold_t is not None and cold_i is not None:
-            n = best.first.slice_users("cold", s.split)
-            after = f" On cold targets{f' ({n} users)' if n is not None else ''}: {cold_t:.4f} vs {cold_i:.4f}."
-        out.append(Finding("text vs ID", head, best, base, c, before, ("text beats ID", "ID beats text"),
-                           after=after))
-    return _family(out)
+        out.append(Finding("text vs ID", head, best, base, c, before, ("text beats ID", "ID beats text")))
+        cc, n = cold_compare(best, base, m, s.split)
+        if cc is not None:
+            k = best.first.config.get("eval.cold_max_count")
+            who = f"{n} users" if n is not None else "users"
+            rule = f": at most {k} training interactions" if k is not None else ""
+            cold.append(Finding(COLD, head, best, base, cc,
+                                f"{name} on cold items ({who} whose {s.split} target is a cold item{rule}), the same "
+                                f"towers: {m} ",
+                                ("text beats ID on cold items", "ID beats text on cold items")))
+    return _interleave(_family(out), _family(cold))
+
+
+def _interleave(main: list[Finding], cold: list[Finding]) -> list[Finding]:
+    """Each head's cold-item line right after its overall line."""
+    by_head = {f.head: f for f in cold}
+    return [x for f in main for x in (f, by_head.get(f.head)) if x is not None]
 
 
 def fine_tuned_vs_frozen(groups: list[Group], s: ReportSettings) -> list[Finding]:
@@ -324,9 +260,11 @@ def method_note(s: ReportSettings) -> str:
     """How the answers were reached, said once above them."""
     note = (f"Towers and baselines are selected on {SELECT_SPLIT} {s.metrics[0]} (the text tower, ID setting or "
             f"frozen peer with the best {SELECT_SPLIT} score), then compared on {s.split}. Each answer's tests are "
-            f"one family, Holm–Bonferroni corrected: a difference counts when its adjusted p < {s.alpha:g}. "
-            f"Tests: {PAIRED} when both are single runs with per-user records on the same users; {WELCH} when "
-            f"both have several seeds; otherwise an {Z_FROM_CI} (conservative for runs on the same users).")
+            f"one family (the cold-item lines another), Holm–Bonferroni corrected: a difference counts when its "
+            f"adjusted p < {s.alpha:g}. Test: a {PAIRED} ({PAIRED_RESAMPLES} sign flips) on each user's value "
+            f"averaged over the group's seeds, whenever both groups have per-user records on the same users; the "
+            f"seed spread is shown beside, not tested. Fallbacks, named where used: {WELCH}; {Z_FROM_CI}. "
+            "Each line names its test.")
     if s.split == SELECT_SPLIT:
         note += f" The report's split is the selection split: the selected towers' {s.split} numbers are optimistic."
     return note
@@ -349,7 +287,10 @@ def zeroshot_rows(runs: list[RunResult], trained: list[Group], s: ReportSettings
                "partial": compliance.get("partial"), "baselines": {}, "notes": []}
         for name, b in (split.get("baselines") or {}).items():
             row["baselines"][name] = b.get("metrics", {}) if isinstance(b, dict) else {}
-        row["baselines"].update(trained_on_candidates(r, trained, s, notes=row["notes"]))
+        row["ci95"] = (split.get("metrics", {}).get(s.metrics[0]) or {}).get("ci95")
+        scored = trained_on_candidates(r, trained, s, notes=row["notes"])
+        row["baselines"].update({name: v["metrics"] for name, v in scored.items()})
+        row["tests"] = zeroshot_tests(r, row, scored, s)
         rows.append(row)
     return rows
 
@@ -357,7 +298,7 @@ def zeroshot_rows(runs: list[RunResult], trained: list[Group], s: ReportSettings
 def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings,
                           notes: list[str] | None = None) -> dict[str, dict]:
     """The trained run of each head (same dataset) best on validation, scored on the zero-shot run's
-    candidate lists.  The run whose top items are the lists' hard negatives (``zeroshot.hard_run``) is left
+    candidate lists: name -> ``score_on_candidates``'s {metrics, users, per_user}.  The run whose top items are the lists' hard negatives (``zeroshot.hard_run``) is left
     out, said in ``notes``: its rank of the target among them equals its full-catalogue rank, and the lists
     were made hard for it alone, so it is no baseline there."""
     path = zs.record.section("candidates", {}).get("path")
@@ -380,11 +321,9 @@ def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings
                              "are the negatives, so its rank among them is its full-catalogue rank")
             continue
         try:
-            metrics = score_on_candidates(best.first, Path(path), s.split)
+            out[name] = score_on_candidates(best.first, Path(path), zs.config.get("zeroshot.split"))
         except Exception as e:  # noqa: BLE001 - a run that cannot be rebuilt is reported, not fatal
             print(f"tcf report: could not score {best.first.folder} on {path}: {e}")
-            continue
-        out[name] = metrics
     return out
 
 
@@ -412,8 +351,10 @@ def is_hard_run(run: RunResult, hard: dict) -> bool:
     return file_hash(best)[:16] == hard["best_sha256"]
 
 
-def score_on_candidates(run: RunResult, path: Path, split: str) -> dict:
-    """A trained run's best checkpoint ranking each user's zero-shot candidates (first round) -> metric means."""
+def score_on_candidates(run: RunResult, path: Path, split: str | None = None) -> dict:
+    """A trained run's best checkpoint ranking each user's zero-shot candidates (first round), with the history
+    of the split the candidate file was built for (its key's ``split``; ``split`` only for a file without one)
+    -> {"metrics": {name: {"mean"}}, "users": [U], "per_user": {name: [U]}} in the file's user order."""
     import torch
 
     from tcf.eval.metrics import metrics_from_scores
@@ -422,6 +363,7 @@ def score_on_candidates(run: RunResult, path: Path, split: str) -> dict:
     from tcf.zeroshot.candidates import Candidates
 
     cands = Candidates.load(path)
+    split = cands.key.get("split") or split or "test"
     trained = load_trained(run.folder, record=run.record)  # strict: a checkpoint that does not fit is refused
     model, data, cfg = trained.model, trained.data, trained.cfg
     lists = torch.as_tensor(cands.lists[:, 0, :])
@@ -429,13 +371,80 @@ def score_on_candidates(run: RunResult, path: Path, split: str) -> dict:
         scores, _ = score_users(model, data, cands.users, split, max_len=cfg.model.max_len, mask_history="none",
                                 device="cpu")
     per_user = metrics_from_scores(scores.gather(1, lists), torch.as_tensor(cands.target_pos[:, 0]), ks=(1, 5, 10, 20))
-    return {k: {"mean": float(np.mean(v))} for k, v in per_user.items()}
+    return {"metrics": {k: {"mean": float(np.mean(v))} for k, v in per_user.items()},
+            "users": np.asarray(cands.users, dtype=np.int64), "per_user": per_user}
 
 
 def _mean(m: dict, name: str) -> float | None:
     v = m.get(name)
     v = v.get("mean") if isinstance(v, dict) else v
     return None if v is None else float(v)
+
+
+ZS_POP_TEST = f"{PAIRED} (stored by the zero-shot run)"
+
+
+def _zs_test(name: str, label: str, b_mean: float | None, diff: float | None, ci, p: float | None, test: str,
+             reason: str = "") -> dict:
+    return {"baseline": name, "label": label, "b_mean": b_mean, "diff": diff, "ci95": ci, "test": test if p is not
+            None else None, "p_value": p, "p_holm": None, "family": 1, **({"no_test": reason} if p is None else {})}
+
+
+def _paired_zs(name: str, label: str, own, users: np.ndarray, values: np.ndarray, b_mean: float | None) -> dict:
+    """The zero-shot run's per-user values against a baseline's on the same users (matched by id)."""
+    if own is None:
+        return _zs_test(name, label, b_mean, None, None, None, "", "no test: the zero-shot run has no per-user records")
+    common, ia, ib = np.intersect1d(own[0], users, return_indices=True)
+    if len(common) != len(own[0]):
+        return _zs_test(name, label, b_mean, None, None, None, "", "no test: the baseline was not scored on every user")
+    r = paired_test(own[1][ia], np.asarray(values, np.float64)[ib], n=PAIRED_RESAMPLES)
+    why = "no test: a per-user value is not a finite number"
+    return _zs_test(name, label, b_mean, r["mean_diff"], r["ci95"], r["p_value"], PAIRED, why)
+
+
+def zeroshot_tests(run: RunResult, row: dict, scored: dict, s: ReportSettings) -> list[dict]:
+    """One Holm family per zero-shot run: paired tests over its users against random (each user's exact
+    expectation), popularity (the run's own stored test) and each trained model on the same candidate lists."""
+    m, tests = s.metrics[0], []
+    own = run.per_user(m, s.split)
+    rand = _mean(row["baselines"].get("random", {}), m)
+    if rand is not None:  # every list has the same length: one exact expectation for every user
+        users = own[0] if own is not None else np.zeros(0, np.int64)
+        tests.append(_paired_zs("random", "random", own, users, np.full(len(users), rand), rand))
+    pop = _mean(row["baselines"].get("pop", {}), m)
+    if pop is not None:
+        stored = (run.record.split(s.split).get("vs_pop") or {}).get(m)
+        if stored and stored.get("p_value") is not None:
+            tests.append(_zs_test("pop", "popularity", pop, stored.get("mean_diff"), stored.get("ci95"),
+                                  float(stored["p_value"]), ZS_POP_TEST))
+        else:
+            tests.append(_zs_test("pop", "popularity", pop, None, None, None, "",
+                                  f"no test: the run stored no per-user comparison with popularity on {m}"))
+    for name, v in scored.items():
+        if m in v["per_user"]:
+            tests.append(_paired_zs(name, f"the {name}", own, v["users"], v["per_user"][m], _mean(v["metrics"], m)))
+    adjusted = holm([t["p_value"] for t in tests])
+    family = sum(p is not None for p in adjusted)
+    for t, p in zip(tests, adjusted):
+        t.update(p_holm=p, family=family, alpha=s.alpha, significant=p is not None and p < s.alpha)
+    return tests
+
+
+def _zs_clause(t: dict) -> str:
+    """``against B b: diff [lo, hi] (test p, Holm p) — **verdict**``."""
+    label, b = t["label"], t["b_mean"]
+    where = " on the same candidates" if t["baseline"].startswith("trained") else ""
+    head = f"against {label}{where} {b:.4f}: " if b is not None else f"against {label}{where}: "
+    if t["p_value"] is None:
+        return head + f"{t['no_test']} — **no clear difference from {label}**"
+    ci = t["ci95"]
+    ci = f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci and None not in ci and all(map(math.isfinite, ci)) else ""
+    evidence = f"{t['test']} p = {t['p_value']:.3g}"
+    if t["family"] > 1:
+        evidence += f", Holm-adjusted over {t['family']} tests p = {t['p_holm']:.3g}"
+    verdict = (f"no clear difference from {label}" if not t["significant"]
+               else f"{'above' if t['diff'] > 0 else 'below'} {label}")
+    return head + f"{t['diff']:+.4f}{ci} ({evidence}) — **{verdict}**"
 
 
 def answer_zeroshot(rows: list[dict], s: ReportSettings) -> list[str]:
@@ -445,25 +454,14 @@ def answer_zeroshot(rows: list[dict], s: ReportSettings) -> list[str]:
         if own is None:
             continue
         n = f" of {row['n_users']} users" if row.get("n_users") else ""
-        parts = [f"{row['model']} ({row['protocol']}): {m} {own:.4f} on the candidate lists{n}"]
-        parts += [f"{name} {b:.4f}" for name, b in ((k, _mean(v, m)) for k, v in row["baselines"].items())
-                  if b is not None]
+        ci = row.get("ci95")
+        ci = f" [{ci[0]:.4f}, {ci[1]:.4f}]" if ci and None not in ci else ""
+        line = f"{row['model']} ({row['protocol']}): {m} {own:.4f}{ci} on the candidate lists{n}"
         if row["compliance"] is not None:
             partly = f" ({row['partial']:.0%} partly)" if row.get("partial") else ""
-            parts.append(f"{row['compliance']:.0%} of replies followed the format{partly}")
-        verdicts = []
-        for name, label in (("random", "random"), ("pop", "popularity")):
-            b = _mean(row["baselines"].get(name, {}), m)
-            if b is not None:
-                verdicts.append(f"{'above' if own > b else 'below'} {label} by {abs(own - b):.4f}")
-        trained = [(k, _mean(v, m)) for k, v in row["baselines"].items() if k.startswith("trained")]
-        trained = [(k, v) for k, v in trained if v is not None]
-        for name, value in trained:  # each head's validation-best run: no pick among them on these numbers
-            verdicts.append((f"{own - value:+.4f} vs" if own >= value else f"{value - own:.4f} below")
-                            + f" the {name} on the same candidates")
-        line = "; ".join(parts)
-        said = ", ".join(verdicts[:-1]) + (" and " if len(verdicts) > 1 else "") + (verdicts[-1] if verdicts else "")
-        out.append(line + (f" — **zero-shot is {said}**." if verdicts else ".")
+            line += f"; {row['compliance']:.0%} of replies followed the format{partly}"
+        clauses = [_zs_clause(t) for t in row.get("tests", [])]
+        out.append(line + "".join(f"; {c}" for c in clauses) + "."
                    + "".join(f" ({note}.)" for note in row.get("notes", [])))
     return out or ["not measured (no zero-shot run)."]
 
@@ -707,6 +705,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
     s = settings
     runs, failed = load_runs(runs_dir)
     runs = [r for r in runs if out not in r.folder.parents and r.folder != out]
+    runs, failed, foreign = _in_plan(plan, runs, failed)
     trained = group_runs([r for r in runs if r.task == "train"])
     zs = zeroshot_rows(runs, trained, s)
     title = s.title or f"{plan.get('name') or runs_dir.name}: {len(runs)} run(s)"
@@ -716,8 +715,10 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
                                       ("zeroshot", plot_zeroshot, zs))}
     found = findings(trained, s)  # every test once, for the answers and report.json
     md = _markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s)
+    md += _run_accounting(plan, trained, zs, failed, foreign)
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
-    atomic_write_text(out / "report.json", json.dumps(_summary(trained, zs, found, s), indent=2, default=float) + "\n")
+    summary = {**_summary(trained, zs, found, s), **({"not_in_experiment": foreign} if foreign else {})}
+    atomic_write_text(out / "report.json", json.dumps(summary, indent=2, default=float) + "\n")
     return out / "report.md"
 
 
@@ -726,16 +727,63 @@ def _plan(runs_dir: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def _planned_ids(plan: dict) -> list[str] | None:
+    """The run ids experiment.json lists, or None without one (or with runs it does not name)."""
+    ids = [r.get("id") for r in plan.get("runs") or [] if isinstance(r, dict)]
+    return ids if ids and all(isinstance(i, str) for i in ids) else None
+
+
+def _in_plan(plan: dict, runs: list[RunResult], failed: list) -> tuple[list, list, list[str]]:
+    """Only the runs experiment.json lists (when there is one): -> (runs, failed runs, names of the others)."""
+    ids = _planned_ids(plan)
+    if ids is None:
+        return runs, failed, []
+    keep = set(ids)
+    foreign = sorted({r.folder.name for r in runs if r.folder.name not in keep}
+                     | {p.name for p, _ in failed if p.name not in keep})
+    return ([r for r in runs if r.folder.name in keep], [(p, why) for p, why in failed if p.name in keep], foreign)
+
+
+def _run_accounting(plan: dict, trained, zs, failed, foreign: list[str]) -> list[str]:
+    """Failed runs with their error.txt, planned runs not yet run, and runs found here that the experiment
+    does not list (left out of every table and comparison)."""
+    md = []
+    if failed:
+        ids = _planned_ids(plan)
+        head = f"{len(failed)} planned run(s) failed:" if ids is not None else "These runs failed:"
+        md += ["## Failed runs", "", head, "",
+               *[f"- `{p.name}`: {reason}" + (f" (see `{p / 'error.txt'}`)" if (p / "error.txt").is_file() else "")
+                 for p, reason in failed], ""]
+    done = {r.folder.name for g in trained for r in g.runs} | {r["run"].folder.name for r in zs}
+    done |= {p.name for p, _ in failed}
+    ids = _planned_ids(plan)
+    if ids is not None:
+        missing = [i for i in ids if i not in done]
+        if missing:
+            md += [f"{len(missing)} planned run(s) have no results yet: " + ", ".join(f"`{i}`" for i in missing) + ".",
+                   ""]
+    elif plan.get("runs") and len(plan["runs"]) > len(done):
+        md += [f"{len(plan['runs']) - len(done)} planned run(s) have no results yet.", ""]
+    if foreign:
+        md += ["Not in this experiment (found under this folder, not listed in experiment.json; left out of every "
+               "table and comparison): " + ", ".join(f"`{name}`" for name in foreign) + ".", ""]
+    return md
+
+
 def _markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s) -> list[str]:
     md = [f"# {title}", ""]
     if plan.get("description"):
         md += [plan["description"].strip(), ""]
     n_plan = len(plan.get("runs") or [])
     md += [f"Runs read from `{runs_dir}`" + (f" ({n_plan} planned by `{plan.get('source')}`)" if n_plan else "")
-           + f". Split: {s.split}. Checkpoints chosen on validation {s.metrics[0]}. A value `m ± h` is the mean "
-           "over seeds with a t-based 95% CI; `m [lo, hi]` is one run's bootstrap 95% CI over users.", ""]
+           + f". Split: {s.split}. Checkpoints chosen on validation {s.metrics[0]}. A value `m [lo, hi]` is a "
+           "bootstrap 95% CI over users (for a group of seeds, of each user's value averaged over its seeds, with "
+           "the spread of the seed means beside it as `(sd … over n seeds)`); `m ± h (t over n seeds)` is the "
+           "fallback where per-user records are missing: a t-based 95% CI over seed means, which reflects training "
+           "randomness only, not which users were sampled.", ""]
     md += ["## Answers", "", method_note(s), ""]
-    answers = [(question, [f.line(s) for f in found if f.question == key] or [empty])
+    answers = [(question, [f.line(s) for f in found if f.question == key or f.question.startswith(f"{key} (")]
+                or [empty])
                for key, (question, empty) in QUESTIONS.items()]
     for question, lines in [*answers, ("How far is zero-shot prompting from trained models?", answer_zeroshot(zs, s))]:
         md += [f"**{question}**", "", *[f"- {line}" for line in lines], ""]
@@ -751,17 +799,13 @@ def _markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s) -> 
     for name, made in figures.items():
         if made:
             md += [f"## {captions[name]}", "", f"![{captions[name]}]({name}.png)", ""]
-    if failed:
-        md += ["## Failed runs", "", *[f"- `{p.name}`: {reason}" for p, reason in failed], ""]
-    missing = n_plan - len({r.folder.name for g in trained for r in g.runs} | {r["run"].folder.name for r in zs})
-    if n_plan and missing > 0:
-        md += [f"{missing} planned run(s) have no results yet.", ""]
     return md
 
 
 def _summary(trained: list[Group], zs: list[dict], found: list[Finding], s: ReportSettings) -> dict:
     def stat(st: Stat | None):
-        return None if st is None else {"mean": st.mean, "ci95": [st.lo, st.hi], "n_seeds": st.n, "over": st.over}
+        return None if st is None else {"mean": st.mean, "ci95": [st.lo, st.hi], "n_seeds": st.n, "over": st.over,
+                                        "sd_seeds": st.sd_seeds}
 
     return {"split": s.split, "groups": [
         {"head": g.first.head, "tower": g.first.tower, "encoder": g.first.encoder,
@@ -769,7 +813,8 @@ def _summary(trained: list[Group], zs: list[dict], found: list[Finding], s: Repo
          "runs": [r.folder.name for r in g.runs], **{m: stat(g.stat(m, s.split)) for m in s.metrics}}
         for g in sorted(trained, key=_order)],
         "zeroshot": [{"model": r["model"], "protocol": r["protocol"], "compliance": r["compliance"],
-                      **{m: _mean(r["metrics"], m) for m in s.metrics},
+                      **{m: _mean(r["metrics"], m) for m in s.metrics}, "ci95": r.get("ci95"),
+                      "tests": r.get("tests", []),
                       "baselines": {n: _mean(b, s.metrics[0]) for n, b in r["baselines"].items()},
                       "notes": r.get("notes", [])} for r in zs],
         "comparisons": [f.record(s) for f in found]}

@@ -4,8 +4,11 @@ A folder of runs is any tree holding ``results.json`` files (a sweep's output, o
 one by one with ``tcf train``).  A results file marked ``"valid": false`` (a zero-shot run
 whose backend failed) is a failed run: it is named with its reason and never enters a
 table or a comparison.  Runs whose configs differ only in ``seed`` (and ``name``)
-form a group; a group's statistic is the mean over seeds with a t-based 95% CI, or, for a
-single seed, the run's own bootstrap CI over users.
+form a group.  A group's statistic is over users: each user's value averaged over the group's
+seeds (``per_user_SPLIT.npy``), with a bootstrap 95% CI of those values and the spread of the
+seed means beside it; a single run keeps its own bootstrap CI.  Only where a seed's per-user
+records are missing does it fall back to the mean over seeds with a t-based 95% CI, which
+varies with training randomness alone, not with which users were sampled.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 
 from tcf.config import flatten
 from tcf.errors import TcfError
+from tcf.eval.metrics import bootstrap_ci
 from tcf.run.results import ResultsFormatError, RunRecord, read_results
 
 # two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (1.96 beyond)
@@ -29,20 +33,26 @@ NOT_A_SETTING = ("name", "seed")  # differ between the members of a group
 TEXT_ONLY = ("encoder.", "cache_root", "cache_path", "data.template")  # meaningless for an ID tower
 
 
+USER_BOOTSTRAP = 1000  # resamples (seed 0) of a seed group's seed-averaged per-user values
+
+
 @dataclass
 class Stat:
     mean: float
     lo: float | None  # 95% CI, None when unknown
     hi: float | None
     n: int  # seeds
-    over: str  # "seeds" (t interval over seed means) or "users" (the run's bootstrap interval)
+    over: str  # "users" (bootstrap interval over users) or "seeds" (fallback: t interval over seed means)
+    sd_seeds: float | None = None  # standard deviation of the seed means (several seeds)
 
     def text(self, digits: int = 4) -> str:
+        f = f".{digits}f"
+        spread = f" (sd {self.sd_seeds:{f}} over {self.n} seeds)" if self.n > 1 and self.sd_seeds is not None else ""
         if self.lo is None or self.hi is None:
-            return f"{self.mean:.{digits}f}"
+            return f"{self.mean:{f}}{spread}"
         if self.over == "seeds":
-            return f"{self.mean:.{digits}f} ± {(self.hi - self.lo) / 2:.{digits}f}"
-        return f"{self.mean:.{digits}f} [{self.lo:.{digits}f}, {self.hi:.{digits}f}]"
+            return f"{self.mean:{f}} ± {(self.hi - self.lo) / 2:{f}} (t over {self.n} seeds)"
+        return f"{self.mean:{f}} [{self.lo:{f}}, {self.hi:{f}}]{spread}"
 
 
 @dataclass
@@ -110,6 +120,7 @@ class Group:
 
     runs: list[RunResult]
     settings: dict = field(default_factory=dict)  # settings that set this group apart from the others
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def first(self) -> RunResult:
@@ -119,7 +130,21 @@ class Group:
     def seeds(self) -> list:
         return sorted({r.config.get("seed") for r in self.runs}, key=str)
 
+    def user_values(self, name: str, split: str = "test") -> tuple[np.ndarray, np.ndarray] | None:
+        """(user ids, sorted; each user's ``name`` averaged over the group's seeds), or None unless every run
+        has per-user records on the same users."""
+        key = ("users", name, split)
+        if key not in self._memo:
+            self._memo[key] = _seed_average([r.per_user(name, split) for r in self.runs])
+        return self._memo[key]
+
     def stat(self, name: str, split: str = "test") -> Stat | None:
+        key = ("stat", name, split)
+        if key not in self._memo:
+            self._memo[key] = self._stat(name, split)
+        return self._memo[key]
+
+    def _stat(self, name: str, split: str) -> Stat | None:
         values = [m for m in (r.metric(name, split) for r in self.runs) if m is not None]
         if not values:
             return None
@@ -127,13 +152,33 @@ class Group:
         if len(values) == 1:
             ci = values[0][1]
             return Stat(float(means[0]), *(ci if ci else (None, None)), 1, "users")
-        half = T975[len(means) - 2] if len(means) <= len(T975) + 1 else 1.96
-        half *= float(means.std(ddof=1)) / math.sqrt(len(means))
-        return Stat(float(means.mean()), float(means.mean() - half), float(means.mean() + half), len(means), "seeds")
+        sd = float(means.std(ddof=1))
+        users = self.user_values(name, split) if len(values) == len(self.runs) else None
+        if users is not None:
+            lo, hi = bootstrap_ci(users[1], n=USER_BOOTSTRAP, seed=0)
+            return Stat(float(users[1].mean()), lo, hi, len(means), "users", sd)
+        half = (T975[len(means) - 2] if len(means) <= len(T975) + 1 else 1.96) * sd / math.sqrt(len(means))
+        return Stat(float(means.mean()), float(means.mean() - half), float(means.mean() + half), len(means), "seeds",
+                    sd)
 
     def slice_mean(self, slice_name: str, name: str, split: str = "test") -> float | None:
         values = [v for v in (r.slice_metric(slice_name, name, split) for r in self.runs) if v is not None]
         return float(np.mean(values)) if values else None
+
+
+def _seed_average(tables: list[tuple[np.ndarray, np.ndarray] | None]) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-user records of several seeds -> (sorted user ids, mean value per user); None when one is missing or
+    the seeds were evaluated on different users."""
+    if not tables or any(t is None for t in tables):
+        return None
+    users, rows = None, []
+    for ids, values in tables:
+        order = np.argsort(ids, kind="stable")
+        if users is not None and not np.array_equal(users, ids[order]):
+            return None
+        users = ids[order]
+        rows.append(np.asarray(values, dtype=np.float64)[order])
+    return users, np.mean(rows, axis=0)
 
 
 def invalid_reason(results: RunRecord | dict) -> str | None:

@@ -1,0 +1,191 @@
+"""The report's statistics: which test compares two groups of runs, Holm families, the cold-item test.
+
+Two groups evaluated on the same users are compared by a paired permutation test over users, on each
+user's value averaged over the group's seeds: what a claim about users needs (a test over seed means
+varies with training randomness alone, not with which users were sampled).  Only where per-user
+records are missing does a comparison fall back, saying so: a Welch t-test over seed means when both
+have several seeds, or an unpaired z-test from two bootstrap CIs over users.  Intervals of different
+kinds (a t interval over seeds against a bootstrap interval over users) are not combined.  A statistic
+that is not finite is no test, never a significant one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from tcf.eval.metrics import holm, normal_pvalue, paired_test, t_pvalue
+from tcf.experiments.results import Group, RunResult, Stat
+
+PAIRED_RESAMPLES = 2000  # sign flips of the paired permutation test (seed 0)
+PAIRED = "paired permutation test over users"
+WELCH = "Welch t-test over seeds (fallback: no per-user records; ignores which users were sampled)"
+Z_FROM_CI = "unpaired z-test from the bootstrap 95% CIs over users (fallback: no per-user records on the same users)"
+NO_TEST = "no test: neither per-user records, seeds nor confidence intervals"
+NOT_FINITE = "no test: a mean or per-user value is not a finite number"
+MIXED = ("no test: the two intervals are of different kinds (a t interval over seeds and a bootstrap interval over "
+         "users) and a group lacks per-user records")
+
+
+@dataclass
+class Comparison:
+    a: Stat
+    b: Stat
+    p_value: float | None  # None: no test possible (see reason)
+    test: str = ""  # which test gave p_value
+    p_holm: float | None = None  # adjusted over the answer's family (set by holm_family)
+    family: int = 1  # tests in that family
+    reason: str = NO_TEST  # why there is no test (p_value None)
+    n_users: int | None = None  # users of a paired test
+    seeds: tuple[int, int] = (1, 1)  # runs averaged per user on each side
+    diff_ci: list | None = None  # bootstrap 95% CI of the paired difference
+
+    @property
+    def diff(self) -> float:
+        return self.a.mean - self.b.mean
+
+    def significant(self, alpha: float) -> bool:
+        p = self.p_value if self.p_holm is None else self.p_holm
+        return p is not None and p < alpha
+
+    def evidence(self) -> str:
+        if self.p_value is None:
+            return self.reason
+        text = f"{self.test} p = {self.p_value:.3g}"
+        if self.family > 1 and self.p_holm is not None:
+            text += f", Holm-adjusted over {self.family} tests p = {self.p_holm:.3g}"
+        if self.n_users is not None and max(self.seeds) > 1:
+            text += f"; {self.n_users} users, each user's value averaged over {self.seeds[0]} vs {self.seeds[1]} seeds"
+        return text
+
+    def verdict(self, alpha: float, better: str, worse: str) -> str:
+        if not self.significant(alpha):
+            return "no clear difference"
+        return better if self.diff > 0 else worse
+
+    def record(self) -> dict:
+        return {"test": self.test or None, "p_value": self.p_value, "p_holm": self.p_holm, "family": self.family,
+                "n_users": self.n_users, "seeds": list(self.seeds), "diff_ci95": self.diff_ci,
+                **({"no_test": self.reason} if self.p_value is None else {})}
+
+
+def _seed_means(g: Group, metric: str, split: str) -> np.ndarray:
+    return np.array([m[0] for m in (r.metric(metric, split) for r in g.runs) if m is not None])
+
+
+def welch(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Two-sided Welch t-test p-value of mean(x) - mean(y) (each at least two seeds); None when not finite."""
+    va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    diff = float(x.mean() - y.mean())
+    if va + vb == 0:
+        return 1.0 if diff == 0 else 0.0
+    df = (va + vb) ** 2 / (va ** 2 / (len(x) - 1) + vb ** 2 / (len(y) - 1))
+    return t_pvalue(diff / math.sqrt(va + vb), df)
+
+
+def z_from_ci(a: Stat, b: Stat) -> float | None:
+    """Unpaired, from two bootstrap (normal) intervals over users; None when not finite."""
+    se = math.hypot((a.hi - a.lo) / 2 / 1.96, (b.hi - b.lo) / 2 / 1.96)
+    if se == 0:
+        return 1.0 if a.mean == b.mean else 0.0
+    return normal_pvalue((a.mean - b.mean) / se)
+
+
+def paired(sa: Stat, sb: Stat, ua: np.ndarray, ub: np.ndarray, seeds: tuple[int, int]) -> Comparison:
+    """The paired permutation test of two aligned per-user arrays."""
+    r = paired_test(ua, ub, n=PAIRED_RESAMPLES)
+    c = Comparison(sa, sb, r["p_value"], PAIRED, n_users=len(ua), seeds=seeds, diff_ci=r["ci95"])
+    if c.p_value is None:
+        c.test, c.reason = "", NOT_FINITE
+    return c
+
+
+def compare(a: Group, b: Group, metric: str, split: str) -> Comparison | None:
+    """``a`` against ``b`` on ``split``: paired over users when both have per-user records on the same users
+    (seed-averaged per user); else a labelled fallback (Welch over seeds, or a z-test from two CIs over users)."""
+    sa, sb = a.stat(metric, split), b.stat(metric, split)
+    if sa is None or sb is None:
+        return None
+    seeds = (len(a.runs), len(b.runs))
+    ua, ub = a.user_values(metric, split), b.user_values(metric, split)
+    if ua is not None and ub is not None and np.array_equal(ua[0], ub[0]):
+        return paired(sa, sb, ua[1], ub[1], seeds)
+    if not (math.isfinite(sa.mean) and math.isfinite(sb.mean)):
+        return Comparison(sa, sb, None, reason=NOT_FINITE, seeds=seeds)
+    xa, xb = _seed_means(a, metric, split), _seed_means(b, metric, split)
+    if sa.over == sb.over == "seeds" and len(xa) > 1 and len(xb) > 1:
+        p = welch(xa, xb)
+        return Comparison(sa, sb, p, WELCH if p is not None else "", reason=NOT_FINITE, seeds=seeds)
+    if None in (sa.lo, sa.hi, sb.lo, sb.hi):
+        return Comparison(sa, sb, None, seeds=seeds)
+    if sa.over != sb.over:
+        return Comparison(sa, sb, None, reason=MIXED, seeds=seeds)
+    p = z_from_ci(sa, sb)
+    return Comparison(sa, sb, p, Z_FROM_CI if p is not None else "", reason=NOT_FINITE, seeds=seeds)
+
+
+def holm_family(comparisons: list[Comparison]) -> list[Comparison]:
+    """Holm–Bonferroni over one answer's tests: each gets its adjusted p-value and the family size."""
+    adjusted = holm([c.p_value for c in comparisons])
+    tested = sum(p is not None for p in adjusted)
+    for c, p in zip(comparisons, adjusted):
+        c.p_holm, c.family = p, tested
+    return comparisons
+
+
+# ---------------------------------------------------------------- cold items
+
+@lru_cache(maxsize=16)
+def _cold_users(path: str, fingerprint: str, split: str, cold_max_count: int) -> tuple[np.ndarray | None, str]:
+    from tcf.data import load_dataset
+    from tcf.run.seqdata import SeqData
+
+    try:
+        dataset = load_dataset(path, verify=False)
+    except Exception as e:  # noqa: BLE001 - a dataset that is gone makes the test impossible, not the report
+        return None, f"the dataset {path} is not readable here ({type(e).__name__})"
+    if dataset.fingerprint != fingerprint:
+        return None, f"the dataset at {path} is not the one the runs used (fingerprint differs)"
+    data = SeqData(dataset)
+    cut = 2 if split == "valid" else 1
+    targets = np.array([data.seqs[u][-cut] for u in data.users])
+    return data.users[data.train_counts[targets] <= cold_max_count], ""
+
+
+def cold_users(run: RunResult, split: str) -> tuple[np.ndarray | None, str]:
+    """Users whose ``split`` target is a cold item (the trainer's slice: at most eval.cold_max_count training
+    interactions), read from the run's dataset; (None, why) when that cannot be known here."""
+    ds = run.record.dataset or {}
+    k = run.config.get("eval.cold_max_count")
+    if not ds.get("path") or not ds.get("fingerprint") or k is None:
+        return None, "the runs do not record their dataset and cold threshold"
+    return _cold_users(str(ds["path"]), str(ds["fingerprint"]), split, int(k))
+
+
+def cold_compare(a: Group, b: Group, metric: str, split: str) -> tuple[Comparison | None, int | None]:
+    """``a`` against ``b`` on the users whose target is cold: paired over those users (seed-averaged), else the
+    runs' cold-slice means with the reason there is no test.  -> (comparison, cold users)."""
+    ma, mb = a.slice_mean("cold", metric, split), b.slice_mean("cold", metric, split)
+    if ma is None or mb is None:
+        return None, None
+    n = a.first.slice_users("cold", split)
+    means = Stat(ma, None, None, len(a.runs), "users"), Stat(mb, None, None, len(b.runs), "users")
+    seeds = (len(a.runs), len(b.runs))
+    ua, ub = a.user_values(metric, split), b.user_values(metric, split)
+    if ua is None or ub is None or not np.array_equal(ua[0], ub[0]):
+        return Comparison(*means, None, reason="no test: no per-user records on the same users", seeds=seeds), n
+    same = all(cold_users(r, split)[0] is not None for r in (a.first, b.first)) and (
+        np.array_equal(cold_users(a.first, split)[0], cold_users(b.first, split)[0]))
+    cold, why = cold_users(a.first, split)
+    if cold is None or not same:
+        why = why or "the two groups define cold items differently (dataset or eval.cold_max_count)"
+        return Comparison(*means, None, reason=f"no test: {why}", seeds=seeds), n
+    sel = np.isin(ua[0], cold)
+    if not sel.any():
+        return Comparison(*means, None, reason="no test: no cold-target users among the evaluated", seeds=seeds), 0
+    va, vb = ua[1][sel], ub[1][sel]
+    sa, sb = (Stat(float(v.mean()), None, None, k, "users") for v, k in ((va, seeds[0]), (vb, seeds[1])))
+    return paired(sa, sb, va, vb, seeds), int(sel.sum())

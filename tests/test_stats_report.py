@@ -1,0 +1,195 @@
+"""The report's statistics: seed groups are compared over users (paired, on seed-averaged per-user values), CIs
+are over users with the seed spread beside them, a NaN is no test, the cold-item claim is tested, and the run
+list follows experiment.json."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tcf.eval.metrics import normal_pvalue, paired_test, t_pvalue
+from tcf.experiments.report import compare, write_report
+from tcf.experiments.results import group_runs, load_runs
+
+N_USERS = 943
+
+
+def put(root: Path, name: str, *, tower="id", seed=0, per_user=None, mean=None, half=0.01, dataset=None,
+        cold_max_count=8) -> Path:
+    """A trained run's results.json (valid = test numbers) and, when given, its per-user test and valid values."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    mean = float(np.mean(per_user)) if mean is None else mean
+    metrics = {"ndcg@10": {"mean": mean, "ci95": [mean - half, mean + half]}}
+    res = {"config": {"name": name, "seed": seed, "model": {"head": "sasrec", "tower": tower},
+                      "encoder": {"model": "minilm-l6"}, "eval": {"cold_max_count": cold_max_count}},
+           "metrics": {split: {"metrics": metrics, "slices": {"cold": {"metrics": {"ndcg@10": mean}}}}
+                       for split in ("valid", "test")}}
+    if dataset is not None:
+        res["dataset"] = {"path": str(dataset.path), "fingerprint": dataset.fingerprint}
+    if per_user is not None:
+        res["per_user_columns"] = ["user_id", "ndcg@10"]
+        for split in ("valid", "test"):
+            np.save(folder / f"per_user_{split}.npy", np.stack([np.arange(1, len(per_user) + 1), per_user]))
+    (folder / "results.json").write_text(json.dumps(res))
+    return folder
+
+
+def seed_groups(root: Path, effect: np.ndarray, offsets_id, offsets_text, seed=0):
+    """Three seeds of an ID and a text tower on the same users: each user's text value is its ID value plus
+    ``effect``; a seed shifts every user of its run by its offset."""
+    rng = np.random.default_rng(seed)
+    base = rng.random(N_USERS) * 0.3
+    for k, (oi, ot) in enumerate(zip(offsets_id, offsets_text)):
+        put(root, f"id-s{k}", seed=k, per_user=base + oi)
+        put(root, f"text-s{k}", tower="frozen", seed=k, per_user=base + effect + ot)
+
+
+def text_vs_id(root: Path) -> dict:
+    summary = json.loads((root / "report" / "report.json").read_text())
+    return next(c for c in summary["comparisons"] if c["question"] == "text vs ID")
+
+
+def welch_p(x, y) -> float:
+    x, y = np.asarray(x), np.asarray(y)
+    va, vb = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    df = (va + vb) ** 2 / (va ** 2 / (len(x) - 1) + vb ** 2 / (len(y) - 1))
+    return t_pvalue((x.mean() - y.mean()) / math.sqrt(va + vb), df)
+
+
+def test_seed_groups_equal_over_users_are_no_clear_difference(tmp_path):
+    """Tight seed means (Welch: significant) but a per-user difference indistinguishable from 0 over 943 users."""
+    rng = np.random.default_rng(1)
+    d = rng.normal(0, 0.1, N_USERS)
+    d = d - d.mean() + 0.003  # the two towers differ by 0.003 on these users, user noise sd 0.1
+    offsets = [0.0003, -0.0002, 0.0]
+    seed_groups(tmp_path, d, offsets, offsets)
+    means_id = [np.load(tmp_path / f"id-s{k}" / "per_user_test.npy")[1].mean() for k in range(3)]
+    means_tx = [np.load(tmp_path / f"text-s{k}" / "per_user_test.npy")[1].mean() for k in range(3)]
+    assert welch_p(means_tx, means_id) < 0.01  # what the seed-mean test said
+    expected = paired_test(d, np.zeros(N_USERS), n=2000)["p_value"]
+    assert expected > 0.05
+    md = write_report(tmp_path).read_text()
+    line = next(x for x in md.splitlines() if x.startswith("- SASRec: the text tower"))
+    assert "paired permutation test over users" in line and "**no clear difference**" in line
+    got = text_vs_id(tmp_path)
+    assert got["test"] == "paired permutation test over users" and not got["significant"]
+    assert got["p_value"] == pytest.approx(expected, abs=2e-3)
+    assert got["n_users"] == N_USERS and got["seeds"] == [3, 3]
+
+
+def test_seed_groups_with_a_real_per_user_difference_are_told_apart(tmp_path):
+    """Noisy seed means (Welch: nothing) but every seed-averaged user gains 0.02 on average over 943 users."""
+    rng = np.random.default_rng(2)
+    d = rng.normal(0.02, 0.1, N_USERS)
+    seed_groups(tmp_path, d, [0.03, -0.03, 0.0], [0.0, 0.03, -0.03])
+    means_id = [np.load(tmp_path / f"id-s{k}" / "per_user_test.npy")[1].mean() for k in range(3)]
+    means_tx = [np.load(tmp_path / f"text-s{k}" / "per_user_test.npy")[1].mean() for k in range(3)]
+    assert welch_p(means_tx, means_id) > 0.2
+    md = write_report(tmp_path).read_text()
+    line = next(x for x in md.splitlines() if x.startswith("- SASRec: the text tower"))
+    assert "**text beats ID**" in line and "paired permutation test over users" in line
+    assert text_vs_id(tmp_path)["p_value"] < 0.01
+
+
+def test_seed_group_cells_are_user_cis_with_the_seed_spread_beside(tmp_path):
+    rng = np.random.default_rng(3)
+    seed_groups(tmp_path, rng.normal(0.02, 0.1, N_USERS), [0.03, -0.03, 0.0], [0.0, 0.03, -0.03])
+    groups = group_runs(load_runs(tmp_path)[0])
+    g = next(g for g in groups if g.first.tower == "id")
+    st = g.stat("ndcg@10")
+    users = np.mean([np.load(tmp_path / f"id-s{k}" / "per_user_test.npy")[1] for k in range(3)], axis=0)
+    from tcf.eval.metrics import bootstrap_ci
+
+    assert st.over == "users" and st.n == 3 and st.mean == pytest.approx(users.mean())
+    assert (st.lo, st.hi) == pytest.approx(bootstrap_ci(users, n=1000, seed=0))
+    assert st.sd_seeds == pytest.approx(np.std([users.mean() + o - 0.0 for o in (0.03, -0.03, 0.0)], ddof=1))
+    md = write_report(tmp_path).read_text()
+    assert f"{st.mean:.4f} [{st.lo:.4f}, {st.hi:.4f}] (sd {st.sd_seeds:.4f} over 3 seeds)" in md
+    assert "bootstrap 95% CI over users" in md
+
+
+def test_seed_groups_without_per_user_records_fall_back_labelled(tmp_path):
+    for k, (a, b) in enumerate(((0.10, 0.20), (0.11, 0.21), (0.12, 0.22))):
+        put(tmp_path, f"id-s{k}", seed=k, mean=a)
+        put(tmp_path, f"text-s{k}", tower="frozen", seed=k, mean=b)
+    md = write_report(tmp_path).read_text()
+    assert "(t over 3 seeds)" in md
+    got = text_vs_id(tmp_path)
+    assert got["test"].startswith("Welch t-test over seeds") and "no per-user records" in got["test"]
+
+
+def test_mixed_interval_kinds_are_not_z_tested(tmp_path):
+    """A seed group without per-user records (t interval over seeds) and a single run (bootstrap over users):
+    the two intervals measure different things, so no z-test is made from them."""
+    for k, a in enumerate((0.10, 0.11, 0.12)):
+        put(tmp_path, f"id-s{k}", seed=k, mean=a)
+    put(tmp_path, "text", tower="frozen", mean=0.3, half=0.001)
+    groups = {g.first.tower: g for g in group_runs(load_runs(tmp_path)[0])}
+    c = compare(groups["frozen"], groups["id"], "ndcg@10", "test")
+    assert c.p_value is None and "different kinds" in c.evidence()
+
+
+def test_non_finite_statistics_are_no_test():
+    assert t_pvalue(float("nan"), 3) is None and normal_pvalue(float("nan")) is None
+    assert t_pvalue(float("inf"), 3) is None and normal_pvalue(float("-inf")) is None
+    assert t_pvalue(1.0, float("nan")) is None
+    assert paired_test(np.array([np.nan, 0.1]), np.array([0.0, 0.0]), n=100)["p_value"] is None
+
+
+def test_a_nan_seed_mean_is_no_test_not_significant(tmp_path):
+    put(tmp_path, "id-s0", seed=0, mean=0.1)
+    put(tmp_path, "id-s1", seed=1, mean=float("nan"))
+    put(tmp_path, "text-s0", tower="frozen", seed=0, mean=0.3)
+    put(tmp_path, "text-s1", tower="frozen", seed=1, mean=0.31)
+    md = write_report(tmp_path).read_text()
+    got = text_vs_id(tmp_path)
+    assert got["p_value"] is None and not got["significant"]
+    assert "**no clear difference**" in next(x for x in md.splitlines() if x.startswith("- SASRec: the text"))
+
+
+def test_the_cold_item_claim_is_tested_over_cold_users(tiny_dataset, tmp_path):
+    from tcf.run.seqdata import SeqData
+
+    data = SeqData(tiny_dataset)
+    targets = np.array([data.seqs[u][-1] for u in data.users])
+    cold = data.train_counts[targets] <= 2
+    assert 5 <= cold.sum() < len(cold)
+    rng = np.random.default_rng(4)
+    base = rng.random(len(cold)) * 0.2
+    text = base + np.where(cold, 0.5, 0.0) + rng.normal(0, 0.01, len(cold))
+    for k in range(2):
+        put(tmp_path, f"id-s{k}", seed=k, per_user=base, dataset=tiny_dataset, cold_max_count=2)
+        put(tmp_path, f"text-s{k}", tower="frozen", seed=k, per_user=text, dataset=tiny_dataset, cold_max_count=2)
+    md = write_report(tmp_path).read_text()
+    answer = md.split("**Does text beat ID?**")[1].split("**Does fine-tuning")[0]
+    line = next(x for x in answer.splitlines() if "cold items" in x)
+    assert f"{int(cold.sum())} users" in line and "paired permutation test over users" in line
+    assert "**text beats ID on cold items**" in line
+    summary = json.loads((tmp_path / "report" / "report.json").read_text())
+    got = next(c for c in summary["comparisons"] if c["question"] == "text vs ID (cold items)")
+    assert got["p_value"] == pytest.approx(paired_test(text[cold], base[cold], n=2000)["p_value"])
+    assert got["family"] == 1 and got["n_users"] == int(cold.sum())
+
+
+def test_failed_and_foreign_runs_with_an_experiment_file(tmp_path):
+    put(tmp_path, "a", mean=0.1)
+    failed = tmp_path / "b"
+    failed.mkdir()
+    (failed / "error.txt").write_text("RuntimeError: out of memory\n")
+    put(tmp_path, "stray", tower="frozen", mean=0.9)
+    plan = {"name": "exp", "source": "exp.yaml", "runs": [{"id": i} for i in ("a", "b", "c", "d")]}
+    (tmp_path / "experiment.json").write_text(json.dumps(plan))
+    md = write_report(tmp_path).read_text()
+    assert "2 planned run(s) have no results yet: `c`, `d`." in md
+    assert "1 planned run(s) failed" in md and f"`b`: RuntimeError: out of memory (see `{failed / 'error.txt'}`)" in md
+    assert "Not in this experiment" in md and "`stray`" in md
+    tables = md.split("## Trained recommenders")[1]
+    assert "stray" not in tables.split("Not in this experiment")[0] and "0.9000" not in md
+    summary = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert [r for g in summary["groups"] for r in g["runs"]] == ["a"]
+    assert summary["not_in_experiment"] == ["stray"]

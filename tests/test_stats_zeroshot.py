@@ -1,0 +1,109 @@
+"""Zero-shot verdicts are paired tests over the run's users (random, popularity, each trained model on the same
+candidate lists), one Holm family per zero-shot run; a trained model is scored on the candidates' own split."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from tcf.eval.metrics import holm, paired_test
+
+
+class ReverseRanker:
+    """A scripted chat backend: ranks the presented candidates in reverse order, always in the format."""
+
+    name, identity, calls = "scripted", "scripted:reverse", 0
+
+    def generate(self, prompts, params, on_reply=None):
+        from tcf.zeroshot.backend import Reply
+
+        replies = []
+        for i, messages in enumerate(prompts):
+            numbers = re.findall(r"^\[(\d+)\]", messages[-1]["content"], re.MULTILINE)
+            replies.append(Reply(", ".join(reversed(numbers)), 50, 10))
+            if on_reply is not None:
+                on_reply(i, replies[-1])
+        return replies
+
+    def close(self):
+        pass
+
+
+def make_runs(tiny_dataset, tmp_path, *zs_overrides):
+    from tcf.experiments.config import load_config
+    from tcf.train.loop import train
+    from tcf.zeroshot import run_zeroshot
+
+    common = [f"data.dataset={tiny_dataset.path}", f"cache_root={tmp_path / 'cache'}", "eval.bootstrap=20"]
+    train(load_config(None, [*common, "model.dim=16", "model.max_len=8", "train.epochs=2", "train.batch_size=16"]),
+          tmp_path / "runs" / "sasrec-id", progress=False)
+    zs = load_config(None, [*common, "task=zeroshot", "zeroshot.protocol=rank", "zeroshot.n_candidates=5",
+                            "zeroshot.limit=20", "zeroshot.history_len=4", "zeroshot.use_cache=false",
+                            *zs_overrides])
+    run_zeroshot(zs, tmp_path / "runs" / "zs", progress=False, backend=ReverseRanker())
+    return tmp_path / "runs"
+
+
+def scored_by_hand(runs, split):
+    """The trained run's per-user ndcg@10 on the zero-shot candidate lists, ranked with ``split``'s history."""
+    import torch
+
+    from tcf.eval.metrics import metrics_from_scores
+    from tcf.eval.ranking import score_users
+    from tcf.train.trained import load_trained
+    from tcf.zeroshot.candidates import Candidates
+
+    path = json.loads((runs / "zs" / "results.json").read_text())["candidates"]["path"]
+    cands = Candidates.load(path)
+    t = load_trained(runs / "sasrec-id")
+    with torch.no_grad():
+        scores, _ = score_users(t.model, t.data, cands.users, split, max_len=t.cfg.model.max_len,
+                                mask_history="none", device="cpu")
+    lists = torch.as_tensor(cands.lists[:, 0, :])
+    return metrics_from_scores(scores.gather(1, lists), torch.as_tensor(cands.target_pos[:, 0]))["ndcg@10"]
+
+
+def test_zero_shot_verdicts_are_paired_tests_in_one_holm_family(tiny_dataset, tmp_path):
+    from tcf.experiments.report import write_report
+
+    runs = make_runs(tiny_dataset, tmp_path)
+    md = write_report(runs).read_text()
+    answer = md.split("**How far is zero-shot prompting from trained models?**")[1].split("## ")[0]
+    zs = json.loads((runs / "report" / "report.json").read_text())["zeroshot"][0]
+    tests = {t["baseline"]: t for t in zs["tests"]}
+    assert set(tests) == {"random", "pop", "trained SASRec (ID)"}
+    own = np.load(runs / "zs" / "per_user_test.npy")
+    cols = json.loads((runs / "zs" / "results.json").read_text())["per_user_columns"]
+    own = own[cols.index("ndcg@10")]
+    random = np.mean([1 / np.log2(r + 2) for r in range(5)])
+    raw = {"random": paired_test(own, np.full(len(own), random), n=2000)["p_value"],
+           "trained SASRec (ID)": paired_test(own, scored_by_hand(runs, "test"), n=2000)["p_value"],
+           "pop": json.loads((runs / "zs" / "results.json").read_text())["metrics"]["test"]["vs_pop"]["ndcg@10"][
+               "p_value"]}
+    adjusted = dict(zip(raw, holm(list(raw.values()))))
+    for name, t in tests.items():
+        assert t["p_value"] == pytest.approx(raw[name]) and t["p_holm"] == pytest.approx(adjusted[name])
+        assert t["family"] == 3 and t["test"].startswith("paired permutation test over users")
+        assert len(t["ci95"]) == 2
+    assert answer.count("Holm-adjusted over 3 tests") == 3
+    assert "ndcg@10 " in answer and re.search(r"ndcg@10 \d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\]", answer)
+    for name in ("random", "popularity", "the trained SASRec (ID)"):
+        assert re.search(rf"\*\*(above|below|no clear difference from) {re.escape(name)}", answer), name
+
+
+def test_trained_models_are_scored_on_the_candidates_split(tiny_dataset, tmp_path):
+    from tcf.experiments.report import ReportSettings, trained_on_candidates
+    from tcf.experiments.results import group_runs, load_runs
+
+    runs = make_runs(tiny_dataset, tmp_path, "zeroshot.split=valid")
+    found = load_runs(runs)[0]
+    zs = next(r for r in found if r.task == "zeroshot")
+    trained = group_runs([r for r in found if r.task == "train"])
+    got = trained_on_candidates(zs, trained, ReportSettings(split="test"))["trained SASRec (ID)"]
+    valid, test = scored_by_hand(runs, "valid"), scored_by_hand(runs, "test")
+    assert not np.allclose(valid, test)  # the two splits' histories rank the lists differently
+    assert got["metrics"]["ndcg@10"]["mean"] == pytest.approx(valid.mean())
+    assert np.allclose(got["per_user"]["ndcg@10"], valid)
