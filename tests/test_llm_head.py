@@ -12,7 +12,7 @@ from tcf.encoders.base import EncoderSpec
 from tcf.errors import ConfigError
 from tcf.experiments.config import load_config
 from tcf.models import build_model
-from tcf.models.llm_head import LLMHead, load_bottom_layers, parse_train
+from tcf.models.llm_head import LLMHead, UserLM, load_bottom_layers, parse_train
 from tcf.models.lm_tower import param_groups
 from tcf.train import loop
 
@@ -215,3 +215,60 @@ def test_synthetic_llm_head_beats_popularity(tmp_path):
     print("popularity", pop, {k: r["ndcg@10"]["mean"] for k, r in results.items()})
     for tower, r in results.items():
         assert r["ndcg@10"]["mean"] > 1.5 * pop, (tower, r["ndcg@10"]["mean"], pop)
+
+
+# ---------------------------------------------------------------- the planner
+
+@pytest.fixture(scope="module")
+def llama64(tmp_path_factory):
+    """A tiny Llama wide enough (64-d) that its blocks hold most of a step's activations."""
+    import tinymodels
+
+    return tinymodels.build("llama", tmp_path_factory.mktemp("llama64") / "llama", layers=4, hidden=64)
+
+
+def test_planner_sizes_the_user_lm_as_autograd_and_the_model_count(llama64):
+    from tcf.experiments.planner import llm_head_bytes, load_config
+    from tcf.models.lm_tower import add_lora
+
+    config = load_config(str(llama64))[0]
+    model = load_bottom_layers(EncoderSpec(model=str(llama64)), N)[0].train()
+    n_params = sum(p.numel() for p in model.parameters())
+    B, L = 16, 20
+    full = llm_head_bytes(config, N, batch=B, max_len=L, dim=16)
+    assert full["params"] == n_params and full["trainable_params"] == n_params + 2 * 16 * 64 + 16 + 64
+    assert full["frozen_weights"] == 0 and llm_head_bytes(config, N, train="frozen", dim=16)["frozen_weights"] == \
+        4 * n_params
+    top = llm_head_bytes(config, N, train="top:1", dim=16)
+    assert top["trainable_params"] - (2 * 16 * 64 + 16 + 64) == \
+        sum(p.numel() for k, p in model.named_parameters() if k.startswith(("layers.1.", "norm.")))
+    lora = llm_head_bytes(config, N, train="lora", dim=16, lora_r=4)
+    adapted = add_lora(load_bottom_layers(EncoderSpec(model=str(llama64)), N)[0], 4, 8, 0.0)
+    assert lora["trainable_params"] - (2 * 16 * 64 + 16 + 64) == \
+        sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in weights:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    x = torch.randn(B, L, 64, requires_grad=True)
+    keep = torch.ones(B, L, dtype=torch.bool)
+    keep[:, :5] = False  # left padding, as training batches have
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        UserLM(model)(x, keep)
+    ratio = full["activations"] / sum(saved.values())
+    print("llm head activations: planned", full["activations"], "saved", sum(saved.values()))
+    assert 0.75 < ratio < 1.33, (full["activations"], sum(saved.values()))
+
+
+def test_plan_section_for_the_user_lm(llama64):
+    from tcf.experiments.planner import llm_head_plan, render_llm_head
+
+    h = llm_head_plan(str(llama64), layers=N, train="top:1", batch=16, max_len=20, dtype="bf16")
+    assert h["step_checkpointing"]["activations"] < h["step"]["activations"]
+    assert h["step"]["frozen_weights"] > 0 and h["settings"]["llm_train"] == "top:1"
+    line = " ".join(render_llm_head(h))
+    assert f"bottom {N} blocks" in line and "gradient checkpointing" in line

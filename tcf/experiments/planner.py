@@ -521,6 +521,81 @@ def flops_per_token(arch: Arch, tokens: int, n_params: int | None = None) -> int
     return 2 * n + 4 * len(arch.block_params) * tokens * arch.hidden
 
 
+# ---------------------------------------------------------------- the llm head: a user LM over item vectors
+
+def llm_trainable(arch: Arch, n: int, train: str, lora: int) -> int:
+    """Trainable parameters of the llm head's user LM (bottom ``n`` blocks + final norm) under ``model.llm_train``;
+    ``lora``: the adapters' parameter count (lora_params)."""
+    from tcf.models.llm_head import parse_train
+
+    mode, k = parse_train(train)
+    bottom = sum(arch.block_params[:n]) + arch.top_extra_params
+    return {"full": bottom, "frozen": 0, "lora": lora,
+            "top": sum(arch.block_params[max(n - k, 0):n]) + arch.top_extra_params}[mode]
+
+
+def lora_params(config, n: int, r: int) -> int:
+    """Parameters of rank-``r`` LoRA adapters on every linear map of the bottom ``n`` blocks (meta device)."""
+    import copy
+
+    import torch
+
+    from tcf.encoders.hf import truncate_config
+
+    config = copy.deepcopy(config)
+    truncate_config(config, n)
+    model = meta_model(config)
+    return sum(r * (m.in_features + m.out_features) for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and name.startswith("layers."))
+
+
+def llm_head_bytes(config, n: int, *, train: str = "full", batch: int = 256, max_len: int = 50, dim: int = 64,
+                   dtype: str = "fp32", checkpointing: bool = False, lora_r: int = 8) -> dict:
+    """Memory of one training step of the llm head's user LM (``model.head: llm``), as finetune_bytes sizes the
+    item tower's: its weights (frozen ones in ``dtype``, trainable ones fp32 masters with gradients and AdamW
+    states), the two projections to and from ``model.dim``, and the activations of ``batch`` sequences of
+    ``max_len`` item vectors through all n blocks (the input always wants gradients: the projection and the
+    item tower below train, so frozen blocks keep theirs too).  Per-sequence activations are measured on the
+    meta device as the item tower's per-text ones are (item_activations, tokens = max_len)."""
+    arch = measure(config)
+    n = n or arch.n_layers
+    params = sum(arch.block_params[:n]) + arch.top_extra_params  # the LM's bottom n blocks and final norm
+    lm = llm_trainable(arch, n, train, lora_params(config, n, lora_r) if train == "lora" else 0)
+    frozen = params - (0 if train == "lora" else lm)  # LoRA adds its adapters beside the frozen base
+    trainable = lm + 2 * dim * arch.hidden + dim + arch.hidden  # + Linear(dim, H) and Linear(H, dim)
+    seq = item_activations(config, arch, max_len, dtype)
+    if checkpointing:  # each block's input kept, one block recomputed at a time in backward
+        acts = batch * (n * seq.block_input + seq.per_block + seq.above)
+    else:
+        acts = batch * (n * seq.per_block + seq.above)
+    states = frozen * DTYPE_BYTES[dtype] + trainable * ADAMW_BYTES_PER_PARAM
+    return {"blocks": n, "params": params, "trainable_params": trainable, "frozen_weights": frozen * DTYPE_BYTES[dtype],
+            "weights_grads_adamw": trainable * ADAMW_BYTES_PER_PARAM, "activations": acts, "total": states + acts,
+            "activations_measured": seq.measured}
+
+
+def llm_head_plan(model: str, *, layers: int = 0, train: str = "full", batch: int = 256, max_len: int = 50,
+                  dim: int = 64, dtype: str = "fp32", lora_r: int = 8) -> dict:
+    """``tcf plan --llm-layers N``: the llm head's user LM (``model`` as ``model.llm_model``), sized with and
+    without gradient checkpointing (see llm_head_bytes)."""
+    config, _ = load_config(model)
+    kw = dict(train=train, batch=batch, max_len=max_len, dim=dim, dtype=dtype, lora_r=lora_r)
+    return {"settings": {"llm_layers": layers, "llm_train": train, "batch": batch, "max_len": max_len, "dim": dim,
+                         "dtype": dtype},
+            "step": llm_head_bytes(config, layers, **kw),
+            "step_checkpointing": llm_head_bytes(config, layers, checkpointing=True, **kw)}
+
+
+def render_llm_head(h: dict) -> list[str]:
+    s, f0, f1 = h["settings"], h["step"], h["step_checkpointing"]
+    return [f"llm head   user LM: bottom {f0['blocks']} blocks ({f0['params']:,} parameters), llm_train={s['llm_train']}: "
+            f"{f0['trainable_params']:,} trainable with the projections, weights+grads+AdamW "
+            f"{_gib(f0['weights_grads_adamw'])} + frozen {_gib(f0['frozen_weights'])} (exact); activations "
+            f"{_gib(f0['activations'])} ({_gib(f1['activations'])} with gradient checkpointing) for {s['batch']} "
+            f"sequences x {s['max_len']} items in {s['dtype']} (estimate); total {_gib(f0['total'])} "
+            f"({_gib(f1['total'])})"]
+
+
 # ---------------------------------------------------------------- strategies
 
 @dataclass(frozen=True)
@@ -899,6 +974,8 @@ def render(p: dict) -> str:
         lines += _render_job(e)
     if p["finetune"]:
         lines += _render_job(p["finetune"])
+    if p.get("llm_head"):
+        lines += render_llm_head(p["llm_head"])
     return "\n".join(lines)
 
 
