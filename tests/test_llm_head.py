@@ -272,3 +272,38 @@ def test_plan_section_for_the_user_lm(llama64):
     assert h["step"]["frozen_weights"] > 0 and h["settings"]["llm_train"] == "top:1"
     line = " ".join(render_llm_head(h))
     assert f"bottom {N} blocks" in line and "gradient checkpointing" in line
+
+
+# ---------------------------------------------------------------- the report
+
+def _put(root, name: str, head: str, tower: str, ndcg: float, per_user) -> None:
+    """A results.json in the trainer's layout (what the report reads), with per-user test records."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    metrics = {"ndcg@10": {"mean": ndcg, "ci95": [ndcg - 0.005, ndcg + 0.005]},
+               "hr@10": {"mean": 2 * ndcg, "ci95": [2 * ndcg - 0.01, 2 * ndcg + 0.01]}}
+    res = {"config": {"name": name, "seed": 0, "model": {"head": head, "tower": tower},
+                      "encoder": {"model": "minilm-l6"}, "train": {"lr": 0.001}},
+           "metrics": {s: {"metrics": metrics, "slices": {"cold": {"metrics": {"ndcg@10": ndcg / 2}}}}
+                       for s in ("valid", "test")},
+           "parameters": {"trainable": 10, **({"encoder": 22_713_216} if tower != "id" else {})},
+           "per_user_columns": ["user_id", "ndcg@10"]}
+    np.save(folder / "per_user_test.npy", np.stack([np.arange(1, len(per_user) + 1), per_user]))
+    (folder / "results.json").write_text(json.dumps(res))
+
+
+def test_report_groups_and_tests_a_third_head(tmp_path):
+    from tcf.experiments.report import write_report
+    from tcf.experiments.results import group_runs, load_runs
+
+    rng = np.random.default_rng(0)
+    for head, base in (("sasrec", 0.05), ("dssm", 0.04), ("llm", 0.06)):
+        for tower, lift in (("id", 0.0), ("frozen", 0.02)):
+            _put(tmp_path, f"{head}-{tower}", head, tower, base + lift, rng.uniform(0, 2 * (base + lift), 300))
+    runs, failed = load_runs(tmp_path)
+    groups = group_runs(runs)
+    assert not failed and len(groups) == 6 and {g.first.head for g in groups} == {"sasrec", "dssm", "llm"}
+    answers = write_report(tmp_path).read_text().split("## Trained")[0]
+    llm = [x for x in answers.splitlines() if x.startswith("- llm: the text tower best")]
+    assert len(llm) == 1 and "0.0800 vs 0.0600" in llm[0], answers
+    assert "Holm-adjusted over 3 tests" in answers  # one text-vs-ID test per head, one family of three
