@@ -37,6 +37,23 @@ def atomic_dir(final: str | Path, *, replace: bool = True) -> Iterator[Path]:
         os.replace(tmp, final)
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield the temporary path ``.NAME.tmp`` beside ``path`` for a writer that wants a file name (torch.save,
+    faiss.write_index, a NumPy memory map); on success it is renamed to ``path``, on any exception removed.
+    The name is fixed, so a write killed outright is overwritten by the next one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
     path = Path(path)

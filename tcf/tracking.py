@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tcf.errors import ConfigError
+from tcf.fsutil import atomic_write_text
 
 STATE_FILE = "tracking.json"  # in the run folder: the MLflow run to continue when the run resumes
 PLAN_FILE = "experiment.json"  # written by a sweep beside its run folders (tcf.experiments.sweep)
@@ -113,9 +114,8 @@ class Tracker:
         run = self.client.create_run(exp_id, run_name=self.run_name, tags={"tcf.folder": str(self.folder.resolve()),
                                                                               **self.tags})
         self.run_id = run.info.run_id
-        tmp = self.folder / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps({"uri": self.uri, "experiment_id": exp_id, "run_id": self.run_id}) + "\n")
-        os.replace(tmp, self.folder / STATE_FILE)
+        atomic_write_text(self.folder / STATE_FILE,
+                          json.dumps({"uri": self.uri, "experiment_id": exp_id, "run_id": self.run_id}) + "\n")
 
     def close(self, status: str = "FINISHED") -> bool:
         """Finish the MLflow run and wait for the queue, at most what is left of ``timeout_s``; -> all logged."""

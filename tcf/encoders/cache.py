@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tcf.errors import TcfError
-from tcf.fsutil import atomic_write_text
+from tcf.fsutil import atomic_path, atomic_write_text
 from tcf.hashing import file_digest, json_digest
 
 FORMAT_VERSION = 1
@@ -51,13 +51,11 @@ def _slug(text: str) -> str:
 
 def save_npy_atomic(path: Path, array: np.ndarray) -> str:
     """Write an .npy through a temporary file and a rename; returns its sha256."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-        f.flush()
-    digest = sha256_file(tmp)
-    tmp.replace(path)
-    return digest
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+            f.flush()
+        return sha256_file(tmp)
 
 
 def key_diff(a: dict, b: dict) -> str:
@@ -180,14 +178,13 @@ def merge_shards(path: Path, key: dict, n_shards: int, rows: int, extra: dict) -
     for name in FILES[kind]:
         parts = [np.load(shards / f"{shard_name(i)}.{name}.npy", mmap_mode="r") for i in range(n_shards)]
         shape = (rows, *parts[0].shape[1:])
-        tmp = path / f".{name}.npy.tmp"
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=parts[0].dtype, shape=shape)
-        for meta, part in zip(metas, parts):
-            out[meta["start"]:meta["end"]] = part
-        out.flush()
-        del out
-        digest = sha256_file(tmp)
-        tmp.replace(path / f"{name}.npy")
+        with atomic_path(path / f"{name}.npy") as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=parts[0].dtype, shape=shape)
+            for meta, part in zip(metas, parts):
+                out[meta["start"]:meta["end"]] = part
+            out.flush()
+            del out
+            digest = sha256_file(tmp)
         files[name] = {"sha256": digest, "shape": list(shape), "dtype": str(parts[0].dtype)}
     totals = {k: sum(m.get(k, 0) for m in metas) for k in ("n_tokens", "n_truncated", "n_empty", "seconds")}
     manifest = {"format_version": FORMAT_VERSION, "key": key, "key_hash": key_hash(key), "rows": rows,

@@ -177,7 +177,7 @@ TOP_LAYER_NAMES = ("LAYER_LISTS", "WEIGHT_PREFIXES", "load_top_layers", "renumbe
 
 def __getattr__(name: str):
     if name in TOP_LAYER_NAMES:
-        from tcf.models import top_layers
+        import tcf.models.top_layers
 
-        return getattr(top_layers, name)
+        return getattr(tcf.models.top_layers, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,7 +16,7 @@ import numpy as np
 
 from tcf.encoders.pooling import l2_normalize
 from tcf.errors import ConfigError, TcfError
-from tcf.fsutil import atomic_write_text
+from tcf.fsutil import atomic_path, atomic_write_text
 
 INDEX_TYPES = ("flat", "hnsw", "ivfpq")
 
@@ -125,9 +125,8 @@ class ItemIndex:
         faiss = _faiss()
         path = Path(path)
         index = faiss.index_gpu_to_cpu(self.index) if self.meta.get("gpu") else self.index
-        tmp = path.with_name(f".{path.name}.tmp")
-        faiss.write_index(index, str(tmp))
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            faiss.write_index(index, str(tmp))
         info = {"spec": asdict(self.spec), "n_items": self.n_items, "dim": self.dim, **self.meta, **(meta or {})}
         atomic_write_text(path.with_suffix(".json"), json.dumps(info, indent=2))
         return path

@@ -36,6 +36,7 @@ import torch
 
 from tcf.eval.metrics import NEVER, metrics_from_ranks, metrics_from_scores, summarize
 from tcf.run.config import mask_rule
+from tcf.run.seqdata import SeqData
 
 
 @dataclass
@@ -74,7 +75,7 @@ def score_users(model, data, users: np.ndarray, split: str, *, max_len: int, mas
 
 def repeat_targets(data, users: np.ndarray, split: str) -> np.ndarray:
     """[U] bool: the split's target is already among the user's earlier items."""
-    cut = 2 if split == "valid" else 1
+    cut = SeqData.target_offset(split)
     return np.array([bool(np.any(data.seqs[u][:-cut] == data.seqs[u][-cut])) for u in users], dtype=bool)
 
 

@@ -13,6 +13,8 @@ import torch
 
 from tcf.data import Dataset
 
+TARGET_OFFSETS = {"test": 1, "valid": 2}  # a split's target: the last item, or the one before it
+
 
 def left_pad(rows: list[np.ndarray], length: int) -> np.ndarray:
     out = np.zeros((len(rows), length), dtype=np.int64)
@@ -40,6 +42,20 @@ class SeqData:
     def train_part(self, u: int) -> np.ndarray:
         return self.seqs[u][:-2]
 
+    @staticmethod
+    def target_offset(split: str) -> int:
+        """How far from the end of a sequence ``split``'s target is: test 1 (the last item), valid 2."""
+        if split not in TARGET_OFFSETS:
+            raise ValueError(f"split must be one of {list(TARGET_OFFSETS)}, got {split!r}")
+        return TARGET_OFFSETS[split]
+
+    def history(self, u: int, split: str) -> np.ndarray:
+        """User ``u``'s items before ``split``'s target."""
+        return self.seqs[u][:-self.target_offset(split)]
+
+    def target(self, u: int, split: str) -> int:
+        return int(self.seqs[u][-self.target_offset(split)])
+
     def windows(self, max_len: int) -> np.ndarray:
         """Training windows [W, 3] = (user, start, end): each user's training items cut, from the most
         recent backwards, into runs of at most max_len + 1 that overlap by one item, so every training
@@ -66,14 +82,13 @@ class SeqData:
 
     def eval_batch(self, users: np.ndarray, split: str, max_len: int):
         """-> users [B], inputs [B, L], targets [B], history [B, H] (everything before the target, 0-padded)."""
-        cut = 2 if split == "valid" else 1
-        history = [self.seqs[u][:-cut] for u in users]
-        targets = np.array([self.seqs[u][-cut] for u in users], dtype=np.int64)
+        history = [self.history(u, split) for u in users]
+        targets = np.array([self.target(u, split) for u in users], dtype=np.int64)
         inputs = left_pad(history, max_len)
         width = max(len(h) for h in history)
         return (torch.as_tensor(users), torch.as_tensor(inputs), torch.as_tensor(targets),
                 torch.as_tensor(left_pad(history, width)))
 
     def history_lengths(self, split: str) -> np.ndarray:
-        cut = 2 if split == "valid" else 1
+        cut = self.target_offset(split)
         return np.array([len(self.seqs[u]) - cut for u in self.users])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import random
 import sys
 import time
@@ -24,6 +23,7 @@ from tcf import tracking
 from tcf.devices import pick_device as device_named
 from tcf.errors import TcfError
 from tcf.eval.ranking import evaluate, report
+from tcf.fsutil import atomic_path
 from tcf.models import build_model
 from tcf.models.inputs import text_inputs
 from tcf.models.inputs import text_inputs as text_vectors  # noqa: F401 - the old name
@@ -82,9 +82,8 @@ def bar_step(bar, loss: float) -> None:
 
 
 def _save(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def label_log_probs(data: SeqData, device) -> torch.Tensor:

@@ -103,8 +103,7 @@ def build(cfg, dataset, data) -> Candidates:
     z = cfg.zeroshot
     n_neg = z.candidates() - 1
     users = sample_users(data.users, z.limit, cfg.seed)
-    cut = 1 if z.split == "test" else 2
-    targets = np.array([data.seqs[u][-cut] for u in users], dtype=np.int64)
+    targets = np.array([data.target(u, z.split) for u in users], dtype=np.int64)
     hard = hard_negatives(cfg, dataset, data, users, n_neg) if z.negatives == "hard" else None
     lists = np.zeros((len(users), z.bootstrap, n_neg + 1), dtype=np.int64)
     pos = np.zeros((len(users), z.bootstrap), dtype=np.int64)

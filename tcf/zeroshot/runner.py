@@ -44,10 +44,9 @@ def build_prompts(cfg, dataset, data, cands) -> list[dict]:
     z = cfg.zeroshot
     texts = dataset.item_texts(cfg.data.template)
     template = PromptTemplate.named(z.prompt or z.protocol)
-    cut = 1 if z.split == "test" else 2
     jobs = []
     for row, u in enumerate(cands.users):
-        history = data.seqs[u][:-cut][-z.history_len:]
+        history = data.history(u, z.split)[-z.history_len:]
         for b in range(cands.lists.shape[1]):
             items = cands.lists[row, b]
             user = template.render(history=[texts[i] for i in history], candidates=[texts[i] for i in items],
