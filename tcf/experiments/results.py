@@ -238,3 +238,9 @@ def group_runs(runs: list[RunResult], within: str | None = "model.head") -> list
         varying = [k for k in names if len({json.dumps(c[k], default=str) for c in peers if k in c}) > 1]
         g.settings = {k: configs[key][k] for k in varying if k in configs[key]}
     return list(by_key.values())
+
+
+def planned_ids(plan: dict) -> list[str] | None:
+    """The run ids experiment.json lists, or None without one (or with runs it does not name)."""
+    ids = [r.get("id") for r in plan.get("runs") or [] if isinstance(r, dict)]
+    return ids if ids and all(isinstance(i, str) for i in ids) else None

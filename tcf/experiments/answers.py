@@ -1,0 +1,250 @@
+"""What the report compares to answer the TCF questions, and the sentences that say it.
+
+Every answer selects what it compares on validation (``SELECT_SPLIT``), never on the split it
+reports, and treats its tests as one family (the cold-item lines another): Holm–Bonferroni
+adjusted p-values decide.  Which test compares two groups is :mod:`tcf.experiments.stats`'s call.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tcf.experiments.results import Group, Stat
+from tcf.experiments.stats import (
+    PAIRED,
+    PAIRED_RESAMPLES,
+    WELCH,
+    Z_FROM_CI,
+    Comparison,
+    cold_compare,
+    compare,
+    holm_family,
+)
+from tcf.run.config import LM_TOWERS, TOWERS
+
+TOWER_ORDER = TOWERS
+TOWER_NAMES = {"id": "ID", "frozen": "frozen text", "id+text": "ID + text", "finetune": "fine-tuned text",
+               "lora": "LoRA text"}
+HEAD_NAMES = {"sasrec": "SASRec", "dssm": "DSSM"}
+TUNED = LM_TOWERS
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    title: str | None = None
+    split: str = "test"  # the split tables and plots show (the checkpoint is always chosen on valid)
+    metrics: list[str] = field(default_factory=lambda: ["ndcg@10", "hr@10"])  # the first one is the headline
+    alpha: float = 0.05  # a difference counts as significant below this p-value (or without CI overlap)
+    neighbors: list[str] = field(default_factory=lambda: ["Toy Story", "Star Wars"])  # item texts to show kNN of
+    neighbors_k: int = 5
+
+
+# ---------------------------------------------------------------- helpers
+
+def params_text(n: float | None) -> str:
+    if n is None:
+        return "—"
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(int(n))
+
+
+def group_label(g: Group, with_head: bool = True) -> str:
+    r = g.first
+    parts = [HEAD_NAMES.get(r.head, r.head)] if with_head else []
+    parts.append(TOWER_NAMES.get(r.tower, r.tower))
+    if r.encoder:
+        parts.append(f"({r.encoder})")
+    return " ".join(parts)
+
+
+def order_key(g: Group) -> tuple:
+    r = g.first
+    tower = TOWER_ORDER.index(r.tower) if r.tower in TOWER_ORDER else len(TOWER_ORDER)
+    # ID first, then per encoder (by size) its towers side by side: frozen next to fine-tuned
+    return (r.head, r.tower != "id", r.encoder_parameters or 0, r.encoder or "", tower,
+            json.dumps(g.settings, default=str))
+
+
+def extra_settings(g: Group) -> str:
+    """Distinguishing settings beyond head, tower and encoder model (those have their own columns)."""
+    skip = ("model.head", "model.tower", "encoder.model", "task")
+    return ", ".join(f"{k}={v}" for k, v in g.settings.items() if k not in skip)
+
+
+SELECT_SPLIT = "valid"
+
+
+def _rel(c: Comparison) -> str:
+    rel = f", {c.diff / c.b.mean:+.0%}" if c.b.mean else ""
+    return f"{c.a.mean:.4f} vs {c.b.mean:.4f} ({c.diff:+.4f}{rel}; {c.evidence()})"
+
+
+def select(groups: list[Group], metric: str) -> Group | None:
+    """The group with the best validation ``metric``: what the report compares is chosen before the test
+    split is looked at.  A lone candidate needs no choice; several without validation numbers get none."""
+    if len(groups) == 1:
+        return groups[0]
+    scored = [(st.mean, g) for st, g in ((g.stat(metric, SELECT_SPLIT), g) for g in groups) if st is not None]
+    return max(scored, key=lambda t: t[0])[1] if scored else None
+
+
+@dataclass
+class Finding:
+    """One test an answer makes: its sentence (rendered once the family's adjusted p-values are known)
+    and its record in report.json."""
+
+    question: str
+    head: str
+    a: Group
+    b: Group
+    c: Comparison
+    before: str  # the sentence up to the numbers
+    words: tuple[str, str]  # the verdict when a is significantly better / worse
+    diff_only: bool = False  # numbers as the difference alone (the walk before it gives the means)
+    after: str = ""  # a sentence after the verdict
+
+    def line(self, s: ReportSettings) -> str:
+        c = self.c
+        numbers = f"{c.diff:+.4f} ({c.evidence()})" if self.diff_only else _rel(c)
+        return f"{self.before}{numbers} — **{c.verdict(s.alpha, *self.words)}**.{self.after}"
+
+    def record(self, s: ReportSettings) -> dict:
+        c = self.c
+        return {"question": self.question, "head": self.head, "a": group_label(self.a), "b": group_label(self.b),
+                "metric": s.metrics[0], "split": s.split, "selected_on": SELECT_SPLIT, "a_mean": c.a.mean,
+                "b_mean": c.b.mean, "diff": c.diff, **c.record(), "alpha": s.alpha,
+                "significant": c.significant(s.alpha)}
+
+
+def _family(found: list[Finding]) -> list[Finding]:
+    holm_family([f.c for f in found])
+    return found
+
+
+COLD = "text vs ID (cold items)"
+
+
+def _of(n: int, what: str) -> str:
+    return f" (of {n} {what})" if n > 1 else ""
+
+
+def text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
+    """Per head: the text tower best on validation against the ID setting best on validation, on every user
+    (one family) and on the users whose target is a cold item (a family of its own)."""
+    m, out, cold = s.metrics[0], [], []
+    for head in sorted({g.first.head for g in groups}):
+        ids = [g for g in groups if g.first.head == head and g.first.tower == "id"]
+        texts = [g for g in groups if g.first.head == head and g.first.tower != "id"]
+        base, best = select(ids, m), select(texts, m)
+        c = compare(best, base, m, s.split) if base is not None and best is not None else None
+        if c is None:
+            continue
+        name = HEAD_NAMES.get(head, head)
+        before = (f"{name}: the text tower best on {SELECT_SPLIT} {m}"
+                  f"{_of(len(texts), 'towers')}, {group_label(best, False)}, against the ID setting best on "
+                  f"{SELECT_SPLIT}{_of(len(ids), 'settings')}: {s.split} {m} ")
+        out.append(Finding("text vs ID", head, best, base, c, before, ("text beats ID", "ID beats text")))
+        cc, n = cold_compare(best, base, m, s.split)
+        if cc is not None:
+            k = best.first.config.get("eval.cold_max_count")
+            who = f"{n} users" if n is not None else "users"
+            rule = f": at most {k} training interactions" if k is not None else ""
+            cold.append(Finding(COLD, head, best, base, cc,
+                                f"{name} on cold items ({who} whose {s.split} target is a cold item{rule}), the same "
+                                f"towers: {m} ",
+                                ("text beats ID on cold items", "ID beats text on cold items")))
+    return _interleave(_family(out), _family(cold))
+
+
+def _interleave(main: list[Finding], cold: list[Finding]) -> list[Finding]:
+    """Each head's cold-item line right after its overall line."""
+    by_head = {f.head: f for f in cold}
+    return [x for f in main for x in (f, by_head.get(f.head)) if x is not None]
+
+
+def fine_tuned_vs_frozen(groups: list[Group], s: ReportSettings) -> list[Finding]:
+    """Every fine-tuned / LoRA group against the frozen setting of its head and encoder best on validation."""
+    m, out = s.metrics[0], []
+    frozen = [g for g in groups if g.first.tower == "frozen"]
+    for tuned in (g for g in groups if g.first.tower in TUNED):
+        r = tuned.first
+        peers = [g for g in frozen if g.first.head == r.head and g.first.encoder == r.encoder]
+        base = select(peers, m)
+        c = compare(tuned, base, m, s.split) if base is not None else None
+        if c is None:
+            continue
+        extra = f" [{extra_settings(tuned)}]" if extra_settings(tuned) else ""
+        before = (f"{HEAD_NAMES.get(r.head, r.head)} with {r.encoder}: {TOWER_NAMES[r.tower]}{extra} against frozen"
+                  f"{_of(len(peers), 'frozen settings; the best on ' + SELECT_SPLIT)}: {m} ")
+        out.append(Finding("fine-tuned vs frozen", r.head, tuned, base, c, before,
+                           ("fine-tuning helps", "fine-tuning hurts")))
+    return _family(out)
+
+
+def scaling_series(groups: list[Group], metric: str, split: str) -> dict[str, list[tuple[float, Stat, Group]]]:
+    """label -> [(encoder parameters, stat, group)] sorted by size, for text towers with a measured size."""
+    series: dict[str, list] = {}
+    for g in groups:
+        r, st = g.first, g.stat(metric, split)
+        if r.tower == "id" or r.encoder_parameters is None or st is None:
+            continue
+        label = group_label(g, True).split(" (")[0] + (f" [{extra_settings(g)}]" if extra_settings(g) else "")
+        series.setdefault(label, []).append((float(r.encoder_parameters), st, g))
+    return {k: sorted(v, key=lambda t: t[0]) for k, v in series.items()}
+
+
+def _spearman(x: list[float], y: list[float]) -> float:
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    if np.std(rx) == 0 or np.std(ry) == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def largest_vs_smallest(groups: list[Group], s: ReportSettings) -> list[Finding]:
+    """Per series (head x tower x settings): the largest encoder against the smallest (no selection)."""
+    m, out = s.metrics[0], []
+    for label, pts in scaling_series(groups, m, s.split).items():
+        if len({p for p, _, _ in pts}) < 2:
+            continue
+        walk = " → ".join(f"{st.mean:.4f} ({params_text(p)})" for p, st, _ in pts)
+        rho = _spearman([p for p, _, _ in pts], [st.mean for _, st, _ in pts])
+        before = f"{label}: {m} {walk}; Spearman ρ(size, {m}) = {rho:.2f}; largest vs smallest "
+        out.append(Finding("largest vs smallest encoder", pts[0][2].first.head, pts[-1][2], pts[0][2],
+                           compare(pts[-1][2], pts[0][2], m, s.split), before,
+                           ("yes, the largest beats the smallest", "no, the largest is worse than the smallest"),
+                           diff_only=True))
+    return _family(out)
+
+
+QUESTIONS = {  # finding.question -> (the question answered, what is said without runs for it)
+    "text vs ID": ("Does text beat ID?", "not measured (no ID run and text run with the same head)."),
+    "fine-tuned vs frozen": ("Does fine-tuning beat a frozen encoder?",
+                             "not measured (no fine-tuned or LoRA run beside a frozen run of the same head and "
+                             "encoder)."),
+    "largest vs smallest encoder": ("Does a bigger encoder help?",
+                                    "not measured (fewer than two encoder sizes for any head and tower)."),
+}
+
+
+def findings(groups: list[Group], s: ReportSettings) -> list[Finding]:
+    """Every test the answers make (each answer its own Holm family)."""
+    return [*text_vs_id(groups, s), *fine_tuned_vs_frozen(groups, s), *largest_vs_smallest(groups, s)]
+
+
+def method_note(s: ReportSettings) -> str:
+    """How the answers were reached, said once above them."""
+    note = (f"Towers and baselines are selected on {SELECT_SPLIT} {s.metrics[0]} (the text tower, ID setting or "
+            f"frozen peer with the best {SELECT_SPLIT} score), then compared on {s.split}. Each answer's tests are "
+            f"one family (the cold-item lines another), Holm–Bonferroni corrected: a difference counts when its "
+            f"adjusted p < {s.alpha:g}. Test: a {PAIRED} ({PAIRED_RESAMPLES} sign flips) on each user's value "
+            f"averaged over the group's seeds, whenever both groups have per-user records on the same users; the "
+            f"seed spread is shown beside, not tested. Fallbacks, named where used: {WELCH}; {Z_FROM_CI}. "
+            "Each line names its test.")
+    if s.split == SELECT_SPLIT:
+        note += f" The report's split is the selection split: the selected towers' {s.split} numbers are optimistic."
+    return note

@@ -1,0 +1,176 @@
+"""Zero-shot runs against their baselines on the run's own candidate lists.
+
+Random (each user's exact expectation), popularity (the zero-shot run's stored paired test) and
+the validation-best trained model of each head, re-scored here on the same lists with the history
+of the split the candidate file was built for: paired tests over the run's users, one
+Holm–Bonferroni family per zero-shot run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tcf.eval.metrics import holm, paired_test
+from tcf.experiments.answers import HEAD_NAMES, TOWER_NAMES, ReportSettings, select
+from tcf.experiments.results import Group, RunResult
+from tcf.experiments.stats import PAIRED, PAIRED_RESAMPLES
+
+
+def zeroshot_rows(runs: list[RunResult], trained: list[Group], s: ReportSettings) -> list[dict]:
+    """One row per zero-shot run: its metrics, compliance, and the baselines on its own candidate lists
+    (popularity and random from the run; the best trained model of each head, scored here)."""
+    rows = []
+    for r in runs:
+        if r.task != "zeroshot":
+            continue
+        split = r.record.split(s.split)
+        compliance = split.get("compliance") or {}
+        row = {"run": r, "model": Path(str(r.config.get("zeroshot.model", "?"))).name,
+               "protocol": r.config.get("zeroshot.protocol", "?"), "metrics": split.get("metrics", {}),
+               "n_users": split.get("n_users"), "compliance": compliance.get("valid"),
+               "partial": compliance.get("partial"), "baselines": {}, "notes": []}
+        for name, b in (split.get("baselines") or {}).items():
+            row["baselines"][name] = b.get("metrics", {}) if isinstance(b, dict) else {}
+        row["ci95"] = (split.get("metrics", {}).get(s.metrics[0]) or {}).get("ci95")
+        scored = trained_on_candidates(r, trained, s, notes=row["notes"])
+        row["baselines"].update({name: v["metrics"] for name, v in scored.items()})
+        row["tests"] = zeroshot_tests(r, row, scored, s)
+        rows.append(row)
+    return rows
+
+
+def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings,
+                          notes: list[str] | None = None) -> dict[str, dict]:
+    """The trained run of each head (same dataset) best on validation, scored on the zero-shot run's
+    candidate lists: name -> ``score_on_candidates``'s {metrics, users, per_user}.  The run whose top items are the lists' hard negatives (``zeroshot.hard_run``) is left
+    out, said in ``notes``: its rank of the target among them equals its full-catalogue rank, and the lists
+    were made hard for it alone, so it is no baseline there."""
+    path = zs.record.section("candidates", {}).get("path")
+    fingerprint = zs.record.dataset.get("fingerprint")
+    if not path or not Path(path).is_file():
+        return {}
+    hard = hard_run_of(zs)
+    out = {}
+    for head in sorted({g.first.head for g in trained}):
+        same = [g for g in trained if g.first.head == head
+                and g.first.record.dataset.get("fingerprint") == fingerprint]
+        best = select(same, s.metrics[0])
+        if best is None:
+            continue
+        name = (f"trained {HEAD_NAMES.get(head, head)} ({TOWER_NAMES.get(best.first.tower, best.first.tower)}"
+                + (f", {best.first.encoder})" if best.first.encoder else ")"))
+        if hard is not None and is_hard_run(best.first, hard):
+            if notes is not None:
+                notes.append(f"{name} not scored: it is the hard_run (`{best.first.folder.name}`) whose top items "
+                             "are the negatives, so its rank among them is its full-catalogue rank")
+            continue
+        try:
+            out[name] = score_on_candidates(best.first, Path(path), zs.config.get("zeroshot.split"))
+        except Exception as e:  # noqa: BLE001 - a run that cannot be rebuilt is reported, not fatal
+            print(f"tcf report: could not score {best.first.folder} on {path}: {e}")
+    return out
+
+
+def hard_run_of(zs: RunResult) -> dict | None:
+    """The trained run a zero-shot run drew hard negatives from ({path, best_sha256} as its candidate file's key
+    records it), or None for uniform / popularity negatives."""
+    key = zs.record.section("candidates", {}).get("key") or {}
+    if key.get("negatives") == "hard" and isinstance(key.get("hard_run"), dict):
+        return key["hard_run"]
+    if zs.config.get("zeroshot.negatives") == "hard" and zs.config.get("zeroshot.hard_run"):
+        return {"path": str(zs.config.get("zeroshot.hard_run"))}
+    return None
+
+
+def is_hard_run(run: RunResult, hard: dict) -> bool:
+    """``run`` is that hard run: the same folder, or (a moved or copied folder) the same best checkpoint."""
+    folder = Path(run.folder)
+    if hard.get("path") and Path(hard["path"]).resolve() == folder.resolve():
+        return True
+    best = folder / "checkpoints" / "best.pt"
+    if not hard.get("best_sha256") or not best.is_file():
+        return False
+    from tcf.encoders.zoo import file_hash
+
+    return file_hash(best)[:16] == hard["best_sha256"]
+
+
+def score_on_candidates(run: RunResult, path: Path, split: str | None = None) -> dict:
+    """A trained run's best checkpoint ranking each user's zero-shot candidates (first round), with the history
+    of the split the candidate file was built for (its key's ``split``; ``split`` only for a file without one)
+    -> {"metrics": {name: {"mean"}}, "users": [U], "per_user": {name: [U]}} in the file's user order."""
+    import torch
+
+    from tcf.eval.metrics import metrics_from_scores
+    from tcf.eval.ranking import score_users
+    from tcf.train.trained import load_trained
+    from tcf.zeroshot.candidates import Candidates
+
+    cands = Candidates.load(path)
+    split = cands.key.get("split") or split or "test"
+    trained = load_trained(run.folder, record=run.record)  # strict: a checkpoint that does not fit is refused
+    model, data, cfg = trained.model, trained.data, trained.cfg
+    lists = torch.as_tensor(cands.lists[:, 0, :])
+    with torch.no_grad():
+        scores, _ = score_users(model, data, cands.users, split, max_len=cfg.model.max_len, mask_history="none",
+                                device="cpu")
+    per_user = metrics_from_scores(scores.gather(1, lists), torch.as_tensor(cands.target_pos[:, 0]), ks=(1, 5, 10, 20))
+    return {"metrics": {k: {"mean": float(np.mean(v))} for k, v in per_user.items()},
+            "users": np.asarray(cands.users, dtype=np.int64), "per_user": per_user}
+
+
+def metric_mean(m: dict, name: str) -> float | None:
+    v = m.get(name)
+    v = v.get("mean") if isinstance(v, dict) else v
+    return None if v is None else float(v)
+
+
+ZS_POP_TEST = f"{PAIRED} (stored by the zero-shot run)"
+
+
+def _zs_test(name: str, label: str, b_mean: float | None, diff: float | None, ci, p: float | None, test: str,
+             reason: str = "") -> dict:
+    return {"baseline": name, "label": label, "b_mean": b_mean, "diff": diff, "ci95": ci, "test": test if p is not
+            None else None, "p_value": p, "p_holm": None, "family": 1, **({"no_test": reason} if p is None else {})}
+
+
+def _paired_zs(name: str, label: str, own, users: np.ndarray, values: np.ndarray, b_mean: float | None) -> dict:
+    """The zero-shot run's per-user values against a baseline's on the same users (matched by id)."""
+    if own is None:
+        return _zs_test(name, label, b_mean, None, None, None, "", "no test: the zero-shot run has no per-user records")
+    common, ia, ib = np.intersect1d(own[0], users, return_indices=True)
+    if len(common) != len(own[0]):
+        return _zs_test(name, label, b_mean, None, None, None, "", "no test: the baseline was not scored on every user")
+    r = paired_test(own[1][ia], np.asarray(values, np.float64)[ib], n=PAIRED_RESAMPLES)
+    why = "no test: a per-user value is not a finite number"
+    return _zs_test(name, label, b_mean, r["mean_diff"], r["ci95"], r["p_value"], PAIRED, why)
+
+
+def zeroshot_tests(run: RunResult, row: dict, scored: dict, s: ReportSettings) -> list[dict]:
+    """One Holm family per zero-shot run: paired tests over its users against random (each user's exact
+    expectation), popularity (the run's own stored test) and each trained model on the same candidate lists."""
+    m, tests = s.metrics[0], []
+    own = run.per_user(m, s.split)
+    rand = metric_mean(row["baselines"].get("random", {}), m)
+    if rand is not None:  # every list has the same length: one exact expectation for every user
+        users = own[0] if own is not None else np.zeros(0, np.int64)
+        tests.append(_paired_zs("random", "random", own, users, np.full(len(users), rand), rand))
+    pop = metric_mean(row["baselines"].get("pop", {}), m)
+    if pop is not None:
+        stored = (run.record.split(s.split).get("vs_pop") or {}).get(m)
+        if stored and stored.get("p_value") is not None:
+            tests.append(_zs_test("pop", "popularity", pop, stored.get("mean_diff"), stored.get("ci95"),
+                                  float(stored["p_value"]), ZS_POP_TEST))
+        else:
+            tests.append(_zs_test("pop", "popularity", pop, None, None, None, "",
+                                  f"no test: the run stored no per-user comparison with popularity on {m}"))
+    for name, v in scored.items():
+        if m in v["per_user"]:
+            tests.append(_paired_zs(name, f"the {name}", own, v["users"], v["per_user"][m], metric_mean(v["metrics"], m)))
+    adjusted = holm([t["p_value"] for t in tests])
+    family = sum(p is not None for p in adjusted)
+    for t, p in zip(tests, adjusted):
+        t.update(p_holm=p, family=family, alpha=s.alpha, significant=p is not None and p < s.alpha)
+    return tests
