@@ -107,3 +107,24 @@ def test_trained_models_are_scored_on_the_candidates_split(tiny_dataset, tmp_pat
     assert not np.allclose(valid, test)  # the two splits' histories rank the lists differently
     assert got["metrics"]["ndcg@10"]["mean"] == pytest.approx(valid.mean())
     assert np.allclose(got["per_user"]["ndcg@10"], valid)
+
+
+def test_popularity_is_tested_on_a_metric_the_run_did_not_test(tiny_dataset, tmp_path):
+    """The runner stores paired tests against popularity for hr@1 and ndcg@10 only; for another headline metric
+    the report re-scores popularity on the candidate lists (training counts) and tests it paired over users."""
+    from tcf.eval.metrics import metrics_from_scores
+    from tcf.experiments.report import write_report
+    from tcf.run.seqdata import SeqData
+    from tcf.zeroshot.candidates import Candidates
+
+    runs = make_runs(tiny_dataset, tmp_path)
+    write_report(runs, settings={"metrics": ["ndcg@5"]})
+    zs = json.loads((runs / "report" / "report.json").read_text())["zeroshot"][0]
+    pop = next(t for t in zs["tests"] if t["baseline"] == "pop")
+    record = json.loads((runs / "zs" / "results.json").read_text())
+    cands = Candidates.load(record["candidates"]["path"])
+    counts = SeqData(tiny_dataset).train_counts[cands.lists[:, 0]].astype(np.float64)
+    by_hand = metrics_from_scores(counts, cands.target_pos[:, 0], ks=(5,))["ndcg@5"]
+    own = np.load(runs / "zs" / "per_user_test.npy")[record["per_user_columns"].index("ndcg@5")]
+    assert pop["p_value"] == pytest.approx(paired_test(own, by_hand, n=2000)["p_value"])
+    assert pop["test"] == "paired permutation test over users"

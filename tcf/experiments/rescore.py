@@ -1,6 +1,7 @@
 """Zero-shot runs against their baselines on the run's own candidate lists.
 
-Random (each user's exact expectation), popularity (the zero-shot run's stored paired test) and
+Random (each user's exact expectation), popularity (the zero-shot run's stored paired test, or
+re-scored here from the training counts for a metric it did not test) and
 the validation-best trained model of each head, re-scored here on the same lists with the history
 of the split the candidate file was built for: paired tests over the run's users, one
 Holm–Bonferroni family per zero-shot run.
@@ -148,9 +149,40 @@ def _paired_zs(name: str, label: str, own, users: np.ndarray, values: np.ndarray
     return _zs_test(name, label, b_mean, r["mean_diff"], r["ci95"], r["p_value"], PAIRED, why)
 
 
+def pop_on_candidates(zs: RunResult) -> tuple[np.ndarray, dict] | None:
+    """Popularity (training counts) ranking the zero-shot run's candidate lists (first round), as the runner
+    scores it: (users, per-user metrics), or None when the candidate file or the dataset is not here."""
+    from tcf.data import load_dataset
+    from tcf.eval.metrics import metrics_from_scores
+    from tcf.run.seqdata import SeqData
+    from tcf.zeroshot.candidates import Candidates
+
+    path, ds = zs.record.section("candidates", {}).get("path"), zs.record.dataset or {}
+    if not path or not Path(path).is_file() or not ds.get("path"):
+        return None
+    try:
+        dataset = load_dataset(ds["path"], verify=False)
+    except Exception:  # noqa: BLE001 - a dataset that is gone makes the test impossible, not the report
+        return None
+    if dataset.fingerprint != ds.get("fingerprint"):
+        return None
+    cands = Candidates.load(Path(path))
+    counts = SeqData(dataset).train_counts[cands.lists[:, 0]].astype(np.float64)
+    return np.asarray(cands.users, np.int64), metrics_from_scores(counts, cands.target_pos[:, 0], ks=(1, 5, 10, 20))
+
+
+def _pop_rescored(run: RunResult, own, m: str, pop: float) -> dict:
+    scored = pop_on_candidates(run)
+    if scored is None or m not in scored[1]:
+        return _zs_test("pop", "popularity", pop, None, None, None, "", f"no test: the run stored no paired test "
+                        f"against popularity on {m}, and its candidate file or dataset is not here to re-score it")
+    return _paired_zs("pop", "popularity", own, scored[0], scored[1][m], pop)
+
+
 def zeroshot_tests(run: RunResult, row: dict, scored: dict, s: ReportSettings) -> list[dict]:
     """One Holm family per zero-shot run: paired tests over its users against random (each user's exact
-    expectation), popularity (the run's own stored test) and each trained model on the same candidate lists."""
+    expectation), popularity (the run's own stored test, else re-scored) and each trained model on the same
+    candidate lists."""
     m, tests = s.metrics[0], []
     own = run.per_user(m, s.split)
     rand = metric_mean(row["baselines"].get("random", {}), m)
@@ -164,8 +196,7 @@ def zeroshot_tests(run: RunResult, row: dict, scored: dict, s: ReportSettings) -
             tests.append(_zs_test("pop", "popularity", pop, stored.get("mean_diff"), stored.get("ci95"),
                                   float(stored["p_value"]), ZS_POP_TEST))
         else:
-            tests.append(_zs_test("pop", "popularity", pop, None, None, None, "",
-                                  f"no test: the run stored no per-user comparison with popularity on {m}"))
+            tests.append(_pop_rescored(run, own, m, pop))
     for name, v in scored.items():
         if m in v["per_user"]:
             tests.append(_paired_zs(name, f"the {name}", own, v["users"], v["per_user"][m], metric_mean(v["metrics"], m)))
