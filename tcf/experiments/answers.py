@@ -37,7 +37,7 @@ class ReportSettings:
     title: str | None = None
     split: str = "test"  # the split tables and plots show (the checkpoint is always chosen on valid)
     metrics: list[str] = field(default_factory=lambda: ["ndcg@10", "hr@10"])  # the first one is the headline
-    alpha: float = 0.05  # a difference counts as significant below this p-value (or without CI overlap)
+    alpha: float = 0.05  # a difference counts as significant below this (Holm-adjusted) p-value
     neighbors: list[str] = field(default_factory=lambda: ["Toy Story", "Star Wars"])  # item texts to show kNN of
     neighbors_k: int = 5
 
@@ -106,12 +106,11 @@ class Finding:
     before: str  # the sentence up to the numbers
     words: tuple[str, str]  # the verdict when a is significantly better / worse
     diff_only: bool = False  # numbers as the difference alone (the walk before it gives the means)
-    after: str = ""  # a sentence after the verdict
 
     def line(self, s: ReportSettings) -> str:
         c = self.c
         numbers = f"{c.diff:+.4f} ({c.evidence()})" if self.diff_only else _rel(c)
-        return f"{self.before}{numbers} — **{c.verdict(s.alpha, *self.words)}**.{self.after}"
+        return f"{self.before}{numbers} — **{c.verdict(s.alpha, *self.words)}**."
 
     def record(self, s: ReportSettings) -> dict:
         c = self.c
