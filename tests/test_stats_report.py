@@ -193,3 +193,17 @@ def test_failed_and_foreign_runs_with_an_experiment_file(tmp_path):
     summary = json.loads((tmp_path / "report" / "report.json").read_text())
     assert [r for g in summary["groups"] for r in g["runs"]] == ["a"]
     assert summary["not_in_experiment"] == ["stray"]
+
+
+def test_seeds_recorded_before_and_after_a_setting_was_added_form_one_group(tmp_path):
+    """A run written after a new setting appeared (the tracking section, or any key at its default) is the same
+    setting as an older seed without it: one group of three seeds, not a group of two beside a group of one."""
+    for k in range(3):
+        folder = put(tmp_path, f"id-s{k}", seed=k, mean=0.1 + k / 100)
+        if k == 2:
+            res = json.loads((folder / "results.json").read_text())
+            res["config"]["tracking"] = {"enabled": False, "timeout_s": 60.0}
+            res["config"]["train"] = {"lr": 0.001}  # the default learning rate, written out
+            (folder / "results.json").write_text(json.dumps(res))
+    groups = group_runs(load_runs(tmp_path)[0])
+    assert len(groups) == 1 and len(groups[0].runs) == 3

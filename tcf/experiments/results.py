@@ -213,8 +213,22 @@ def load_runs(root: str | Path) -> tuple[list[RunResult], list[tuple[Path, str]]
     return runs, failed
 
 
+def _settings(run: RunResult) -> dict:
+    """The run's settings as today's RunConfig reads them: a key added since (or written out at its default)
+    takes its default, so seeds recorded before and after a new setting appeared compare equal; settings that
+    do not change what a run computes (its name, tracking) are left out, as run ids leave them out."""
+    from tcf.config import from_dict
+    from tcf.run.config import RunConfig, identity_free, resolved
+
+    try:
+        cfg = flatten(resolved(from_dict(RunConfig, run.record.config)))
+    except Exception:  # noqa: BLE001 - a config this version cannot read is compared as it was written
+        cfg = dict(run.config)
+    return {k: v for k, v in cfg.items() if k not in NOT_A_SETTING and not identity_free(k)}
+
+
 def group_key(run: RunResult) -> str:
-    cfg = {k: v for k, v in run.config.items() if k not in NOT_A_SETTING}
+    cfg = _settings(run)
     if run.task == "train" and run.tower == "id":
         cfg = {k: v for k, v in cfg.items() if not k.startswith(TEXT_ONLY)}
     return json.dumps(cfg, sort_keys=True, default=str)
