@@ -207,3 +207,13 @@ def test_seeds_recorded_before_and_after_a_setting_was_added_form_one_group(tmp_
             (folder / "results.json").write_text(json.dumps(res))
     groups = group_runs(load_runs(tmp_path)[0])
     assert len(groups) == 1 and len(groups[0].runs) == 3
+
+
+def test_the_report_is_the_same_bytes_when_written_again(tmp_path):
+    """Bootstraps and permutation tests are seeded: the same records give the same report.md and report.json."""
+    rng = np.random.default_rng(5)
+    seed_groups(tmp_path, rng.normal(0.01, 0.1, N_USERS), [0.01, -0.01, 0.0], [0.0, 0.01, -0.01])
+    first = write_report(tmp_path, out=tmp_path.parent / "r1")
+    second = write_report(tmp_path, out=tmp_path.parent / "r2")
+    for name in ("report.md", "report.json"):
+        assert (first.parent / name).read_bytes() == (second.parent / name).read_bytes()

@@ -177,11 +177,9 @@ def cold_compare(a: Group, b: Group, metric: str, split: str) -> tuple[Compariso
     ua, ub = a.user_values(metric, split), b.user_values(metric, split)
     if ua is None or ub is None or not np.array_equal(ua[0], ub[0]):
         return Comparison(*means, None, reason="no test: no per-user records on the same users", seeds=seeds), n
-    same = all(cold_users(r, split)[0] is not None for r in (a.first, b.first)) and (
-        np.array_equal(cold_users(a.first, split)[0], cold_users(b.first, split)[0]))
-    cold, why = cold_users(a.first, split)
-    if cold is None or not same:
-        why = why or "the two groups define cold items differently (dataset or eval.cold_max_count)"
+    (cold, why), (other, why_b) = cold_users(a.first, split), cold_users(b.first, split)
+    if cold is None or other is None or not np.array_equal(cold, other):
+        why = why or why_b or "the two groups define cold items differently (dataset or eval.cold_max_count)"
         return Comparison(*means, None, reason=f"no test: {why}", seeds=seeds), n
     sel = np.isin(ua[0], cold)
     if not sel.any():
