@@ -198,61 +198,13 @@ def build(raw: RawData, options: PrepareOptions = PrepareOptions()) -> Canonical
     """Check raw tables and turn them into the canonical dataset."""
     template = options.template or raw.default_template
     items = _check_items(raw, template)
-    inter = raw.interactions
-    fi = raw.interactions_file
-    counts = {"raw_interactions": int(len(inter)), "raw_items": int(len(raw.items))}
-
-    # every interaction must point at a known item
-    item_code = pd.Index(items["source_id"]).get_indexer(inter["item"].str.strip())
-    unknown = item_code < 0
-    if unknown.any():
-        i = int(np.flatnonzero(unknown)[0])
-        raise DataError(fi, f"item {inter['item'].iloc[i]!r} is not in the item table {raw.items_file}",
-                        line=int(inter[LINE].iloc[i]), field=raw.item_column)
-    users = inter["user"].str.strip()
-    if (users == "").any():
-        i = int(np.flatnonzero((users == "").to_numpy())[0])
-        raise DataError(fi, "empty user id", line=int(inter[LINE].iloc[i]), field=raw.user_column)
-    user_code, user_ids = pd.factorize(users, sort=False)  # first-appearance order
-    ts = inter["timestamp"].to_numpy(dtype=np.int64)
-    lines = inter[LINE].to_numpy(dtype=np.int64)
-    pos = np.arange(len(inter))
-
-    # stable sort: user, then time, ties in file order
-    order = np.lexsort((pos, ts, user_code))
-    user_code, item_code, ts, lines = user_code[order], item_code[order], ts[order], lines[order]
-
-    if options.dedupe:
-        first = ~pd.DataFrame({"u": user_code, "i": item_code}).duplicated(keep="first").to_numpy()
-        counts["dropped_duplicates"] = int((~first).sum())
-        user_code, item_code, ts, lines = user_code[first], item_code[first], ts[first], lines[first]
-
-    if options.min_user_interactions or options.min_item_interactions:
-        keep = _kcore(user_code, item_code, options.min_user_interactions, options.min_item_interactions)
-        counts["dropped_kcore"] = int((~keep).sum())
-        user_code, item_code, ts, lines = user_code[keep], item_code[keep], ts[keep], lines[keep]
-
-    if options.max_seq_len is not None:
-        limit = options.max_seq_len + MIN_SEQ
-        # rank from the end within each user (arrays are grouped by user)
-        starts = np.r_[0, np.flatnonzero(np.diff(user_code)) + 1]
-        sizes = np.diff(np.r_[starts, len(user_code)])
-        from_end = np.repeat(starts + sizes, sizes) - np.arange(len(user_code))  # 1 = last
-        keep = from_end <= limit
-        counts["dropped_truncated"] = int((~keep).sum())
-        user_code, item_code, ts, lines = user_code[keep], item_code[keep], ts[keep], lines[keep]
-
-    if len(user_code) == 0:
-        raise DataError(fi, "no interactions left after preprocessing (k-core thresholds too high?)")
-    per_user = np.bincount(user_code, minlength=len(user_ids))
-    present = per_user > 0
-    short = present & (per_user < MIN_SEQ)
-    if short.any():
-        u = int(np.flatnonzero(short)[0])
-        first_line = int(lines[np.flatnonzero(user_code == u)[0]])
-        raise DataError(fi, f"user {user_ids[u]!r} has {per_user[u]} interaction(s); leave-one-out needs at least "
-                        f"{MIN_SEQ} ({int(short.sum())} such user(s)); pass --min-user-interactions {MIN_SEQ} "
-                        "to drop them", line=first_line, field=raw.user_column)
+    counts = {"raw_interactions": int(len(raw.interactions)), "raw_items": int(len(raw.items))}
+    cols, user_ids = _coded(raw, items)
+    cols = _preprocess(cols, options, counts)
+    if len(cols[0]) == 0:
+        raise DataError(raw.interactions_file, "no interactions left after preprocessing (k-core thresholds too high?)")
+    present = _check_lengths(raw, cols, user_ids)
+    user_code, item_code, ts, _ = cols
 
     # dense ids: users by first appearance, items in item-file order
     user_map = np.full(len(user_ids), 0, dtype=np.int64)
@@ -265,14 +217,7 @@ def build(raw: RawData, options: PrepareOptions = PrepareOptions()) -> Canonical
     item_map[used] = np.arange(1, int(used.sum()) + 1)
     uid, iid = user_map[user_code], item_map[item_code]
 
-    # leave-one-out: last = test, second-last = valid
-    starts = np.r_[0, np.flatnonzero(np.diff(uid)) + 1]
-    ends = np.r_[starts[1:], len(uid)]
-    split = np.full(len(uid), TRAIN, dtype=np.int8)
-    split[ends - 1] = TEST
-    split[ends - 2] = VALID
-
-    interactions = pd.DataFrame({"user_id": uid, "item_id": iid, "timestamp": ts, "split": split})
+    interactions = pd.DataFrame({"user_id": uid, "item_id": iid, "timestamp": ts, "split": leave_one_out(uid)})
     items_out = items[used].reset_index(drop=True)
     items_out = pd.concat([pd.DataFrame({"item_id": np.arange(1, len(items_out) + 1, dtype=np.int64)}),
                            items_out[["source_id", "text", *raw.text_fields]].astype("string")], axis=1)
@@ -295,6 +240,76 @@ def build(raw: RawData, options: PrepareOptions = PrepareOptions()) -> Canonical
         "tcf_version": __version__,
     }
     return Canonical(items_out, interactions, users_out, meta)
+
+
+def _coded(raw: RawData, items: pd.DataFrame) -> tuple[tuple[np.ndarray, ...], pd.Index]:
+    """Interactions as (user code, item code, timestamp, file line), sorted by user, then time, ties in file
+    order; every interaction must name a known item and a user.  -> (columns, user ids by first appearance)."""
+    inter, fi = raw.interactions, raw.interactions_file
+    item_code = pd.Index(items["source_id"]).get_indexer(inter["item"].str.strip())
+    unknown = item_code < 0
+    if unknown.any():
+        i = int(np.flatnonzero(unknown)[0])
+        raise DataError(fi, f"item {inter['item'].iloc[i]!r} is not in the item table {raw.items_file}",
+                        line=int(inter[LINE].iloc[i]), field=raw.item_column)
+    users = inter["user"].str.strip()
+    if (users == "").any():
+        i = int(np.flatnonzero((users == "").to_numpy())[0])
+        raise DataError(fi, "empty user id", line=int(inter[LINE].iloc[i]), field=raw.user_column)
+    user_code, user_ids = pd.factorize(users, sort=False)  # first-appearance order
+    ts = inter["timestamp"].to_numpy(dtype=np.int64)
+    lines = inter[LINE].to_numpy(dtype=np.int64)
+    order = np.lexsort((np.arange(len(inter)), ts, user_code))  # stable: user, then time, ties in file order
+    return (user_code[order], item_code[order], ts[order], lines[order]), user_ids
+
+
+def _preprocess(cols: tuple[np.ndarray, ...], options: PrepareOptions, counts: dict) -> tuple[np.ndarray, ...]:
+    """Dedupe, k-core, keep each user's most recent max_seq_len + MIN_SEQ; what each drops goes into ``counts``."""
+    user_code, item_code = cols[0], cols[1]
+    if options.dedupe:
+        first = ~pd.DataFrame({"u": user_code, "i": item_code}).duplicated(keep="first").to_numpy()
+        counts["dropped_duplicates"] = int((~first).sum())
+        cols = tuple(c[first] for c in cols)
+    if options.min_user_interactions or options.min_item_interactions:
+        keep = _kcore(cols[0], cols[1], options.min_user_interactions, options.min_item_interactions)
+        counts["dropped_kcore"] = int((~keep).sum())
+        cols = tuple(c[keep] for c in cols)
+    if options.max_seq_len is not None:
+        user_code = cols[0]
+        limit = options.max_seq_len + MIN_SEQ
+        # rank from the end within each user (arrays are grouped by user)
+        starts = np.r_[0, np.flatnonzero(np.diff(user_code)) + 1]
+        sizes = np.diff(np.r_[starts, len(user_code)])
+        from_end = np.repeat(starts + sizes, sizes) - np.arange(len(user_code))  # 1 = last
+        keep = from_end <= limit
+        counts["dropped_truncated"] = int((~keep).sum())
+        cols = tuple(c[keep] for c in cols)
+    return cols
+
+
+def _check_lengths(raw: RawData, cols: tuple[np.ndarray, ...], user_ids: pd.Index) -> np.ndarray:
+    """Refuse a user with fewer than MIN_SEQ interactions; -> [users] bool, the users left."""
+    user_code, lines = cols[0], cols[3]
+    per_user = np.bincount(user_code, minlength=len(user_ids))
+    present = per_user > 0
+    short = present & (per_user < MIN_SEQ)
+    if short.any():
+        u = int(np.flatnonzero(short)[0])
+        first_line = int(lines[np.flatnonzero(user_code == u)[0]])
+        raise DataError(raw.interactions_file, f"user {user_ids[u]!r} has {per_user[u]} interaction(s); "
+                        f"leave-one-out needs at least {MIN_SEQ} ({int(short.sum())} such user(s)); pass "
+                        f"--min-user-interactions {MIN_SEQ} to drop them", line=first_line, field=raw.user_column)
+    return present
+
+
+def leave_one_out(uid: np.ndarray) -> np.ndarray:
+    """Split labels of interactions grouped by user in time order: last = test, second-last = valid."""
+    starts = np.r_[0, np.flatnonzero(np.diff(uid)) + 1]
+    ends = np.r_[starts[1:], len(uid)]
+    split = np.full(len(uid), TRAIN, dtype=np.int8)
+    split[ends - 1] = TEST
+    split[ends - 2] = VALID
+    return split
 
 
 def dataset_fingerprint(items: pd.DataFrame, interactions: pd.DataFrame, users: pd.DataFrame, settings: dict) -> str:

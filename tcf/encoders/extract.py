@@ -133,18 +133,24 @@ def extract(dataset: Dataset, spec: EncoderSpec, *, root: str | Path = "embeddin
             bar.close()
     _barrier(world)
     if rank == 0:
-        extra = {"dim": (encoder.dim if encoder is not None else None), "dataset": {
-                 "path": str(dataset.path), "fingerprint": dataset.fingerprint, "n_items": dataset.n_items},
-                 "encoder": asdict(spec), "n_parameters": getattr(encoder, "n_parameters", None),
-                 "tcf_version": __version__, "provenance": provenance(), "world_size": world}
-        for s in range(n_shards):
-            if valid_shard(shards, s, kind) is None:
-                raise ConfigError(f"{path}: shard {s} is missing after extraction (a process failed?); run again")
-        entry = merge_shards(path, key, n_shards, rows, extra)
+        entry = _finish(dataset, spec, encoder, path, key, kind, n_shards, rows, world)
     _barrier(world)
     if rank != 0:
         entry = read_entry(path, key=key, rows=rows)
     return ExtractReport(entry, computed, reused, compute_s, tokens, time.perf_counter() - start_time)
+
+
+def _finish(dataset: Dataset, spec: EncoderSpec, encoder: Encoder | None, path: Path, key: dict, kind: str,
+            n_shards: int, rows: int, world: int):
+    """Rank 0, every process's shards written: check they are all there, then merge them and write the manifest."""
+    extra = {"dim": (encoder.dim if encoder is not None else None), "dataset": {
+             "path": str(dataset.path), "fingerprint": dataset.fingerprint, "n_items": dataset.n_items},
+             "encoder": asdict(spec), "n_parameters": getattr(encoder, "n_parameters", None),
+             "tcf_version": __version__, "provenance": provenance(), "world_size": world}
+    for s in range(n_shards):
+        if valid_shard(path / "shards", s, kind) is None:
+            raise ConfigError(f"{path}: shard {s} is missing after extraction (a process failed?); run again")
+    return merge_shards(path, key, n_shards, rows, extra)
 
 
 def _compute(encoder: Encoder, texts: list[str], lo: int, hi: int, kind: str, dtype) -> tuple[dict, dict]:

@@ -180,6 +180,25 @@ def compliance(parsed: list[Parsed], replies: list[Reply]) -> dict:
             "invalid_entries": sum(p.n_invalid for p in parsed), "duplicates": sum(p.n_duplicates for p in parsed)}
 
 
+def score_run(cfg, data, cands, jobs, parsed, replies) -> tuple[dict, dict]:
+    """-> (the metrics section: the model's, Pop's and random's on the same candidate lists, with the parse
+    compliance; the model's per-user metrics)."""
+    z = cfg.zeroshot
+    target_col = cands.target_pos[:, 0]
+    ks = tuple(sorted(set(z.ks)))
+    per_user = metrics_from_scores(score_users(jobs, parsed, cands, z.unranked, cfg.seed), target_col, ks=ks)
+    pop = metrics_from_scores(data.train_counts[cands.lists[:, 0]].astype(np.float64), target_col, ks=ks)
+    rand = metrics_from_scores(np.zeros(cands.lists[:, 0].shape), target_col, ks=ks)
+    ci = cfg.eval.bootstrap > 0
+    metrics = {z.split: {
+        "n_users": len(cands.users), "metrics": summarize(per_user, ci=ci, n=cfg.eval.bootstrap, seed=cfg.seed),
+        "baselines": {"pop": {"metrics": summarize(pop, ci=ci, n=cfg.eval.bootstrap, seed=cfg.seed)},
+                      "random": {"metrics": summarize(rand, ci=False), "note": "exact expectation"}},
+        "vs_pop": {m: paired_test(per_user[m], pop[m], seed=cfg.seed) for m in ("hr@1", "ndcg@10") if m in per_user},
+        "compliance": compliance(parsed, replies)}}
+    return metrics, per_user
+
+
 def run_zeroshot(cfg, out, *, progress: bool = True, backend=None) -> dict:
     """Run ``cfg`` (``task: zeroshot``) into ``out``; returns the results dict written to ``out/results.json``.
 
@@ -207,19 +226,8 @@ def run_zeroshot(cfg, out, *, progress: bool = True, backend=None) -> dict:
         if cache is not None:
             cache.close()
     parsed = [parse(r.text, j["texts"], z.protocol, k=z.top_k, prompt=j["prompt"]) for j, r in zip(jobs, replies)]
-    target_col = cands.target_pos[:, 0]
-    ks = tuple(sorted(set(z.ks)))
-    per_user = metrics_from_scores(score_users(jobs, parsed, cands, z.unranked, cfg.seed), target_col, ks=ks)
-    pop = metrics_from_scores(data.train_counts[cands.lists[:, 0]].astype(np.float64), target_col, ks=ks)
-    rand = metrics_from_scores(np.zeros(cands.lists[:, 0].shape), target_col, ks=ks)
-    ci = cfg.eval.bootstrap > 0
+    metrics, per_user = score_run(cfg, data, cands, jobs, parsed, replies)
     split = z.split
-    metrics = {split: {
-        "n_users": len(cands.users), "metrics": summarize(per_user, ci=ci, n=cfg.eval.bootstrap, seed=cfg.seed),
-        "baselines": {"pop": {"metrics": summarize(pop, ci=ci, n=cfg.eval.bootstrap, seed=cfg.seed)},
-                      "random": {"metrics": summarize(rand, ci=False), "note": "exact expectation"}},
-        "vs_pop": {m: paired_test(per_user[m], pop[m], seed=cfg.seed) for m in ("hr@1", "ndcg@10") if m in per_user},
-        "compliance": compliance(parsed, replies)}}
     n_tok_p = [r.prompt_tokens for r in replies]
     n_tok_c = [r.completion_tokens for r in replies]
     gen_s = stats["generate_seconds"]
