@@ -110,22 +110,7 @@ def read_table(path: str | Path | ZipMember, spec: TableSpec, *, required: Seque
     reader = csv.reader(lines, delimiter=spec.sep, quoting=csv.QUOTE_MINIMAL if spec.quoting else csv.QUOTE_NONE,
                         strict=spec.quoting)
     try:
-        if spec.header:
-            header = next(reader, None)
-            while header is not None and not header:
-                header = next(reader, None)
-            if header is None:
-                raise DataError(path, "file has no header line")
-            header_line = reader.line_num
-            if spec.strip_types:
-                header = [h.split(":", 1)[0] for h in header]
-            header = [h.strip() for h in header]
-            if spec.encoding.lower().replace("-", "") in ("utf8",) and header and header[0].startswith("\ufeff"):
-                header[0] = header[0][1:]
-        else:
-            if not spec.names:
-                raise ValueError("a file without header needs TableSpec.names")
-            header, header_line = list(spec.names), 0
+        header, header_line = _read_header(reader, path, spec)
         dupes = sorted({h for h in header if header.count(h) > 1})
         if dupes:
             raise DataError(path, f"column names repeat in the header: {dupes}", line=header_line or None)
@@ -160,6 +145,26 @@ def read_table(path: str | Path | ZipMember, spec: TableSpec, *, required: Seque
     if len(df) == 0:
         raise DataError(path, "file has no data rows" + (" below its header" if spec.header else ""))
     return df
+
+
+def _read_header(reader, path: FileRef, spec: TableSpec) -> tuple[list[str], int]:
+    """-> (column names, the header's line number; 0 for a file without header: ``spec.names``)."""
+    if not spec.header:
+        if not spec.names:
+            raise ValueError("a file without header needs TableSpec.names")
+        return list(spec.names), 0
+    header = next(reader, None)
+    while header is not None and not header:
+        header = next(reader, None)
+    if header is None:
+        raise DataError(path, "file has no header line")
+    header_line = reader.line_num
+    if spec.strip_types:
+        header = [h.split(":", 1)[0] for h in header]
+    header = [h.strip() for h in header]
+    if spec.encoding.lower().replace("-", "") in ("utf8",) and header and header[0].startswith("\ufeff"):
+        header[0] = header[0][1:]
+    return header, header_line
 
 
 def _to_frame(cols: dict[str, list], lines: list[int]) -> pd.DataFrame:
