@@ -8,6 +8,7 @@ adjusted p-values decide.  Which test compares two groups is :mod:`tcf.experimen
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,9 +80,16 @@ def extra_settings(g: Group) -> str:
 SELECT_SPLIT = "valid"
 
 
+def _diff(c: Comparison) -> str:
+    """The difference, with its bootstrap 95% CI over users when a paired test gave one."""
+    ci = c.diff_ci
+    ci = f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci and all(map(math.isfinite, ci)) else ""
+    return f"{c.diff:+.4f}{ci}"
+
+
 def _rel(c: Comparison) -> str:
     rel = f", {c.diff / c.b.mean:+.0%}" if c.b.mean else ""
-    return f"{c.a.mean:.4f} vs {c.b.mean:.4f} ({c.diff:+.4f}{rel}; {c.evidence()})"
+    return f"{c.a.mean:.4f} vs {c.b.mean:.4f} ({_diff(c)}{rel}; {c.evidence()})"
 
 
 def select(groups: list[Group], metric: str) -> Group | None:
@@ -109,7 +117,7 @@ class Finding:
 
     def line(self, s: ReportSettings) -> str:
         c = self.c
-        numbers = f"{c.diff:+.4f} ({c.evidence()})" if self.diff_only else _rel(c)
+        numbers = f"{_diff(c)} ({c.evidence()})" if self.diff_only else _rel(c)
         return f"{self.before}{numbers} — **{c.verdict(s.alpha, *self.words)}**."
 
     def record(self, s: ReportSettings) -> dict:
