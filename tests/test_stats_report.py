@@ -217,3 +217,14 @@ def test_the_report_is_the_same_bytes_when_written_again(tmp_path):
     second = write_report(tmp_path, out=tmp_path.parent / "r2")
     for name in ("report.md", "report.json"):
         assert (first.parent / name).read_bytes() == (second.parent / name).read_bytes()
+
+
+def test_many_runs_outside_the_experiment_are_a_short_list(tmp_path):
+    put(tmp_path, "a", mean=0.1)
+    for i in range(12):
+        put(tmp_path, f"stray{i:02d}", tower="frozen", mean=0.5)
+    (tmp_path / "experiment.json").write_text(json.dumps({"runs": [{"id": "a"}]}))
+    md = write_report(tmp_path).read_text()
+    line = next(x for x in md.splitlines() if x.startswith("Not in this experiment"))
+    assert "`stray09`" in line and "`stray10`" not in line and "and 2 more (report.json lists them)" in line
+    assert len(json.loads((tmp_path / "report" / "report.json").read_text())["not_in_experiment"]) == 12

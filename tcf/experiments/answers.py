@@ -80,11 +80,16 @@ def extra_settings(g: Group) -> str:
 SELECT_SPLIT = "valid"
 
 
+def signed(x: float) -> str:
+    """``+0.0123``; a value that rounds to zero is ``+0.0000``, never ``-0.0000``."""
+    return f"{x if abs(x) >= 5e-5 else 0.0:+.4f}"
+
+
 def _diff(c: Comparison) -> str:
     """The difference, with its bootstrap 95% CI over users when a paired test gave one."""
     ci = c.diff_ci
-    ci = f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci and all(map(math.isfinite, ci)) else ""
-    return f"{c.diff:+.4f}{ci}"
+    ci = f" [{signed(ci[0])}, {signed(ci[1])}]" if ci and all(map(math.isfinite, ci)) else ""
+    return f"{signed(c.diff)}{ci}"
 
 
 def _rel(c: Comparison) -> str:

@@ -21,6 +21,7 @@ from tcf.experiments.answers import (
     params_text,
     scaling_series,
     select,
+    signed,
 )
 from tcf.experiments.rescore import metric_mean
 from tcf.experiments.results import Group, RunResult, Stat, planned_ids
@@ -35,13 +36,13 @@ def _zs_clause(t: dict) -> str:
     if t["p_value"] is None:
         return head + f"{t['no_test']} — **no clear difference from {label}**"
     ci = t["ci95"]
-    ci = f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci and None not in ci and all(map(math.isfinite, ci)) else ""
+    ci = f" [{signed(ci[0])}, {signed(ci[1])}]" if ci and None not in ci and all(map(math.isfinite, ci)) else ""
     evidence = f"{t['test']} p = {t['p_value']:.3g}"
     if t["family"] > 1:
         evidence += f", Holm-adjusted over {t['family']} tests p = {t['p_holm']:.3g}"
     verdict = (f"no clear difference from {label}" if not t["significant"]
                else f"{'above' if t['diff'] > 0 else 'below'} {label}")
-    return head + f"{t['diff']:+.4f}{ci} ({evidence}) — **{verdict}**"
+    return head + f"{signed(t['diff'])}{ci} ({evidence}) — **{verdict}**"
 
 
 def answer_zeroshot(rows: list[dict], s: ReportSettings) -> list[str]:
@@ -323,6 +324,9 @@ def markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s) -> l
     return md
 
 
+FOREIGN_SHOWN = 10  # runs named in the "not in this experiment" line
+
+
 def run_accounting(plan: dict, trained, zs, failed, foreign: list[str]) -> list[str]:
     """Failed runs with their error.txt, planned runs not yet run, and runs found here that the experiment
     does not list (left out of every table and comparison)."""
@@ -344,6 +348,8 @@ def run_accounting(plan: dict, trained, zs, failed, foreign: list[str]) -> list[
     elif plan.get("runs") and len(plan["runs"]) > len(done):
         md += [f"{len(plan['runs']) - len(done)} planned run(s) have no results yet.", ""]
     if foreign:
+        shown = ", ".join(f"`{name}`" for name in foreign[:FOREIGN_SHOWN])
+        more = f" and {len(foreign) - FOREIGN_SHOWN} more (report.json lists them)" if len(foreign) > FOREIGN_SHOWN else ""
         md += ["Not in this experiment (found under this folder, not listed in experiment.json; left out of every "
-               "table and comparison): " + ", ".join(f"`{name}`" for name in foreign) + ".", ""]
+               f"table and comparison): {shown}{more}.", ""]
     return md
