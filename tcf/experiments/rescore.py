@@ -45,9 +45,10 @@ def zeroshot_rows(runs: list[RunResult], trained: list[Group], s: ReportSettings
 def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings,
                           notes: list[str] | None = None) -> dict[str, dict]:
     """The trained run of each head (same dataset) best on validation, scored on the zero-shot run's
-    candidate lists: name -> ``score_on_candidates``'s {metrics, users, per_user}.  The run whose top items are the lists' hard negatives (``zeroshot.hard_run``) is left
-    out, said in ``notes``: its rank of the target among them equals its full-catalogue rank, and the lists
-    were made hard for it alone, so it is no baseline there."""
+    candidate lists: name -> ``score_on_candidates``'s {metrics, users, per_user}.  The run whose top items
+    are the lists' hard negatives (``zeroshot.hard_run``) is left out, said in ``notes``: its rank of the
+    target among them equals its full-catalogue rank, and the lists were made hard for it alone, so it is no
+    baseline there."""
     path = zs.record.section("candidates", {}).get("path")
     fingerprint = zs.record.dataset.get("fingerprint")
     if not path or not Path(path).is_file():
