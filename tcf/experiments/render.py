@@ -170,7 +170,8 @@ def plot_towers(groups: list[Group], s: ReportSettings, path: Path, title: str) 
             err = np.array([_err(st) for st in stats]).T
             ax.barh(range(len(gs)), [st.mean for st in stats], xerr=err, capsize=3,
                     color=[colors.get(g.first.tower, "0.5") for g in gs])
-            ax.set_yticks(range(len(gs)), [group_label(g, False) + (f" [{extra_settings(g)}]" if extra_settings(g) else "")
+            ax.set_yticks(range(len(gs)), [group_label(g, False)
+                                           + (f" [{extra_settings(g)}]" if extra_settings(g) else "")
                                            for g in gs], fontsize=8)
             ax.invert_yaxis()
             ax.set_xlabel(f"{s.split} {metric.upper()} (mean, 95% CI)")
@@ -271,7 +272,8 @@ def table(groups: list[Group], s: ReportSettings) -> list[str]:
                  *[st.text() if st else "—" for st in stats],
                  "—" if cold is None else f"{cold:.4f} (n={r.slice_users('cold', s.split)})",
                  *([_non_repeat(g, s)] if repeats else []),
-                 extra_settings(g) or "", ", ".join(f"`{x.folder.name}`" for x in g.runs[:3]) + (" …" if len(g.runs) > 3 else "")]
+                 extra_settings(g) or "",
+                 ", ".join(f"`{x.folder.name}`" for x in g.runs[:3]) + (" …" if len(g.runs) > 3 else "")]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -349,7 +351,8 @@ def run_accounting(plan: dict, trained, zs, failed, foreign: list[str]) -> list[
         md += [f"{len(plan['runs']) - len(done)} planned run(s) have no results yet.", ""]
     if foreign:
         shown = ", ".join(f"`{name}`" for name in foreign[:FOREIGN_SHOWN])
-        more = f" and {len(foreign) - FOREIGN_SHOWN} more (report.json lists them)" if len(foreign) > FOREIGN_SHOWN else ""
+        extra = len(foreign) - FOREIGN_SHOWN
+        more = f" and {extra} more (report.json lists them)" if extra > 0 else ""
         md += ["Not in this experiment (found under this folder, not listed in experiment.json; left out of every "
                f"table and comparison): {shown}{more}.", ""]
     return md

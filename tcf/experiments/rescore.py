@@ -200,7 +200,8 @@ def zeroshot_tests(run: RunResult, row: dict, scored: dict, s: ReportSettings) -
             tests.append(_pop_rescored(run, own, m, pop))
     for name, v in scored.items():
         if m in v["per_user"]:
-            tests.append(_paired_zs(name, f"the {name}", own, v["users"], v["per_user"][m], metric_mean(v["metrics"], m)))
+            b_mean = metric_mean(v["metrics"], m)
+            tests.append(_paired_zs(name, f"the {name}", own, v["users"], v["per_user"][m], b_mean))
     adjusted = holm([t["p_value"] for t in tests])
     family = sum(p is not None for p in adjusted)
     for t, p in zip(tests, adjusted):
