@@ -400,6 +400,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     p = plan(args.model, hardware(args.gpus, args.cpu_mem), items=args.items, tokens=args.tokens, batch=args.batch,
              finetune_layers=args.finetune_layers, dtype=args.dtype, dataset=args.dataset, tflops=args.tflops,
              loss=args.loss, max_len=args.max_len)
+    if args.llm_layers is not None:  # model.head: llm with this model as model.llm_model
+        from tcf.experiments.planner import llm_head_plan
+
+        p["llm_head"] = llm_head_plan(args.model, layers=args.llm_layers, train=args.llm_train, batch=args.batch,
+                                      max_len=args.max_len, dtype=args.dtype)
     print(json.dumps(p, indent=2) if args.json else render(p))
     return 0
 
@@ -597,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--max-len", type=int, default=50, help="fine-tuning: model.max_len (default 50)")
     pl.add_argument("--finetune-layers", type=int, default=2, help="top-k blocks fine-tuned (0 = frozen only)")
     pl.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="GPU weights and activations")
+    pl.add_argument("--llm-layers", type=int, help="also size the llm head's user LM (model.head: llm): the bottom "
+                    "N blocks of --model (0 = all) over --batch sequences of --max-len items")
+    pl.add_argument("--llm-train", default="full", help="llm head: model.llm_train, full | top:K | lora | frozen")
     pl.add_argument("--tflops", type=float, help="effective TFLOP/s per device for the time estimate "
                     "(default 100 on GPU, 0.15 on CPU)")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")

@@ -209,7 +209,7 @@ def test_synthetic_llm_head_beats_popularity(tmp_path):
     for tower in ("id", "frozen"):
         cfg = load_config(None, [f"data.dataset={ds.path}", "encoder.model=minilm-l6", f"cache_root={tmp_path / 'c'}",
                                  "model.head=llm", "model.llm_model=smollm2-135m", "model.llm_layers=2",
-                                 f"model.tower={tower}", "model.max_len=20", "train.epochs=15", "train.patience=3",
+                                 f"model.tower={tower}", "model.max_len=20", "train.epochs=12", "train.patience=3",
                                  "train.batch_size=64", "train.lm_lr=3e-4", "eval.bootstrap=0"])
         results[tower] = loop.train(cfg, tmp_path / tower, progress=False)["metrics"]["test"]["metrics"]
     print("popularity", pop, {k: r["ndcg@10"]["mean"] for k, r in results.items()})
@@ -307,3 +307,12 @@ def test_report_groups_and_tests_a_third_head(tmp_path):
     llm = [x for x in answers.splitlines() if x.startswith("- llm: the text tower best")]
     assert len(llm) == 1 and "0.0800 vs 0.0600" in llm[0], answers
     assert "Holm-adjusted over 3 tests" in answers  # one text-vs-ID test per head, one family of three
+
+
+def test_tcf_plan_sizes_the_user_lm(llama64, capsys):
+    from tcf.cli import main
+
+    assert main(["plan", "--model", str(llama64), "--finetune-layers", "0", "--llm-layers", str(N),
+                 "--llm-train", "lora", "--batch", "8", "--max-len", "10", "--json"]) == 0
+    h = json.loads(capsys.readouterr().out)["llm_head"]
+    assert h["settings"]["llm_train"] == "lora" and h["step"]["blocks"] == N and h["step"]["frozen_weights"] > 0
