@@ -61,15 +61,20 @@ def timed(step, repeat: int) -> float:
     return statistics.median(times)
 
 
-def cached_step(tower, ids, users):
-    opt = torch.optim.AdamW([p for p in tower.parameters() if p.requires_grad], lr=1e-4)
+def adamw_step(module: torch.nn.Module, vectors, users):
+    """One AdamW step of the in-batch loss on ``vectors()`` (the module's trainable parameters only)."""
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-4)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss_of(tower.vectors(ids), users).backward()
+        loss_of(vectors(), users).backward()
         opt.step()
 
     return step
+
+
+def cached_step(tower, ids, users):
+    return adamw_step(tower, lambda: tower.vectors(ids), users)
 
 
 class FullEncoder(torch.nn.Module):
@@ -116,14 +121,7 @@ def token_batches(tokenizer, texts, ids, max_tokens: int, chunk: int = 256):
 
 
 def full_step(enc: FullEncoder, batches, users):
-    opt = torch.optim.AdamW([p for p in enc.parameters() if p.requires_grad], lr=1e-4)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss_of(enc.vectors(batches), users).backward()
-        opt.step()
-
-    return step
+    return adamw_step(enc, lambda: enc.vectors(batches), users)
 
 
 def bench_steps(model: str, k: int, sizes: list[int], max_tokens: int, repeat: int, full_finetune: bool) -> list[dict]:
