@@ -35,9 +35,9 @@ def lm_params(head: LLMHead) -> dict:
     return dict(head.lm.model.named_parameters())
 
 
-@pytest.mark.parametrize("tower", ["id", "frozen", "finetune"])
+@pytest.mark.parametrize("tower", ["id", "frozen", "id+text", "finetune", "lora"])
 def test_llm_head_one_epoch_with_each_tower(tiny_dataset, tiny_model, tmp_path, tower):
-    extra = ["train.loss=inbatch", "model.finetune_layers=2"] if tower == "finetune" else []
+    extra = ["train.loss=inbatch", "model.finetune_layers=2"] if tower in ("finetune", "lora") else []
     cfg = cfg_for(tiny_dataset, tiny_model, tmp_path, f"model.tower={tower}", *extra)
     r = loop.train(cfg, tmp_path / "run", progress=False)
     for split in ("valid", "test"):
@@ -214,7 +214,7 @@ def test_synthetic_llm_head_beats_popularity(tmp_path):
         results[tower] = loop.train(cfg, tmp_path / tower, progress=False)["metrics"]["test"]["metrics"]
     print("popularity", pop, {k: r["ndcg@10"]["mean"] for k, r in results.items()})
     for tower, r in results.items():
-        assert r["ndcg@10"]["mean"] > 1.5 * pop, (tower, r["ndcg@10"]["mean"], pop)
+        assert r["ndcg@10"]["mean"] > 3 * pop, (tower, r["ndcg@10"]["mean"], pop)  # measured: 4.8x (id), 4.5x (frozen)
 
 
 # ---------------------------------------------------------------- the planner
