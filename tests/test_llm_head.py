@@ -162,8 +162,11 @@ def test_item_token_trains_and_is_its_final_state(tiny_dataset, tiny_model, tmp_
     cfg = cfg_for(tiny_dataset, tiny_model, tmp_path, "model.head=sasrec", "model.tower=finetune",
                   "encoder.pooling=item_token", "train.loss=inbatch")
     entry = extract(tiny_dataset, cache_spec(cfg), root=cfg.cache_root, kind="tokens").entry
-    tower = build_lm_tower(cfg, entry).train()
+    tower = build_lm_tower(cfg, entry, ItemTokenTower).train()
     assert isinstance(tower, ItemTokenTower)
+    from tcf.models import build_model
+
+    assert isinstance(build_model(cfg, 40, 30, entry).tower, ItemTokenTower)  # what training builds
     ids = torch.tensor([1, 2, 3])
     tower(ids).sum().backward()
     assert tower.item_token.grad is not None and tower.item_token.grad.abs().sum() > 0
@@ -304,7 +307,7 @@ def test_report_groups_and_tests_a_third_head(tmp_path):
     groups = group_runs(runs)
     assert not failed and len(groups) == 6 and {g.first.head for g in groups} == {"sasrec", "dssm", "llm"}
     answers = write_report(tmp_path).read_text().split("## Trained")[0]
-    llm = [x for x in answers.splitlines() if x.startswith("- llm: the text tower best")]
+    llm = [x for x in answers.splitlines() if x.startswith("- LLM head: the text tower best")]
     assert len(llm) == 1 and "0.0800 vs 0.0600" in llm[0], answers
     assert "Holm-adjusted over 3 tests" in answers  # one text-vs-ID test per head, one family of three
 

@@ -29,7 +29,7 @@ from tcf.run.config import LM_TOWERS, TOWERS
 TOWER_ORDER = TOWERS
 TOWER_NAMES = {"id": "ID", "frozen": "frozen text", "id+text": "ID + text", "finetune": "fine-tuned text",
                "lora": "LoRA text"}
-HEAD_NAMES = {"sasrec": "SASRec", "dssm": "DSSM"}
+HEAD_NAMES = {"sasrec": "SASRec", "dssm": "DSSM", "llm": "LLM head"}
 TUNED = LM_TOWERS
 
 

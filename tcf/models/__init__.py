@@ -22,9 +22,12 @@ def build_model(cfg, n_items: int, n_users: int, text_vectors: np.ndarray | None
     elif m.tower in LM_TOWERS:
         if text_vectors is None:
             raise ValueError(f"the {m.tower} tower needs the token-state cache entry")
-        from tcf.models.lm_tower import build_lm_tower
+        from tcf.models.item_token import ItemTokenTower
+        from tcf.models.lm_tower import LMTower, build_lm_tower
 
-        tower = build_lm_tower(cfg, text_vectors)
+        # item_token pooling: a learned token appended to each text (HLLM's item token), its own tower class
+        kind = ItemTokenTower if cfg.encoder.pooling == "item_token" else LMTower
+        tower = build_lm_tower(cfg, text_vectors, kind)
     else:
         text = FrozenTextTower(text_vectors, m.dim, m.adapter_layers, m.dropout, m.normalize_text, m.adapter)
         tower = text if m.tower == "frozen" else FusedTower(IDTower(n_items, m.dim), text, m.dim, m.fusion)

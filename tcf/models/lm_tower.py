@@ -304,8 +304,9 @@ def enable_checkpointing(model) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
 
 
-def build_lm_tower(cfg, entry) -> LMTower:
-    """The ``finetune`` or ``lora`` tower of a RunConfig over a token-state cache entry."""
+def build_lm_tower(cfg, entry, tower_class: type[LMTower] = LMTower) -> LMTower:
+    """The ``finetune`` or ``lora`` tower of a RunConfig over a token-state cache entry; ``tower_class`` an
+    LMTower subclass that pools otherwise (``item_token``: tcf.models.item_token, chosen by build_model)."""
     from tcf.models.top_layers import load_top_layers
 
     check_config(cfg)
@@ -320,11 +321,9 @@ def build_lm_tower(cfg, entry) -> LMTower:
         hf_model = add_lora(hf_model, m.lora_r, m.lora_alpha, m.lora_dropout)
     compute = master_weights(hf_model)
     tokens = TokenStore(entry.states, entry.mask)
-    tower = LMTower
-    if cfg.encoder.pooling == "item_token":  # a learned token appended to each text (HLLM's item token)
-        from tcf.models.item_token import ItemTokenTower as tower
-    return tower(TopLayers(hf_model, kind), tokens, m.dim, pooling=cfg.encoder.pooling, layers=m.adapter_layers,
-                 dropout=m.dropout, normalize=m.normalize_text, adapter_style=m.adapter, compute_dtype=compute)
+    return tower_class(TopLayers(hf_model, kind), tokens, m.dim, pooling=cfg.encoder.pooling,
+                       layers=m.adapter_layers, dropout=m.dropout, normalize=m.normalize_text,
+                       adapter_style=m.adapter, compute_dtype=compute)
 
 
 def master_weights(model: nn.Module) -> torch.dtype | None:
