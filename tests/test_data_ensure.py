@@ -32,3 +32,20 @@ def test_train_takes_a_dataset_name_under_data_root(tmp_path, capsys):
                  f"data.root={tmp_path / 'data'}", "model.dim=8", "model.max_len=5", "train.epochs=1",
                  "eval.bootstrap=0"]) == 0
     assert "results:" in capsys.readouterr().out
+
+
+def test_source_options_prepare_their_own_dataset(tmp_path):
+    """data.source_options: the source prepared with them under root/NAME-HASH, one folder per setting."""
+    from tcf.data import dataset_for, ensure_dataset
+    from tcf.errors import DataError
+    from tcf.experiments.config import load_config
+
+    cfg = load_config(None, ["data.dataset=synthetic", f"data.root={tmp_path}", "data.source_options.n_users=40",
+                             "data.source_options.n_items=30", "data.source_options.n_topics=3"])
+    ds = dataset_for(cfg.data)
+    assert ds.n_items == 30 and ds.n_users == 40 and ds.path.parent == tmp_path
+    assert ds.path.name.startswith("synthetic-") and dataset_for(cfg.data).path == ds.path  # reused
+    other = ensure_dataset("synthetic", root=tmp_path, source_options={"n_users": 40, "n_items": 31, "n_topics": 3})
+    assert other.path != ds.path and other.n_items == 31
+    with pytest.raises(DataError, match="source_options are for a source name"):
+        ensure_dataset("ml-100k-folder", root=tmp_path, source_options={"n_items": 3})

@@ -311,9 +311,9 @@ def cache_needs(runs: list[Run]) -> dict[str, list[Run]]:
 
 def _extract_one(cfg: RunConfig, progress: bool) -> str:
     """Extract (or find) the cache ``cfg`` reads, with the very calls the trainer makes; -> its folder."""
-    from tcf.data import ensure_dataset
+    from tcf.data import dataset_for
 
-    dataset = ensure_dataset(cfg.data.dataset, root=cfg.data.root)
+    dataset = dataset_for(cfg.data)
     if cache_kind(cfg) == "tokens":
         from tcf.models.lm_tower import token_cache
 

@@ -28,6 +28,7 @@ class DataConfig:
     dataset: str = "ml-100k"  # a dataset folder, or a source name prepared under `root` on first use
     root: str = "data"
     template: str | None = None  # item text template for text towers (default: the dataset's)
+    source_options: dict = field(default_factory=dict)  # a source name: its options (prepared under root/NAME-HASH)
 
 
 @dataclass(frozen=True)

@@ -144,7 +144,7 @@ def new_state() -> dict:
 
 def set_up(cfg: RunConfig, out: Path) -> Training:
     """Seeds, threads, process group, data, text inputs, model, optimizer and loss scaler of a run."""
-    from tcf.data import ensure_dataset
+    from tcf.data import dataset_for
 
     t_start = time.perf_counter()
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -153,7 +153,7 @@ def set_up(cfg: RunConfig, out: Path) -> Training:
         torch.set_num_threads(cfg.train.threads)
     par = distributed.setup(cfg)  # train.strategy: this process's rank, group and device
     device = par.device or pick_device(cfg.train.device)
-    dataset = ensure_dataset(cfg.data.dataset, root=cfg.data.root)
+    dataset = dataset_for(cfg.data)
     data = SeqData(dataset)
     vectors, text_info = text_inputs(cfg, dataset)  # pooled vectors, token-state cache entry, or none
     model = build_model(cfg, data.n_items, data.n_users, vectors).to(device)

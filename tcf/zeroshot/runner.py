@@ -205,7 +205,7 @@ def run_zeroshot(cfg, out, *, progress: bool = True, backend=None) -> dict:
     ``backend`` replaces the configured one (tests); it is built only when some prompt
     is not in the cache, so a warm rerun loads no model and makes no call.
     """
-    from tcf.data import ensure_dataset
+    from tcf.data import dataset_for
     from tcf.run.config import resolved
     from tcf.run.seqdata import SeqData
 
@@ -213,7 +213,7 @@ def run_zeroshot(cfg, out, *, progress: bool = True, backend=None) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     z = cfg.zeroshot
-    dataset = ensure_dataset(cfg.data.dataset, root=cfg.data.root)
+    dataset = dataset_for(cfg.data)
     data = SeqData(dataset)
     cands, cand_path = load_or_build(cfg, dataset, data)
     jobs = build_prompts(cfg, dataset, data, cands)
