@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from scripted import ReverseRanker
 from tcf.cli import main
 from tcf.experiments.report import ReportSettings, neighbor_table, write_report
 from tcf.experiments.results import group_runs, load_runs
@@ -138,29 +139,6 @@ def test_report_command_on_a_real_tiny_sweep(tiny_dataset, tiny_models, tmp_path
     for row in rows[2:]:
         cells = row.strip("|").split("|")
         assert cells[0].strip() == query and len(cells[2].split(";")) == 3
-
-
-class ReverseRanker:
-    """A scripted chat backend: ranks the presented candidates in reverse order, always in the format."""
-
-    name, identity, calls = "scripted", "scripted:reverse", 0
-
-    def generate(self, prompts, params, on_reply=None):
-        import re
-
-        from tcf.zeroshot.backend import Reply
-
-        replies = []
-        for i, messages in enumerate(prompts):
-            numbers = re.findall(r"^\[(\d+)\]", messages[-1]["content"], re.MULTILINE)
-            replies.append(Reply(", ".join(reversed(numbers)), 50, 10))
-            self.calls += 1
-            if on_reply is not None:
-                on_reply(i, replies[-1])
-        return replies
-
-    def close(self):
-        pass
 
 
 def test_zero_shot_against_baselines_and_a_trained_model_on_the_same_candidates(tiny_dataset, tmp_path):

@@ -9,27 +9,8 @@ import re
 import numpy as np
 import pytest
 
+from scripted import ReverseRanker
 from tcf.eval.metrics import holm, paired_test
-
-
-class ReverseRanker:
-    """A scripted chat backend: ranks the presented candidates in reverse order, always in the format."""
-
-    name, identity, calls = "scripted", "scripted:reverse", 0
-
-    def generate(self, prompts, params, on_reply=None):
-        from tcf.zeroshot.backend import Reply
-
-        replies = []
-        for i, messages in enumerate(prompts):
-            numbers = re.findall(r"^\[(\d+)\]", messages[-1]["content"], re.MULTILINE)
-            replies.append(Reply(", ".join(reversed(numbers)), 50, 10))
-            if on_reply is not None:
-                on_reply(i, replies[-1])
-        return replies
-
-    def close(self):
-        pass
 
 
 def make_runs(tiny_dataset, tmp_path, *zs_overrides):
