@@ -202,20 +202,13 @@ def test_training_activation_estimate_bounds_what_autograd_keeps(attn):
                     max_position_embeddings=128, word_embed_proj_dim=256)
     cfg._attn_implementation = attn
     model = AutoModel.from_config(cfg).to(torch.bfloat16).train()
+    from test_planner_step_memory import saved_bytes
+
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return t
-
     B, T = 8, 32
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(input_ids=torch.randint(3, 100, (B, T)))
+    saved, _ = saved_bytes(params, lambda: model(input_ids=torch.randint(3, 100, (B, T))))
     estimate = 2 * P.training_layer_activation_bytes(P.measure(cfg), B, T)
-    assert 0.5 * estimate < sum(saved.values()) <= estimate
+    assert 0.5 * estimate < saved <= estimate
 
 
 def choice(model, gpus, cpu="512GB", **kw):
