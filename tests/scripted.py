@@ -24,3 +24,15 @@ class ReverseRanker:
 
     def close(self):
         pass
+
+
+def target_in_prompt(ds, cands: list[str], prompt: str) -> str | None:
+    """The title of the target of the user whose last three history items the prompt shows (numbered as the
+    test prompts show them), when that title is among the candidates; None when no user matches."""
+    texts = ds.item_texts()
+    for u in range(1, ds.n_users + 1):
+        seq = ds.sequence(u)
+        hist = "\n".join(f"{i}. {texts[x]}" for i, x in enumerate(seq[:-1][-3:], start=1))
+        if hist in prompt and texts[seq[-1]] in cands:
+            return texts[seq[-1]]
+    return None

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 
+from scripted import target_in_prompt
 from tcf.experiments.config import ZeroShotConfig
 from tcf.zeroshot.parsing import parse
 from tcf.zeroshot.runner import order_scores
@@ -29,15 +30,11 @@ def samples(folder) -> list[dict]:
 
 def naming_a_negative(ds):
     """Replies that rank one candidate that is not the user's target (found from the history shown), nothing else."""
-    texts = ds.item_texts()
-
     def reply(cands, prompt):
-        for u in range(1, ds.n_users + 1):
-            seq = ds.sequence(u)
-            hist = "\n".join(f"{i}. {texts[x]}" for i, x in enumerate(seq[:-1][-3:], start=1))
-            if hist in prompt and texts[seq[-1]] in cands:
-                return str(min(i for i, c in enumerate(cands, start=1) if c != texts[seq[-1]]))
-        raise AssertionError("no user found for the prompt")
+        target = target_in_prompt(ds, cands, prompt)
+        if target is None:
+            raise AssertionError("no user found for the prompt")
+        return str(min(i for i, c in enumerate(cands, start=1) if c != target))
     return reply
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from fakeserver import FakeServer
+from scripted import target_in_prompt
 from tcf.errors import ConfigError
 from tcf.experiments.config import RunConfig, ZeroShotConfig, load_config
 from tcf.zeroshot import ChatBackend, Reply, run_zeroshot
@@ -56,16 +57,12 @@ class Scripted(ChatBackend):
 
 def target_first(ds):
     """A perfect recommender that knows each user's target (by looking it up from the history shown)."""
-    texts = ds.item_texts()
-
     def reply(cands, prompt):
-        for u in range(1, ds.n_users + 1):
-            seq = ds.sequence(u)
-            hist = "\n".join(f"{i}. {texts[x]}" for i, x in enumerate(seq[:-1][-3:], start=1))
-            if hist in prompt and texts[seq[-1]] in cands:
-                t = cands.index(texts[seq[-1]]) + 1
-                return ", ".join(str(i) for i in [t] + [i for i in range(1, len(cands) + 1) if i != t])
-        return ""
+        target = target_in_prompt(ds, cands, prompt)
+        if target is None:
+            return ""
+        t = cands.index(target) + 1
+        return ", ".join(str(i) for i in [t] + [i for i in range(1, len(cands) + 1) if i != t])
     return reply
 
 
