@@ -154,6 +154,41 @@ def test_kill_9_then_rerun_resumes_and_matches(tiny_dataset, spec, tmp_path):
     assert not (resumed.entry.path / "shards").exists()
 
 
+def _child(tiny_dataset, spec, root):
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(tiny_dataset.path), spec.model, str(root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_job_waits_while_another_holds_the_entry(tiny_dataset, spec, tmp_path):
+    """Two shards of a sweep extracting the same entry once wrote the same temporary files, and one recorded
+    the hash of a file the other had just truncated: the entry then failed its checksum forever."""
+    from tcf.encoders.cache import entry_path
+    from tcf.encoders.extract import LOCK_FILE
+    from tcf.fsutil import file_lock
+
+    root = tmp_path / "shared"
+    path = entry_path(root, make_key(spec, tiny_dataset, kind="pooled", template=None, storage="fp32"))
+    with file_lock(path / LOCK_FILE):
+        child = _child(tiny_dataset, spec, root)
+        time.sleep(8)  # ample for the child to import, load the tiny model and finish if nothing held it back
+        assert child.poll() is None and not (path / "manifest.json").exists() and not (path / "shards").exists()
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err[-2000:]
+    assert "waiting for another process extracting into" in out
+    assert read_entry(path).manifest["rows"] == tiny_dataset.n_items + 1
+
+
+def test_two_jobs_extracting_one_entry_at_once_leave_a_valid_entry(tiny_dataset, spec, tmp_path):
+    root = tmp_path / "shared"
+    children = [_child(tiny_dataset, spec, root) for _ in range(2)]
+    for c in children:
+        _, err = c.communicate(timeout=180)
+        assert c.returncode == 0, err[-2000:]
+    both = read_entry(next(p for p in root.iterdir() if p.is_dir()))  # verifies every file's sha256
+    clean = extract(tiny_dataset, spec, root=tmp_path / "clean", shard_rows=4).entry
+    np.testing.assert_array_equal(np.asarray(both.vectors), np.asarray(clean.vectors))
+
+
 def test_template_changes_texts_and_key(tiny_dataset, spec, tmp_path):
     a = extract(tiny_dataset, spec, root=tmp_path).entry
     b = extract(tiny_dataset, spec, root=tmp_path, template="item: {title}").entry

@@ -6,6 +6,7 @@ process r computes shards r, r+N, r+2N, ...; after a barrier, rank 0 merges them
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -26,9 +27,11 @@ from tcf.encoders.cache import (
     write_shard,
 )
 from tcf.errors import ConfigError
+from tcf.fsutil import file_lock
 from tcf.provenance import provenance
 
 STORAGE = {"fp32": np.float32, "fp16": np.float16}
+LOCK_FILE = ".lock"  # in the entry's folder: held by the job filling the entry
 
 
 @dataclass
@@ -94,8 +97,25 @@ def extract(dataset: Dataset, spec: EncoderSpec, *, root: str | Path = "embeddin
     if (path / "manifest.json").is_file():
         entry = read_entry(path, key=key, rows=rows)
         return ExtractReport(entry, 0, 0, 0.0, 0, time.perf_counter() - start_time)
-
     rank, world = dist_info()
+    # Two jobs filling the same entry at once (two shards of a sweep, two users of a shared cache) would
+    # write the same shard and merge files: the first to lock extracts, the other waits and reads it.
+    # Under torchrun rank 0 holds the lock for its whole process group.
+    lock = file_lock(path / LOCK_FILE,
+                     on_wait=lambda: print(f"waiting for another process extracting into {path}", flush=True))
+    with lock if rank == 0 else contextlib.nullcontext():
+        _barrier(world)  # every rank starts once rank 0 holds the lock
+        if (path / "manifest.json").is_file():
+            entry = read_entry(path, key=key, rows=rows)
+            return ExtractReport(entry, 0, 0, 0.0, 0, time.perf_counter() - start_time)
+        return _extract_entry(dataset, spec, path, key, rows, kind, storage, shard_rows, encoder, progress, rank,
+                              world, start_time)
+
+
+def _extract_entry(dataset: Dataset, spec: EncoderSpec, path: Path, key: dict, rows: int, kind: str, storage: str,
+                   shard_rows: int, encoder: Encoder | None, progress: bool, rank: int, world: int,
+                   start_time: float) -> ExtractReport:
+    """The body of ``extract`` once this job owns the entry: compute the missing shards, merge on rank 0."""
     texts = dataset.item_texts(key["template"])
     shards = path / "shards"
     n_shards = -(-rows // shard_rows)
