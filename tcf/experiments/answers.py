@@ -41,6 +41,7 @@ class ReportSettings:
     alpha: float = 0.05  # a difference counts as significant below this (Holm-adjusted) p-value
     neighbors: list[str] = field(default_factory=lambda: ["Toy Story", "Star Wars"])  # item texts to show kNN of
     neighbors_k: int = 5
+    papers: bool = False  # an "against the papers" section (tcf.experiments.papers)
 
 
 # ---------------------------------------------------------------- helpers

@@ -311,6 +311,10 @@ def markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s) -> l
                for key, (question, empty) in QUESTIONS.items()]
     for question, lines in [*answers, ("How far is zero-shot prompting from trained models?", answer_zeroshot(zs, s))]:
         md += [f"**{question}**", "", *[f"- {line}" for line in lines], ""]
+    if s.papers:
+        from tcf.experiments.papers import against_papers
+
+        md += ["## Against the papers", "", *against_papers(found, zs, s), ""]
     if trained:
         md += ["## Trained recommenders", "", *table(trained, s), ""]
     if zs:
