@@ -197,3 +197,33 @@ def test_the_hard_run_itself_is_not_scored_on_the_lists_made_hard_for_it(tiny_da
     moved = report_text(tmp_path / "moved")
     assert "trained SASRec (ID) not scored: it is the hard_run (`sasrec-id`)" in moved
     assert "the trained SASRec (ID) on the same candidates" not in moved
+
+
+def test_report_regenerates_without_checkpoints_and_caches(tiny_dataset, tiny_model, tmp_path):
+    """A published study keeps results, not checkpoints or embedding caches: the parts of the report that read
+    those (trained models re-scored on the zero-shot lists, nearest items) come back from what the first
+    report stored beside the runs, so the report is the same byte for byte."""
+    from tcf.experiments.config import load_config
+    from tcf.train.loop import train
+    from tcf.zeroshot import run_zeroshot
+
+    runs, cache = tmp_path / "runs", tmp_path / "cache"
+    common = [f"data.dataset={tiny_dataset.path}", f"cache_root={cache}", "eval.bootstrap=20"]
+    train(load_config(None, [*common, "model.dim=16", "model.max_len=8", "train.epochs=1", "train.batch_size=16",
+                             "model.tower=frozen", f"encoder.model={tiny_model}", "encoder.max_tokens=12"]),
+          runs / "sasrec-frozen", progress=False)
+    zs = load_config(None, [*common, "task=zeroshot", "zeroshot.protocol=rank", "zeroshot.n_candidates=5",
+                            "zeroshot.limit=12", "zeroshot.history_len=4", "zeroshot.use_cache=false"])
+    run_zeroshot(zs, runs / "zs", progress=False, backend=ReverseRanker())
+    query = tiny_dataset.item_texts(tiny_dataset.template)[3]
+    settings = {"neighbors": [query], "neighbors_k": 3}
+    first = write_report(runs, tmp_path / "first", settings).read_text()
+    assert "against the trained SASRec (frozen text" in first and f"| {query} |" in first
+    shutil.rmtree(runs / "sasrec-frozen" / "checkpoints")
+    shutil.rmtree(cache)
+    again = write_report(runs, tmp_path / "again", settings).read_text()
+    assert again == first
+    assert (tmp_path / "again" / "report.json").read_text() == (tmp_path / "first" / "report.json").read_text()
+    # a stored derivation is used only for the inputs it was made from
+    assert "| " + query + " |" not in write_report(runs, tmp_path / "other", {"neighbors": [query],
+                                                                                 "neighbors_k": 2}).read_text()

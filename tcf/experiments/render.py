@@ -23,6 +23,7 @@ from tcf.experiments.answers import (
     select,
     signed,
 )
+from tcf.experiments.derived import derived
 from tcf.experiments.rescore import metric_mean
 from tcf.experiments.results import Group, RunResult, Stat, planned_ids
 
@@ -220,33 +221,43 @@ def _find_item(texts: list[str], query: str) -> int | None:
 
 def neighbor_table(groups: list[Group], s: ReportSettings) -> list[str]:
     """Nearest items (cosine, exact FAISS index over each pooled cache the runs used) of a few named items:
-    a look at what each encoder considers similar, next to what the recommenders learned from it."""
+    a look at what each encoder considers similar, next to what the recommenders learned from it.  Rows are
+    stored under the first run of each cache (derived/neighbors.json) for when the cache is gone."""
+    caches: dict[str, RunResult] = {}
+    for g in groups:
+        info = g.first.record.section("text_cache", {})
+        if info.get("cache"):
+            caches.setdefault(info["cache"], g.first)
+    rows = []
+    for path, run in caches.items():
+        key = {"cache": Path(path).name, "queries": list(s.neighbors), "k": s.neighbors_k}
+        here = Path(path).is_dir()
+        rows += derived(run.folder, "neighbors", key, (lambda p=path, r=run: _neighbors(Path(p), r, s))
+                        if here else None) or []
+    if not rows:
+        return []
+    return ["| item | encoder | nearest items (cosine, exact FAISS index) |", "|---|---|---|", *rows]
+
+
+def _neighbors(path: Path, run: RunResult, s: ReportSettings) -> list[str]:
     from tcf.data import load_dataset
     from tcf.encoders.cache import read_entry
     from tcf.encoders.index import cached_index
 
-    caches: dict[str, RunResult] = {}
-    for g in groups:
-        info = g.first.record.section("text_cache", {})
-        if info.get("cache") and Path(info["cache"]).is_dir():
-            caches.setdefault(info["cache"], g.first)
-    rows = []
-    for path, run in caches.items():
-        entry = read_entry(Path(path))
-        if entry.key.get("kind") != "pooled":
-            continue
-        texts = load_dataset(run.record.dataset["path"]).item_texts(entry.key["template"])
-        index = cached_index(entry)
-        for query in s.neighbors:
-            item = _find_item(texts, query)
-            if item is None:
-                continue
-            _, ids = index.search(np.asarray(entry.vectors[item], dtype=np.float32), s.neighbors_k, exclude=[item])
-            names = "; ".join(texts[i] for i in ids[0] if i > 0)
-            rows.append(f"| {texts[item]} | {run.encoder} | {names} |")
-    if not rows:
+    entry = read_entry(path)
+    if entry.key.get("kind") != "pooled":
         return []
-    return ["| item | encoder | nearest items (cosine, exact FAISS index) |", "|---|---|---|", *rows]
+    texts = load_dataset(run.record.dataset["path"]).item_texts(entry.key["template"])
+    index = cached_index(entry)
+    rows = []
+    for query in s.neighbors:
+        item = _find_item(texts, query)
+        if item is None:
+            continue
+        _, ids = index.search(np.asarray(entry.vectors[item], dtype=np.float32), s.neighbors_k, exclude=[item])
+        names = "; ".join(texts[i] for i in ids[0] if i > 0)
+        rows.append(f"| {texts[item]} | {run.encoder} | {names} |")
+    return rows
 
 
 def _non_repeat(g: Group, s: ReportSettings) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 
 from tcf.eval.metrics import holm, paired_test
 from tcf.experiments.answers import HEAD_NAMES, TOWER_NAMES, ReportSettings, select
+from tcf.experiments.derived import derived
 from tcf.experiments.results import Group, RunResult
 from tcf.experiments.stats import PAIRED, PAIRED_RESAMPLES
 
@@ -49,9 +50,9 @@ def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings
     are the lists' hard negatives (``zeroshot.hard_run``) is left out, said in ``notes``: its rank of the
     target among them equals its full-catalogue rank, and the lists were made hard for it alone, so it is no
     baseline there."""
-    path = zs.record.section("candidates", {}).get("path")
-    fingerprint = zs.record.dataset.get("fingerprint")
-    if not path or not Path(path).is_file():
+    cand = zs.record.section("candidates", {})
+    path, fingerprint = cand.get("path"), zs.record.dataset.get("fingerprint")
+    if not path and not cand.get("key"):
         return {}
     hard = hard_run_of(zs)
     out = {}
@@ -68,11 +69,35 @@ def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings
                 notes.append(f"{name} not scored: it is the hard_run (`{best.first.folder.name}`) whose top items "
                              "are the negatives, so its rank among them is its full-catalogue rank")
             continue
-        try:
-            out[name] = score_on_candidates(best.first, Path(path), zs.config.get("zeroshot.split"))
-        except Exception as e:  # noqa: BLE001 - a run that cannot be rebuilt is reported, not fatal
-            print(f"tcf report: could not score {best.first.folder} on {path}: {e}")
+        scored = _stored_score(zs, best.first, cand)
+        if scored is not None:
+            out[name] = scored
     return out
+
+
+def _stored_score(zs: RunResult, run: RunResult, cand: dict) -> dict | None:
+    """``score_on_candidates`` where the checkpoint and the candidate file are here (and stored under the zero-shot
+    run, derived/), else what was stored for the same run and candidate lists; None when neither."""
+    from tcf.zeroshot.candidates import key_hash as cand_key_hash
+
+    path = Path(cand.get("path") or "")
+    here = path.is_file() and (Path(run.folder) / "checkpoints" / "best.pt").is_file()
+    compute = None
+    if here:
+        def compute():
+            got = score_on_candidates(run, path, zs.config.get("zeroshot.split"))
+            return {"metrics": got["metrics"], "users": np.asarray(got["users"]).tolist(),
+                    "per_user": {m: np.asarray(v, dtype=np.float64).tolist() for m, v in got["per_user"].items()}}
+    key = {"trained_run": Path(run.folder).name, "candidates": cand_key_hash(cand.get("key") or {})}
+    try:
+        value = derived(zs.folder, f"trained-{Path(run.folder).name}", key, compute)
+    except Exception as e:  # noqa: BLE001 - a run that cannot be rebuilt is reported, not fatal
+        print(f"tcf report: could not score {run.folder} on {path}: {e}")
+        value = derived(zs.folder, f"trained-{Path(run.folder).name}", key, None)
+    if value is None:
+        return None
+    return {"metrics": value["metrics"], "users": np.asarray(value["users"], dtype=np.int64),
+            "per_user": {m: np.asarray(v, dtype=np.float64) for m, v in value["per_user"].items()}}
 
 
 def hard_run_of(zs: RunResult) -> dict | None:
