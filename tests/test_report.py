@@ -227,3 +227,20 @@ def test_report_regenerates_without_checkpoints_and_caches(tiny_dataset, tiny_mo
     # a stored derivation is used only for the inputs it was made from
     assert "| " + query + " |" not in write_report(runs, tmp_path / "other", {"neighbors": [query],
                                                                                  "neighbors_k": 2}).read_text()
+
+
+def test_positive_controls_are_answered_inside_the_main_report(tmp_path):
+    """report.controls: each control folder's answers, computed from its own runs and settings."""
+    control = tmp_path / "control"
+    put(control, "id", tower="id", ndcg=0.05, per_user=np.full(40, 0.05))
+    put(control, "text", tower="frozen", ndcg=0.2, per_user=np.full(40, 0.2))
+    (control / "experiment.json").write_text(json.dumps({"name": "ctl", "report": {"title": "The control"}}))
+    main_dir = tmp_path / "main"
+    put(main_dir, "id", tower="id", ndcg=0.1)
+    md = report_text(main_dir, controls=[str(control)])
+    section = md.split("## Positive controls")[1].split("\n## ")[0]
+    assert "### The control" in section and f"`{control}` (2 runs; its own report:" in section
+    assert "SASRec: the text tower best on valid ndcg@10, frozen text (minilm-l6)" in section
+    assert "**text beats ID**" in section
+    record = json.loads((main_dir / "report" / "report.json").read_text())["controls"][0]
+    assert record["path"] == str(control) and record["comparisons"][0]["significant"] is True

@@ -42,6 +42,7 @@ class ReportSettings:
     neighbors: list[str] = field(default_factory=lambda: ["Toy Story", "Star Wars"])  # item texts to show kNN of
     neighbors_k: int = 5
     papers: bool = False  # an "against the papers" section (tcf.experiments.papers)
+    controls: list[str] = field(default_factory=list)  # run folders of positive controls: their answers shown here
 
 
 # ---------------------------------------------------------------- helpers

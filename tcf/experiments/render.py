@@ -13,6 +13,7 @@ from tcf.experiments.answers import (
     SELECT_SPLIT,
     TOWER_NAMES,
     TOWER_ORDER,
+    Finding,
     ReportSettings,
     extra_settings,
     group_label,
@@ -305,7 +306,7 @@ def zeroshot_table(rows: list[dict], s: ReportSettings) -> list[str]:
     return lines
 
 
-def markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s) -> list[str]:
+def markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s, controls=()) -> list[str]:
     md = [f"# {title}", ""]
     if plan.get("description"):
         md += [plan["description"].strip(), ""]
@@ -317,11 +318,10 @@ def markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s) -> l
            "fallback where per-user records are missing: a t-based 95% CI over seed means, which reflects training "
            "randomness only, not which users were sampled.", ""]
     md += ["## Answers", "", method_note(s), ""]
-    answers = [(question, [f.line(s) for f in found if f.question == key or f.question.startswith(f"{key} (")]
-                or [empty])
-               for key, (question, empty) in QUESTIONS.items()]
-    for question, lines in [*answers, ("How far is zero-shot prompting from trained models?", answer_zeroshot(zs, s))]:
-        md += [f"**{question}**", "", *[f"- {line}" for line in lines], ""]
+    answers = finding_answers(found, s)
+    answers.append(("How far is zero-shot prompting from trained models?", answer_zeroshot(zs, s)))
+    md += answer_lines(answers)
+    md += list(controls)
     if s.papers:
         from tcf.experiments.papers import against_papers
 
@@ -339,6 +339,16 @@ def markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s) -> l
         if made:
             md += [f"## {captions[name]}", "", f"![{captions[name]}]({name}.png)", ""]
     return md
+
+
+def answer_lines(answers: list[tuple[str, list[str]]]) -> list[str]:
+    return [x for question, lines in answers for x in (f"**{question}**", "", *[f"- {line}" for line in lines], "")]
+
+
+def finding_answers(found: list[Finding], s: ReportSettings) -> list[tuple[str, list[str]]]:
+    """(question, its lines) for the trained-model questions: every finding of it, or what is said without."""
+    return [(question, [f.line(s) for f in found if f.question == key or f.question.startswith(f"{key} (")]
+             or [empty]) for key, (question, empty) in QUESTIONS.items()]
 
 
 FOREIGN_SHOWN = 10  # runs named in the "not in this experiment" line

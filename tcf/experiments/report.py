@@ -40,7 +40,9 @@ from tcf.experiments.answers import (  # noqa: F401 - names code and tests impor
     scaling_series,
 )
 from tcf.experiments.render import (  # noqa: F401
+    answer_lines,
     answer_zeroshot,
+    finding_answers,
     markdown,
     neighbor_table,
     plot_scaling,
@@ -84,12 +86,35 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
                for name, fn, data in (("scaling", plot_scaling, trained), ("towers", plot_towers, trained),
                                       ("zeroshot", plot_zeroshot, zs))}
     found = findings(trained, s)  # every test once, for the answers and report.json
-    md = markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s)
+    controls, control_records = _controls(s)
+    md = markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s, controls)
     md += run_accounting(plan, trained, zs, failed, foreign)
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
-    summary = {**_summary(trained, zs, found, s), **({"not_in_experiment": foreign} if foreign else {})}
+    summary = {**_summary(trained, zs, found, s), **({"not_in_experiment": foreign} if foreign else {}),
+               **({"controls": control_records} if control_records else {})}
     atomic_write_text(out / "report.json", json.dumps(summary, indent=2, default=float) + "\n")
     return out / "report.md"
+
+
+def _controls(s: ReportSettings) -> tuple[list[str], list[dict]]:
+    """``report.controls``: each positive control's trained-model answers (its own settings, runs and tests),
+    as markdown under "Positive controls" and as records for report.json."""
+    md, records = [], []
+    for folder in map(Path, s.controls):
+        plan = _plan(folder)
+        cs = from_dict(ReportSettings, {**(plan.get("report") or {}), "controls": [], "papers": False}, "report")
+        runs, failed = load_runs(folder)
+        runs, failed, _ = _in_plan(plan, runs, failed)
+        trained = group_runs([r for r in runs if r.task == "train"])
+        found = findings(trained, cs)
+        planned = len(planned_ids(plan) or [])
+        done = f"{len(runs)} of {planned} planned runs finished" if planned else f"{len(runs)} runs"
+        md += [f"### {cs.title or plan.get('name') or folder.name}", "",
+               f"`{folder}` ({done}; its own report: `{folder}/report/report.md`).", "",
+               *answer_lines(finding_answers(found, cs))]
+        records.append({"path": str(folder), "runs": len(runs), "planned": planned,
+                        "comparisons": [f.record(cs) for f in found]})
+    return (["## Positive controls", "", *md] if md else []), records
 
 
 def _plan(runs_dir: Path) -> dict:
