@@ -465,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_encoder_args(ex, dataset_required=False)
     ex.add_argument("--kind", default="pooled", choices=["pooled", "tokens"],
                     help="pooled vectors, or token-level hidden states at --layer (for top-k fine-tuning)")
-    ex.add_argument("--storage", choices=["fp32", "fp16"], help="stored precision (default fp32 pooled, fp16 tokens)")
+    ex.add_argument("--storage", choices=["fp32", "fp16", "auto"],
+                    help="stored precision (default fp32 pooled; tokens auto: fp16 unless a value exceeds its range, then fp32)")
     ex.add_argument("--shard-rows", type=int, default=1024, help="items per resumable shard")
     ex.add_argument("--list-models", action="store_true", help="list the packaged models and exit")
     ex.set_defaults(func=cmd_extract)

@@ -113,6 +113,26 @@ def test_token_states_cache(tiny_dataset, tiny_model, tmp_path):
     assert "pooling" not in e.key and e.key["layer"] == 2
 
 
+
+def test_token_states_beyond_fp16_range_are_kept_in_fp32(tiny_dataset, tiny_model, tmp_path):
+    """Gemma's residual stream reaches ~1e5: stored as fp16 it became inf and fine-tuning trained only NaN.
+    The default (auto) keeps such states in fp32; explicit fp16 storage refuses them."""
+    import torch
+
+    from tcf.errors import ConfigError
+
+    spec = EncoderSpec(model=str(tiny_model), layer=0, max_tokens=12)  # layer 0: the embedding output
+    big = build_encoder(spec)
+    with torch.no_grad():
+        big.model.get_input_embeddings().weight.mul_(1e6)
+    e = extract(tiny_dataset, spec, root=tmp_path / "big", kind="tokens", encoder=big, shard_rows=16).entry
+    assert e.key["storage"] == "auto" and e.states.dtype == np.float32
+    assert np.isfinite(e.states).all() and np.abs(e.states).max() > 65504
+    with pytest.raises(ConfigError, match="exceed fp16's range"):
+        extract(tiny_dataset, spec, root=tmp_path / "fp16", kind="tokens", encoder=big, storage="fp16")
+    small = extract(tiny_dataset, spec, root=tmp_path / "small", kind="tokens", shard_rows=16).entry
+    assert small.states.dtype == np.float16  # values in range: auto stores what fp16 did
+
 CHILD = """
 import sys, time
 from tcf.data import load_dataset
@@ -170,11 +190,13 @@ def test_a_job_waits_while_another_holds_the_entry(tiny_dataset, spec, tmp_path)
     path = entry_path(root, make_key(spec, tiny_dataset, kind="pooled", template=None, storage="fp32"))
     with file_lock(path / LOCK_FILE):
         child = _child(tiny_dataset, spec, root)
-        time.sleep(8)  # ample for the child to import, load the tiny model and finish if nothing held it back
+        lines = iter(child.stdout.readline, "")  # ends when the child exits
+        said = next((line for line in lines if "waiting for another process extracting into" in line), None)
+        assert said is not None, child.stderr.read()[-2000:]  # it exited without waiting for the lock
+        time.sleep(1)
         assert child.poll() is None and not (path / "manifest.json").exists() and not (path / "shards").exists()
-    out, err = child.communicate(timeout=120)
+    _, err = child.communicate(timeout=120)
     assert child.returncode == 0, err[-2000:]
-    assert "waiting for another process extracting into" in out
     assert read_entry(path).manifest["rows"] == tiny_dataset.n_items + 1
 
 

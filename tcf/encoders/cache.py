@@ -169,6 +169,20 @@ def valid_shard(shards: Path, index: int, kind: str) -> dict | None:
     return meta
 
 
+def _auto_dtype(parts: list[np.ndarray]) -> np.dtype:
+    """Storage "auto": float16 when every finite value of a float array fits its range (the values are then
+    stored rounded to fp16, as with storage fp16), else the shards' own float32; other arrays unchanged."""
+    if parts[0].dtype.kind != "f":
+        return parts[0].dtype
+    fp16_max = float(np.finfo(np.float16).max)
+    for part in parts:
+        for lo in range(0, len(part), 256):
+            chunk = np.asarray(part[lo:lo + 256])
+            if np.abs(chunk[np.isfinite(chunk)], dtype=np.float32).max(initial=0.0) > fp16_max:
+                return parts[0].dtype
+    return np.dtype(np.float16)
+
+
 def merge_shards(path: Path, key: dict, n_shards: int, rows: int, extra: dict) -> CacheEntry:
     """Concatenate all shards into the final files, then write the manifest (last)."""
     shards = path / "shards"
@@ -178,14 +192,15 @@ def merge_shards(path: Path, key: dict, n_shards: int, rows: int, extra: dict) -
     for name in FILES[kind]:
         parts = [np.load(shards / f"{shard_name(i)}.{name}.npy", mmap_mode="r") for i in range(n_shards)]
         shape = (rows, *parts[0].shape[1:])
+        dtype = _auto_dtype(parts) if key.get("storage") == "auto" else parts[0].dtype
         with atomic_path(path / f"{name}.npy") as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=parts[0].dtype, shape=shape)
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
             for meta, part in zip(metas, parts):
                 out[meta["start"]:meta["end"]] = part
             out.flush()
             del out
             digest = sha256_file(tmp)
-        files[name] = {"sha256": digest, "shape": list(shape), "dtype": str(parts[0].dtype)}
+        files[name] = {"sha256": digest, "shape": list(shape), "dtype": str(np.dtype(dtype))}
     totals = {k: sum(m.get(k, 0) for m in metas) for k in ("n_tokens", "n_truncated", "n_empty", "seconds")}
     manifest = {"format_version": FORMAT_VERSION, "key": key, "key_hash": key_hash(key), "rows": rows,
                 "files": files, "shards": n_shards, "stats": totals, **extra}

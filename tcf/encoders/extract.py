@@ -30,7 +30,11 @@ from tcf.errors import ConfigError
 from tcf.fsutil import file_lock
 from tcf.provenance import provenance
 
-STORAGE = {"fp32": np.float32, "fp16": np.float16}
+# stored precision -> the precision shards are written in. "auto" (the token-state default) writes fp32 shards
+# and merges them to fp16 when every value fits fp16's range, else keeps fp32: residual streams of some LMs
+# (Gemma's reach ~1e5) overflow fp16 to inf, which trained nothing but NaN.
+STORAGE = {"fp32": np.float32, "fp16": np.float16, "auto": np.float32}
+FP16_MAX = float(np.finfo(np.float16).max)
 LOCK_FILE = ".lock"  # in the entry's folder: held by the job filling the entry
 
 
@@ -90,7 +94,7 @@ def extract(dataset: Dataset, spec: EncoderSpec, *, root: str | Path = "embeddin
             encoder: Encoder | None = None, progress: bool = False) -> ExtractReport:
     """Embed every item of ``dataset`` into the cache (or find it there) and return the entry."""
     start_time = time.perf_counter()
-    storage = storage or ("fp32" if kind == "pooled" else "fp16")
+    storage = storage or ("fp32" if kind == "pooled" else "auto")
     key = make_key(spec, dataset, kind=kind, template=template, storage=storage)
     path = entry_path(root, key)
     rows = dataset.n_items + 1
@@ -140,6 +144,7 @@ def _extract_entry(dataset: Dataset, spec: EncoderSpec, path: Path, key: dict, r
             lo, hi = s * shard_rows, min((s + 1) * shard_rows, rows)
             t0 = time.perf_counter()
             arrays, stats = _compute(encoder, texts, lo, hi, kind, STORAGE[storage])
+            _check_range(arrays, storage, spec, path)
             stats["seconds"] = time.perf_counter() - t0
             if rank == 0 or not replicated:
                 write_shard(shards, s, lo, arrays, stats)
@@ -173,6 +178,16 @@ def _finish(dataset: Dataset, spec: EncoderSpec, encoder: Encoder | None, path: 
     return merge_shards(path, key, n_shards, rows, extra)
 
 
+def _check_range(arrays: dict, storage: str, spec: EncoderSpec, path: Path) -> None:
+    """fp16 storage of values beyond its range would store inf: refused, naming the way out."""
+    if storage != "fp16":
+        return
+    for name, a in arrays.items():
+        if a.dtype == np.float16 and np.isinf(a).any():
+            raise ConfigError(f"{path}: {spec.model}'s {name} exceed fp16's range (|x| > {FP16_MAX:.0f}) and would be "
+                              "stored as inf; extract with storage auto or fp32 (tcf extract --storage auto)")
+
+
 def _compute(encoder: Encoder, texts: list[str], lo: int, hi: int, kind: str, dtype) -> tuple[dict, dict]:
     first = max(lo, 1)  # row 0 is the padding item: zeros, never embedded
     batch = texts[first:hi]
@@ -189,7 +204,8 @@ def _compute(encoder: Encoder, texts: list[str], lo: int, hi: int, kind: str, dt
     states = np.zeros((hi - lo, T, encoder.dim), dtype=dtype)
     mask = np.zeros((hi - lo, T), dtype=np.int8)
     if ts is not None:
-        states[first - lo:] = ts.states
+        with np.errstate(over="ignore"):  # an fp16 overflow is refused by _check_range, naming the fix
+            states[first - lo:] = ts.states
         mask[first - lo:] = ts.mask
     return {"states": states, "mask": mask}, {"n_tokens": int(mask.sum()),
                                               "n_truncated": ts.n_truncated if ts else 0}

@@ -329,7 +329,10 @@ def cache_files(n_items: int, tokens: int, out_dim: int, hidden: int) -> dict:
     states = {"states.npy": npy_bytes((rows, tokens, hidden), "float16"), "mask.npy": npy_bytes((rows, tokens), "int8")}
     return {"pooled": {"files": pooled, "bytes": sum(pooled.values()), "storage": "fp32", "shape": [rows, out_dim]},
             "tokens": {"files": states, "bytes": sum(states.values()), "storage": "fp16",
-                       "shape": [rows, tokens, hidden]}}
+                       "shape": [rows, tokens, hidden],
+                       # storage auto keeps states that exceed fp16's range (Gemma's) in fp32
+                       "bytes_if_fp32": sum(states.values()) + npy_bytes((rows, tokens, hidden), "float32")
+                       - states["states.npy"]}}
 
 
 # ---------------------------------------------------------------- activations (estimates)
