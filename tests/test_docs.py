@@ -33,7 +33,7 @@ def test_readme_is_one_screen_of_overview():
     assert len(readme.encode()) <= 8_000, "the reference belongs in docs/"
     assert readme.count("\n") <= 100
     headings = re.findall(r"^## (.+)$", readme, re.M)
-    assert headings == ["What the main job prints", "Results", "Status", "Documentation"]
+    assert headings == ["What tcf found", "What the main job prints", "Status", "Documentation"]
     results = readme.split("## Results", 1)[1].split("\n## ", 1)[0]
     for link in ("results/README.md", "benchmarks/README.md", "experiments/study-ml100k.yaml",
                  "results/study-ml100k/"):
