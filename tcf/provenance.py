@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import resource
 import subprocess
 from pathlib import Path
 
@@ -48,6 +49,12 @@ def hardware() -> dict:
     except ImportError:
         pass
     return info
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MiB (Linux reports KiB). In a sweep, one process runs
+    many runs: the figure is then the peak over this run and those before it in the same process."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def provenance() -> dict:

@@ -244,3 +244,17 @@ def test_positive_controls_are_answered_inside_the_main_report(tmp_path):
     assert "**text beats ID**" in section
     record = json.loads((main_dir / "report" / "report.json").read_text())["controls"][0]
     assert record["path"] == str(control) and record["comparisons"][0]["significant"] is True
+
+
+def test_cost_of_the_runs_is_summed_from_their_records(tmp_path):
+    for name, t in (("a", {"train_seconds": 3600.0, "wall_seconds": 1800.0, "peak_rss_mb": 2048.0}),
+                    ("b", {"train_seconds": 1800.0, "wall_seconds": 1900.0})):
+        folder = put(tmp_path, name, seed=len(name))
+        res = json.loads((folder / "results.json").read_text())
+        (folder / "results.json").write_text(json.dumps({**res, "timings": t}))
+    md = report_text(tmp_path)
+    assert ("Cost of the 2 finished runs, from their records: 1.5 h of training epochs and 0.0 h of zero-shot "
+            "generation") in md
+    assert "1.0 h of wall clock in the runs' last sittings; the largest peak memory of a run's process 2.00 GiB " \
+           "(recorded by 1 of 2 runs)" in md
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["cost"]["train_seconds"] == 5400.0

@@ -87,13 +87,39 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
                                       ("zeroshot", plot_zeroshot, zs))}
     found = findings(trained, s)  # every test once, for the answers and report.json
     controls, control_records = _controls(s)
+    spent = cost(runs)
     md = markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s, controls)
+    md[md.index("## Answers"):md.index("## Answers")] = [cost_line(spent), ""]
     md += run_accounting(plan, trained, zs, failed, foreign)
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
     summary = {**_summary(trained, zs, found, s), **({"not_in_experiment": foreign} if foreign else {}),
-               **({"controls": control_records} if control_records else {})}
+               **({"controls": control_records} if control_records else {}), "cost": spent}
     atomic_write_text(out / "report.json", json.dumps(summary, indent=2, default=float) + "\n")
     return out / "report.md"
+
+
+def cost(runs: list[RunResult]) -> dict:
+    """What the finished runs cost, from their records: training seconds (epochs, accumulated over resumed
+    sittings), generation seconds (zero-shot), wall seconds of each run's last sitting, and the largest
+    peak memory a run's process reached (a sweep process runs many runs: its peak so far)."""
+    t = [r.record.timings for r in runs]
+    peaks = [x["peak_rss_mb"] for x in t if x.get("peak_rss_mb") is not None]
+    return {"runs": len(runs), "train_seconds": sum(x.get("train_seconds") or 0.0 for x in t),
+            "generate_seconds": sum(x.get("generate_seconds") or 0.0 for x in t),
+            "wall_seconds": sum(x.get("wall_seconds") or 0.0 for x in t),
+            "peak_rss_mb": max(peaks) if peaks else None, "runs_with_peak": len(peaks)}
+
+
+def cost_line(c: dict) -> str:
+    if not c["runs"]:
+        return "Cost: no finished runs yet."
+    peak = (f"; the largest peak memory of a run's process {c['peak_rss_mb'] / 1024:.2f} GiB (recorded by "
+            f"{c['runs_with_peak']} of {c['runs']} runs)" if c["peak_rss_mb"] is not None
+            else "; peak memory not recorded by these runs")
+    return (f"Cost of the {c['runs']} finished runs, from their records: {c['train_seconds'] / 3600:.1f} h of "
+            f"training epochs and {c['generate_seconds'] / 3600:.1f} h of zero-shot generation (summed over runs; "
+            f"two shards run side by side), {c['wall_seconds'] / 3600:.1f} h of wall clock in the runs' last "
+            f"sittings{peak}.")
 
 
 def _controls(s: ReportSettings) -> tuple[list[str], list[dict]]:
