@@ -209,7 +209,7 @@ def test_synthetic_llm_head_beats_popularity(tmp_path):
     ds = prepare("synthetic", None, tmp_path / "synth", source_options={"seed": 0})
     pop = evaluate(Popularity(SeqData(ds).train_counts), SeqData(ds), "test", max_len=20).mean("ndcg@10")
     results = {}
-    for tower in ("id", "frozen"):
+    for tower in ("id",):  # the head alone learns it; frozen text through the head is the smoke runs' (CI time)
         cfg = load_config(None, [f"data.dataset={ds.path}", "encoder.model=minilm-l6", f"cache_root={tmp_path / 'c'}",
                                  "model.head=llm", "model.llm_model=smollm2-135m", "model.llm_layers=2",
                                  f"model.tower={tower}", "model.max_len=20", "train.epochs=12", "train.patience=3",
@@ -217,7 +217,7 @@ def test_synthetic_llm_head_beats_popularity(tmp_path):
         results[tower] = loop.train(cfg, tmp_path / tower, progress=False)["metrics"]["test"]["metrics"]
     print("popularity", pop, {k: r["ndcg@10"]["mean"] for k, r in results.items()})
     for tower, r in results.items():
-        assert r["ndcg@10"]["mean"] > 3 * pop, (tower, r["ndcg@10"]["mean"], pop)  # measured: 4.8x (id), 4.5x (frozen)
+        assert r["ndcg@10"]["mean"] > 3 * pop, (tower, r["ndcg@10"]["mean"], pop)  # measured: 4.8x (id; frozen 4.5x)
 
 
 # ---------------------------------------------------------------- the planner
