@@ -258,3 +258,31 @@ def test_cost_of_the_runs_is_summed_from_their_records(tmp_path):
     assert "1.0 h of wall clock in the runs' last sittings; the largest peak memory of a run's process 2.00 GiB " \
            "(recorded by 1 of 2 runs)" in md
     assert json.loads((tmp_path / "report" / "report.json").read_text())["cost"]["train_seconds"] == 5400.0
+
+
+def test_heads_are_compared_on_the_same_item_tower_and_pretraining_against_random(tmp_path):
+    def run(name, head, ndcg, init=None):
+        folder = put(tmp_path, name, head=head, tower="id", ndcg=ndcg, per_user=np.full(50, ndcg) +
+                     np.linspace(-0.01, 0.01, 50))
+        res = json.loads((folder / "results.json").read_text())
+        if init:
+            res["config"]["model"]["llm_init"] = init
+        (folder / "results.json").write_text(json.dumps(res))
+
+    run("sasrec", "sasrec", 0.10)
+    run("dssm", "dssm", 0.05)
+    run("llm-pre", "llm", 0.20, "pretrained")
+    run("llm-rand", "llm", 0.08, "random")
+    md = report_text(tmp_path)
+    heads = md.split("**Which user model: does another head beat SASRec on the same item tower?**")[1].split("\n\n**")[0]
+    assert "ID: DSSM against SASRec: test ndcg@10 0.0500 vs 0.1000" in heads and "**SASRec beats DSSM**" in heads
+    # the LLM head's setting best on validation (pretrained) is the one compared
+    assert "ID: LLM head [model.llm_init=pretrained] (of 2 settings; the best on valid) against SASRec: test " \
+           "ndcg@10 0.2000 vs 0.1000" in heads and "**LLM head beats SASRec**" in heads
+    assert "Holm-adjusted over 2 tests" in heads
+    pre = md.split("**Does a pretrained user LM (the LLM head) beat the same model at random initialisation?**")[1]
+    pre = pre.split("\n\n**")[0]
+    assert "pretrained against random initialisation: test ndcg@10 0.2000 vs 0.0800" in pre
+    assert "**pretraining helps**" in pre
+    # an experiment without LLM-head runs is not asked about them
+    assert "random initialisation?" not in report_text(tmp_path / "sasrec")

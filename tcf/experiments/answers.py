@@ -235,6 +235,62 @@ def largest_vs_smallest(groups: list[Group], s: ReportSettings) -> list[Finding]
     return _family(out)
 
 
+def _tower_key(g: Group) -> tuple:
+    """The item tower a group trains: tower, encoder and the settings that shape it (not the head's own)."""
+    r = g.first
+    shaped = {k: v for k, v in g.settings.items() if k.startswith(("encoder.", "model.finetune", "model.lora",
+                                                                     "model.adapter", "model.tower"))}
+    return r.tower, r.encoder or "", json.dumps(shaped, sort_keys=True, default=str)
+
+
+def head_vs_head(groups: list[Group], s: ReportSettings) -> list[Finding]:
+    """On each item tower that more than one head trained: every other head's setting best on validation against
+    SASRec's best on validation (the sequential baseline), one family."""
+    m, out = s.metrics[0], []
+    towers: dict[tuple, dict[str, list[Group]]] = {}
+    for g in groups:
+        towers.setdefault(_tower_key(g), {}).setdefault(g.first.head, []).append(g)
+    for key in sorted(towers):
+        heads = towers[key]
+        if "sasrec" not in heads:
+            continue
+        base = select(heads["sasrec"], m)
+        for head in sorted(h for h in heads if h != "sasrec"):
+            best = select(heads[head], m)
+            c = compare(best, base, m, s.split) if best is not None and base is not None else None
+            if c is None:
+                continue
+            extra = f" [{extra_settings(best)}]" if extra_settings(best) else ""
+            before = (f"{group_label(best, False)}: {HEAD_NAMES.get(head, head)}{extra}"
+                      f"{_of(len(heads[head]), 'settings; the best on ' + SELECT_SPLIT)} against SASRec"
+                      f"{_of(len(heads['sasrec']), 'settings; the best on ' + SELECT_SPLIT)}: {s.split} {m} ")
+            name = HEAD_NAMES.get(head, head)
+            out.append(Finding("head vs head", head, best, base, c, before,
+                               (f"{name} beats SASRec", f"SASRec beats {name}")))
+    return _family(out)
+
+
+def pretrained_vs_random(groups: list[Group], s: ReportSettings) -> list[Finding]:
+    """LLM-head groups that differ only in model.llm_init: pretrained against random initialisation."""
+    m, out = s.metrics[0], []
+    llm = [g for g in groups if g.first.head == "llm"]
+    for g in llm:
+        if g.first.config.get("model.llm_init") != "pretrained":
+            continue
+        rest = {k: v for k, v in g.first.config.items() if k not in ("model.llm_init", "seed", "name")}
+        for other in llm:
+            o = {k: v for k, v in other.first.config.items() if k not in ("model.llm_init", "seed", "name")}
+            if other.first.config.get("model.llm_init") != "random" or o != rest:
+                continue
+            c = compare(g, other, m, s.split)
+            if c is None:
+                continue
+            before = f"LLM head on {group_label(g, False)}: pretrained against random initialisation: {s.split} {m} "
+            out.append(Finding("pretrained vs random user LM", "llm", g, other, c, before,
+                               ("pretraining helps", "pretraining hurts")))
+    return _family(out)
+
+
 QUESTIONS = {  # finding.question -> (the question answered, what is said without runs for it)
     "text vs ID": ("Does text beat ID?", "not measured (no ID run and text run with the same head)."),
     "fine-tuned vs frozen": ("Does fine-tuning beat a frozen encoder?",
@@ -242,12 +298,20 @@ QUESTIONS = {  # finding.question -> (the question answered, what is said withou
                              "encoder)."),
     "largest vs smallest encoder": ("Does a bigger encoder help?",
                                     "not measured (fewer than two encoder sizes for any head and tower)."),
+    "head vs head": ("Which user model: does another head beat SASRec on the same item tower?",
+                     "not measured (no item tower trained with SASRec and another head)."),
+    "pretrained vs random user LM": ("Does a pretrained user LM (the LLM head) beat the same model at random "
+                                     "initialisation?", "not measured (no LLM-head runs with both model.llm_init)."),
 }
+
+
+OPTIONAL_QUESTIONS = {"pretrained vs random user LM"}  # asked only where an experiment has runs for them
 
 
 def findings(groups: list[Group], s: ReportSettings) -> list[Finding]:
     """Every test the answers make (each answer its own Holm family)."""
-    return [*text_vs_id(groups, s), *fine_tuned_vs_frozen(groups, s), *largest_vs_smallest(groups, s)]
+    return [*text_vs_id(groups, s), *fine_tuned_vs_frozen(groups, s), *largest_vs_smallest(groups, s),
+            *head_vs_head(groups, s), *pretrained_vs_random(groups, s)]
 
 
 def method_note(s: ReportSettings) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 
 from tcf.experiments.answers import (
     HEAD_NAMES,
+    OPTIONAL_QUESTIONS,
     QUESTIONS,
     SELECT_SPLIT,
     TOWER_NAMES,
@@ -347,8 +348,12 @@ def answer_lines(answers: list[tuple[str, list[str]]]) -> list[str]:
 
 def finding_answers(found: list[Finding], s: ReportSettings) -> list[tuple[str, list[str]]]:
     """(question, its lines) for the trained-model questions: every finding of it, or what is said without."""
-    return [(question, [f.line(s) for f in found if f.question == key or f.question.startswith(f"{key} (")]
-             or [empty]) for key, (question, empty) in QUESTIONS.items()]
+    out = []
+    for key, (question, empty) in QUESTIONS.items():
+        lines = [f.line(s) for f in found if f.question == key or f.question.startswith(f"{key} (")]
+        if lines or key not in OPTIONAL_QUESTIONS:
+            out.append((question, lines or [empty]))
+    return out
 
 
 FOREIGN_SHOWN = 10  # runs named in the "not in this experiment" line
