@@ -132,6 +132,11 @@ def test_token_states_beyond_fp16_range_are_kept_in_fp32(tiny_dataset, tiny_mode
         extract(tiny_dataset, spec, root=tmp_path / "fp16", kind="tokens", encoder=big, storage="fp16")
     small = extract(tiny_dataset, spec, root=tmp_path / "small", kind="tokens", shard_rows=16).entry
     assert small.states.dtype == np.float16  # values in range: auto stores what fp16 did
+    with torch.no_grad():
+        big.model.get_input_embeddings().weight[:] = float("nan")
+    for kind, storage in (("tokens", "auto"), ("pooled", "fp32")):
+        with pytest.raises(ConfigError, match="produced NaN or inf"):
+            extract(tiny_dataset, spec, root=tmp_path / f"nan-{kind}", kind=kind, encoder=big, storage=storage)
 
 CHILD = """
 import sys, time

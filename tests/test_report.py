@@ -224,6 +224,16 @@ def test_report_regenerates_without_checkpoints_and_caches(tiny_dataset, tiny_mo
     again = write_report(runs, tmp_path / "again", settings).read_text()
     assert again == first
     assert (tmp_path / "again" / "report.json").read_text() == (tmp_path / "first" / "report.json").read_text()
+    # a checkpoint that is not the one the results came from is not re-scored: the stored score (made from
+    # the recorded checkpoint) stands
+    (runs / "sasrec-frozen" / "checkpoints").mkdir()
+    (runs / "sasrec-frozen" / "checkpoints" / "best.pt").write_bytes(b"other weights")
+    assert write_report(runs, tmp_path / "swapped", settings).read_text() == first
+    # without the stored score either, the report says why the trained model is missing
+    for f in (runs / "zs" / "derived").glob("trained-*.json"):
+        f.unlink()
+    gone = write_report(runs, tmp_path / "gone", settings).read_text()
+    assert "not scored on these lists: its checkpoint or the candidate file is not here and no score is stored" in gone
     # a stored derivation is used only for the inputs it was made from
     assert "| " + query + " |" not in write_report(runs, tmp_path / "other", {"neighbors": [query],
                                                                                  "neighbors_k": 2}).read_text()

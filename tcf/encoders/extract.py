@@ -98,10 +98,10 @@ def extract(dataset: Dataset, spec: EncoderSpec, *, root: str | Path = "embeddin
     key = make_key(spec, dataset, kind=kind, template=template, storage=storage)
     path = entry_path(root, key)
     rows = dataset.n_items + 1
-    if (path / "manifest.json").is_file():
+    rank, world = dist_info()
+    if world == 1 and (path / "manifest.json").is_file():  # under torchrun every rank decides after the barrier
         entry = read_entry(path, key=key, rows=rows)
         return ExtractReport(entry, 0, 0, 0.0, 0, time.perf_counter() - start_time)
-    rank, world = dist_info()
     # Two jobs filling the same entry at once (two shards of a sweep, two users of a shared cache) would
     # write the same shard and merge files: the first to lock extracts, the other waits and reads it.
     # Under torchrun rank 0 holds the lock for its whole process group.
@@ -179,13 +179,17 @@ def _finish(dataset: Dataset, spec: EncoderSpec, encoder: Encoder | None, path: 
 
 
 def _check_range(arrays: dict, storage: str, spec: EncoderSpec, path: Path) -> None:
-    """fp16 storage of values beyond its range would store inf: refused, naming the way out."""
-    if storage != "fp16":
-        return
+    """Non-finite values are never cached (they train nothing but NaN): fp16 overflow is refused naming the way
+    out, and NaN or inf from the encoder itself naming the encoder."""
     for name, a in arrays.items():
-        if a.dtype == np.float16 and np.isinf(a).any():
+        if a.dtype.kind != "f" or np.isfinite(a).all():
+            continue
+        if storage == "fp16" and not np.isnan(a).any():
             raise ConfigError(f"{path}: {spec.model}'s {name} exceed fp16's range (|x| > {FP16_MAX:.0f}) and would be "
                               "stored as inf; extract with storage auto or fp32 (tcf extract --storage auto)")
+        rows = np.flatnonzero(~np.isfinite(a.reshape(len(a), -1)).all(1))
+        raise ConfigError(f"{path}: {spec.model} produced NaN or inf {name} for {len(rows)} item(s) of this shard "
+                          f"(shard rows {rows[:5].tolist()}); nothing was cached for it")
 
 
 def _compute(encoder: Encoder, texts: list[str], lo: int, hi: int, kind: str, dtype) -> tuple[dict, dict]:

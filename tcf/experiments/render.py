@@ -225,17 +225,18 @@ def neighbor_table(groups: list[Group], s: ReportSettings) -> list[str]:
     """Nearest items (cosine, exact FAISS index over each pooled cache the runs used) of a few named items:
     a look at what each encoder considers similar, next to what the recommenders learned from it.  Rows are
     stored under the first run of each cache (derived/neighbors.json) for when the cache is gone."""
-    caches: dict[str, RunResult] = {}
+    caches: dict[str, list[RunResult]] = {}
     for g in groups:
         info = g.first.record.section("text_cache", {})
         if info.get("cache"):
-            caches.setdefault(info["cache"], g.first)
+            caches.setdefault(info["cache"], []).append(g.first)
     rows = []
-    for path, run in caches.items():
+    for path, runs in caches.items():
         key = {"cache": Path(path).name, "queries": list(s.neighbors), "k": s.neighbors_k}
-        here = Path(path).is_dir()
-        rows += derived(run.folder, "neighbors", key, (lambda p=path, r=run: _neighbors(Path(p), r, s))
-                        if here else None) or []
+        if Path(path).is_dir():
+            rows += derived(runs[0].folder, "neighbors", key, lambda p=path, r=runs[0]: _neighbors(Path(p), r, s))
+        else:  # stored under whichever run of this cache was first when the cache was here
+            rows += next((v for v in (derived(r.folder, "neighbors", key, None) for r in runs) if v is not None), [])
     if not rows:
         return []
     return ["| item | encoder | nearest items (cosine, exact FAISS index) |", "|---|---|---|", *rows]
@@ -326,7 +327,7 @@ def markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s, cont
     if s.papers:
         from tcf.experiments.papers import against_papers
 
-        md += ["## Against the papers", "", *against_papers(found, zs, s), ""]
+        md += ["## Against the papers", "", *against_papers(found, zs, s, trained), ""]
     if trained:
         md += ["## Trained recommenders", "", *table(trained, s), ""]
     if zs:

@@ -127,6 +127,11 @@ def _controls(s: ReportSettings) -> tuple[list[str], list[dict]]:
     as markdown under "Positive controls" and as records for report.json."""
     md, records = [], []
     for folder in map(Path, s.controls):
+        if not folder.is_dir():
+            md += [f"### `{folder}`", "", f"Not found: control folders are read from the directory `tcf report` runs "
+                   f"in ({Path.cwd()}).", ""]
+            records.append({"path": str(folder), "missing": True})
+            continue
         plan = _plan(folder)
         cs = from_dict(ReportSettings, {**(plan.get("report") or {}), "controls": [], "papers": False}, "report")
         runs, failed = load_runs(folder)

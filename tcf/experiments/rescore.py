@@ -69,35 +69,46 @@ def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings
                 notes.append(f"{name} not scored: it is the hard_run (`{best.first.folder.name}`) whose top items "
                              "are the negatives, so its rank among them is its full-catalogue rank")
             continue
-        scored = _stored_score(zs, best.first, cand)
+        scored, why = _stored_score(zs, best.first, cand)
         if scored is not None:
             out[name] = scored
+        elif notes is not None:
+            notes.append(f"{name} not scored on these lists: {why}")
     return out
 
 
-def _stored_score(zs: RunResult, run: RunResult, cand: dict) -> dict | None:
-    """``score_on_candidates`` where the checkpoint and the candidate file are here (and stored under the zero-shot
-    run, derived/), else what was stored for the same run and candidate lists; None when neither."""
+def _stored_score(zs: RunResult, run: RunResult, cand: dict) -> tuple[dict | None, str]:
+    """``score_on_candidates`` where the checkpoint and the candidate file are here and are the ones the records
+    name (stored under the zero-shot run, derived/), else what was stored for the same run, checkpoint and
+    lists; (None, why) when neither."""
+    from tcf.encoders.zoo import file_hash
+    from tcf.zeroshot.candidates import Candidates
     from tcf.zeroshot.candidates import key_hash as cand_key_hash
 
-    path = Path(cand.get("path") or "")
-    here = path.is_file() and (Path(run.folder) / "checkpoints" / "best.pt").is_file()
-    compute = None
-    if here:
+    path, best = Path(cand.get("path") or ""), Path(run.folder) / "checkpoints" / "best.pt"
+    recorded = run.record.section("checkpoint", {}).get("best_sha256")
+    key = {"trained_run": Path(run.folder).name, "checkpoint": recorded,
+           "candidates": cand_key_hash(cand.get("key") or {})}
+    name, compute, why = f"trained-{Path(run.folder).name}", None, ""
+    if not (path.is_file() and best.is_file()):
+        why = "its checkpoint or the candidate file is not here"
+    elif recorded and file_hash(best)[:16] != recorded:
+        why = f"{best} is not the checkpoint its results came from"
+    elif cand.get("key") and cand_key_hash(Candidates.load(path).key) != key["candidates"]:
+        why = f"{path} holds other lists than the run's"
+    else:
         def compute():
             got = score_on_candidates(run, path, zs.config.get("zeroshot.split"))
             return {"metrics": got["metrics"], "users": np.asarray(got["users"]).tolist(),
                     "per_user": {m: np.asarray(v, dtype=np.float64).tolist() for m, v in got["per_user"].items()}}
-    key = {"trained_run": Path(run.folder).name, "candidates": cand_key_hash(cand.get("key") or {})}
     try:
-        value = derived(zs.folder, f"trained-{Path(run.folder).name}", key, compute)
-    except Exception as e:  # noqa: BLE001 - a run that cannot be rebuilt is reported, not fatal
-        print(f"tcf report: could not score {run.folder} on {path}: {e}")
-        value = derived(zs.folder, f"trained-{Path(run.folder).name}", key, None)
+        value = derived(zs.folder, name, key, compute)
+    except Exception as e:  # noqa: BLE001 - reported, not fatal, and never replaced by an older stored score
+        return None, f"re-scoring failed ({type(e).__name__}: {e})"
     if value is None:
-        return None
+        return None, why + " and no score is stored for them"
     return {"metrics": value["metrics"], "users": np.asarray(value["users"], dtype=np.int64),
-            "per_user": {m: np.asarray(v, dtype=np.float64) for m, v in value["per_user"].items()}}
+            "per_user": {m: np.asarray(v, dtype=np.float64) for m, v in value["per_user"].items()}}, ""
 
 
 def hard_run_of(zs: RunResult) -> dict | None:

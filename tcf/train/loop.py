@@ -24,6 +24,7 @@ from tcf.devices import pick_device as device_named
 from tcf.errors import TcfError
 from tcf.eval.ranking import evaluate, report
 from tcf.fsutil import atomic_path
+from tcf.hashing import file_digest
 from tcf.models import build_model
 from tcf.models.inputs import text_inputs
 from tcf.models.inputs import text_inputs as text_vectors  # noqa: F401 - the old name
@@ -290,7 +291,9 @@ def final_test(run: Training, state: dict) -> RunRecord:
                   "parameters": {"trainable": sum(distributed.numel(p) for p in model.parameters() if p.requires_grad),
                                  "total": n_total,
                                  **({"encoder": run.text_info.get("encoder_parameters")} if run.text_info else {})},
-                  "text_cache": run.text_info or None, "distributed": par.describe()})
+                  "text_cache": run.text_info or None, "distributed": par.describe(),
+                  # which weights these numbers are from: a report re-scoring the run checks the file against it
+                  "checkpoint": {"best_sha256": file_digest(run.ckpt_dir / "best.pt")[:16]}})
 
 
 def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
