@@ -1,6 +1,6 @@
 """The GPU acceptance check: every GPU path of tcf, run for real, in one command (a few minutes on an H100).
 
-    python benchmarks/gpu_check.py [--out gpu_check.json] [--model minilm-l6]
+    python benchmarks/gpu_check.py [--out gpu_check.json] [--model minilm-l6] [--bundle .gpu_site]
 
 Each check runs one path end to end on a small synthetic dataset and reports ran / skipped (the
 package or the hardware is missing, and why) / failed (the error), with its time, peak GPU memory
@@ -12,6 +12,12 @@ runs nothing GPU-specific and exits 0, so it is safe in any CI.
 The model is ``--model`` (default the packaged MiniLM-L6; any zoo name, folder or hub name in the
 local cache); where it is not installed, a tiny OPT built from a config stands in (the paths run, the
 numbers are then only plumbing checks).
+
+On the air-gapped GPU node, what the node lacks travels as the bundle ``benchmarks/gpu_bundle.py``
+prepares (wheels, tiny models, MiniLM-L6 in fp16), installed there into ``.gpu_site/``;
+``--bundle .gpu_site`` (the default where that folder exists) puts its packages on the path, makes its
+fp16 MiniLM the default model and its tiny OPT the stand-in, and gives the reason a package could not
+travel (faiss-gpu, vLLM) in that check's skip.
 """
 
 from __future__ import annotations
@@ -28,6 +34,37 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent / "tests")]
+BUNDLE: dict = {}  # what --bundle found: its folder, models and the reasons packages stayed behind
+
+
+def use_bundle(folder: Path) -> dict:
+    """Put an installed bundle (gpu_bundle.py's parts, installed into ``folder``) on the path; what it holds."""
+    site, models = folder / "site", folder / "models"
+    if site.is_dir():
+        sys.path.insert(0, str(site))
+        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
+    manifest = json.loads((folder / "manifest.json").read_text()) if (folder / "manifest.json").exists() else {}
+    n = manifest.get("parts", 0)
+    missing = [i for i in range(1, n + 1) if not (folder / f"part{i}.ok").exists()]
+    if missing:
+        print(f"gpu_check: bundle {folder} lacks part(s) {missing} (the machine was not the warm one that installed"
+              " them?): run their commands again; checks whose packages are missing report skipped")
+    BUNDLE.clear()
+    BUNDLE.update(folder=str(folder), parts=n, missing_parts=missing, not_carried=manifest.get("not_carried", {}),
+                  models=sorted(p.name for p in models.iterdir()) if models.is_dir() else [])
+    return BUNDLE
+
+
+def bundle_model(name: str) -> Path | None:
+    """A model folder the bundle brought (``minilm-l6-fp16``, ``tiny-opt``), if it did."""
+    p = Path(BUNDLE.get("folder", "")) / "models" / name
+    return p if BUNDLE and (p / "config.json").exists() else None
+
+
+def not_carried(package: str) -> str:
+    """Why the bundle could not bring ``package`` (gpu_bundle.py's manifest), or ''."""
+    why = BUNDLE.get("not_carried", {}).get(package)
+    return f": {why}" if why else ""
 
 
 def cuda() -> bool:
@@ -76,6 +113,9 @@ def resolve_model(name: str, work: Path) -> tuple[str, str]:
             return name, name
     except Exception:  # noqa: BLE001 - not installed: the tiny model below
         pass
+    tiny = bundle_model("tiny-opt")
+    if tiny is not None:
+        return str(tiny), f"tiny OPT (4 blocks, built from a config, from the bundle: {name} is not installed)"
     import tinymodels
 
     return str(tinymodels.build("opt", work / "tiny-opt", layers=4, hidden=64)), \
@@ -175,7 +215,9 @@ def check_faiss_gpu(ctx: Context) -> dict:
     except ImportError:
         raise Skip("faiss is not installed") from None
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
-        raise Skip("faiss has no GPU support here (faiss-cpu): pip install -e '.[gpu]'")
+        raise Skip("faiss has no GPU support here (faiss-cpu): "
+                   + (f"faiss-gpu is not installed{not_carried('faiss-gpu')}" if not_carried("faiss-gpu")
+                      else "pip install -e '.[gpu]'"))
     import numpy as np
 
     x = np.ascontiguousarray(ctx.fp32_vectors()[1:])
@@ -193,7 +235,7 @@ def check_vllm(ctx: Context) -> dict:
     try:
         import vllm  # noqa: F401
     except ImportError:
-        raise Skip("vllm is not installed (pip install -e '.[vllm]')") from None
+        raise Skip("vllm is not installed" + (not_carried("vllm") or " (pip install -e '.[vllm]')")) from None
     vec, r = extract_vectors(ctx, "bf16", backend="vllm")
     return {"metric": "cosine to fp32 (hf)", "value": cosine_to(ctx.fp32_vectors(), vec), "items_per_s": r.items_per_s}
 
@@ -211,7 +253,27 @@ CHECKS: dict[str, Callable[[Context], dict]] = {
 }
 
 
+# the package each check needs beyond the node's (reported with the skip where it is missing)
+NEEDS = {"bitsandbytes int8": "bitsandbytes", "bitsandbytes int4": "bitsandbytes",
+         "DeepSpeed ZeRO-3, 1 GPU": "deepspeed", "faiss-gpu": "faiss", "vLLM embeddings": "vllm"}
+
+
 # ---------------------------------------------------------------- running and reporting
+
+def skipped_without_gpu(name: str) -> dict:
+    """The row of a check on a machine without a CUDA GPU: skipped, with why (and a missing package too)."""
+    import importlib.util
+
+    detail = "no CUDA GPU on this machine"
+    pkg = NEEDS.get(name)
+    if pkg and importlib.util.find_spec(pkg) is None:
+        detail += f"; {pkg} is not installed"
+    if name == "faiss-gpu" and not_carried("faiss-gpu"):
+        detail += f"; faiss-gpu{not_carried('faiss-gpu')}"
+    if name.startswith("vLLM") and not_carried("vllm"):
+        detail += f"; vllm{not_carried('vllm')}"
+    return {"path": name, "status": "skipped", "seconds": 0.0, "peak_gpu_gib": 0.0, "detail": detail}
+
 
 def run_check(name: str, fn: Callable[[Context], dict], ctx: Context) -> dict:
     import torch
@@ -242,12 +304,25 @@ def table(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="gpu_check.json", help="where the records go (JSON)")
-    p.add_argument("--model", default="minilm-l6", help="the encoder the checks use (a tiny OPT where not installed)")
+    p.add_argument("--model", default=None,
+                   help="the encoder the checks use (default: the bundle's fp16 MiniLM-L6 where --bundle has it, "
+                        "else minilm-l6; a tiny OPT where not installed)")
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="an installed gpu_bundle.py bundle (default: .gpu_site in the repository, where it exists)")
     p.add_argument("--only", nargs="*", help="run only these checks (names as in the table)")
     args = p.parse_args(argv)
     record = {"gpu": None, "checks": [], "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    bundle = args.bundle or (HERE.parent / ".gpu_site")
+    if args.bundle is not None or bundle.is_dir():  # before torch: the bundle's typing_extensions must come first
+        record["bundle"] = use_bundle(bundle.resolve())
+    if args.model is None:
+        fp16 = bundle_model("minilm-l6-fp16")
+        args.model = str(fp16) if fp16 is not None else "minilm-l6"
     if not cuda():
         print("gpu_check: no CUDA GPU on this machine; nothing GPU-specific ran")
+        record["checks"] = [skipped_without_gpu(name) for name in CHECKS
+                            if not args.only or name in args.only]
+        print("\n" + table(record["checks"]))
         Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
         return 0
     import torch

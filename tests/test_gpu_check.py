@@ -1,4 +1,5 @@
-"""benchmarks/gpu_check.py: every check importable; without a GPU it says so, runs nothing and exits 0."""
+"""benchmarks/gpu_check.py: every check importable; without a GPU it says so, reports every check skipped with why, runs
+nothing and exits 0."""
 
 from __future__ import annotations
 
@@ -28,4 +29,10 @@ def test_without_a_gpu_it_says_so_and_exits_0(tmp_path):
     p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(out)],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0 and "no CUDA GPU" in p.stdout
-    assert json.loads(out.read_text()) | {"time": 0} == {"gpu": None, "checks": [], "time": 0}
+    record = json.loads(out.read_text())
+    assert record["gpu"] is None
+    # every GPU check is reported, skipped, with the reason
+    assert [r["path"] for r in record["checks"]] == list(gpu_check.CHECKS)
+    for r in record["checks"]:
+        assert r["status"] == "skipped" and r["detail"].startswith("no CUDA GPU on this machine"), r
+        assert r["path"] in p.stdout
