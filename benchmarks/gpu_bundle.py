@@ -447,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     write_parts(parts, out, manifest)
 
     rel = os.path.relpath(out, ROOT)
+    if rel.startswith(".."):
+        print(f"\nnote: {out} is outside the repository, and a call carries only paths inside it: "
+              "the commands below assume it is moved to the repository root")
     print(f"\n{len(parts)} part(s) in {rel}/ (one run call each, in this order, on one warm machine):")
     for part, cmd in zip(parts, commands(parts, rel)):
         print(f"\npart {part.number}: {part.size / MiB:.1f} MiB (+ {tree / MiB:.1f} MiB tree = "
