@@ -205,6 +205,7 @@ def test_a_job_waits_while_another_holds_the_entry(tiny_dataset, spec, tmp_path)
     assert read_entry(path).manifest["rows"] == tiny_dataset.n_items + 1
 
 
+@pytest.mark.slow
 def test_two_jobs_extracting_one_entry_at_once_leave_a_valid_entry(tiny_dataset, spec, tmp_path):
     root = tmp_path / "shared"
     children = [_child(tiny_dataset, spec, root) for _ in range(2)]
