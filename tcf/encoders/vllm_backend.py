@@ -30,8 +30,16 @@ def pooler_kwargs(spec: EncoderSpec) -> dict:
     names = {f.name for f in dataclasses.fields(EngineArgs)}
     fields = {f.name for f in dataclasses.fields(PoolerConfig)}
     cfg = {"pooling_type": VLLM_POOLING[spec.pooling]}
-    if "normalize" in fields:
+    # the pooler's own activation is L2 normalisation for embed models (on by default, and on from a
+    # sentence-transformers config): off, so vectors are the raw pooled states as in the hf backend.
+    # vLLM renamed ``normalize`` to ``use_activation`` (0.32 rejects ``normalize``).
+    if "use_activation" in fields:
+        cfg["use_activation"] = False
+    elif "normalize" in fields:
         cfg["normalize"] = False
+    else:
+        raise ConfigError("this vLLM version's PoolerConfig has neither use_activation nor normalize: tcf cannot "
+                          "turn its normalisation off")
     for name in ("pooler_config", "override_pooler_config"):
         if name in names:
             return {name: PoolerConfig(**cfg)}
