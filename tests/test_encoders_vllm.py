@@ -113,3 +113,16 @@ def test_pooler_turns_normalisation_off_under_the_current_name(monkeypatch):
     _fake_vllm(monkeypatch, {"pooling_type": None}, "pooler_config")
     with pytest.raises(ConfigError, match="normalisation"):
         pooler_kwargs(EncoderSpec(backend="vllm"))
+
+
+def test_close_stops_the_vllm_engine_processes(tiny_model):
+    """Real vLLM (0.32, CPU) keeps its EngineCore and Worker processes, and the model's memory, after the
+    LLM is dropped; close() must stop them, and a stand-in without an engine still closes."""
+    stopped = []
+    llm = StandInLLM(tiny_model, "mean")
+    llm.llm_engine = SimpleNamespace(engine_core=SimpleNamespace(shutdown=lambda: stopped.append(1)))
+    enc = VLLMEncoder(EncoderSpec(model=str(tiny_model), backend="vllm"), llm=llm)
+    enc.close()
+    enc.close()
+    assert stopped == [1] and enc.llm is None
+    VLLMEncoder(EncoderSpec(model=str(tiny_model), backend="vllm"), llm=StandInLLM(tiny_model, "mean")).close()

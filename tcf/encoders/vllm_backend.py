@@ -46,6 +46,15 @@ def pooler_kwargs(spec: EncoderSpec) -> dict:
     raise ConfigError("this vLLM version has no pooler_config / override_pooler_config engine argument")
 
 
+def shutdown(llm) -> None:
+    """Stop a ``vllm.LLM``'s engine processes now. vLLM's V1 engine runs in child processes (EngineCore,
+    Worker) that dropping the ``LLM`` does not stop while any reference cycle holds it: on CPU they kept
+    the model's memory, and a second ``LLM`` in the same process ran beside the first."""
+    engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if callable(getattr(engine_core, "shutdown", None)):
+        engine_core.shutdown()
+
+
 class VLLMEncoder(Encoder):
     @classmethod
     def key_for(cls, spec: EncoderSpec) -> dict:
@@ -82,4 +91,6 @@ class VLLMEncoder(Encoder):
         return Embedded(vectors, int(sum(len(x) for x in ids)), n_trunc, n_empty)
 
     def close(self) -> None:
+        if self.llm is not None:
+            shutdown(self.llm)
         self.llm = None

@@ -48,4 +48,8 @@ class VLLMChat(ChatBackend):
         return replies
 
     def close(self) -> None:
+        from tcf.encoders.vllm_backend import shutdown
+
+        if self.llm is not None:
+            shutdown(self.llm)
         self.llm = None
