@@ -34,9 +34,10 @@ torch==${TORCH_VERSION}+cpu
 transformers<5.20
 CONS
 
-# 1. torch first, pinned: the CPU wheel (a bare "torch" would resolve to a multi-GB CUDA build)
-"${PIP[@]}" "torch==${TORCH_VERSION}+cpu" -c "$CONSTRAINTS" \
-  || "${PIP[@]}" "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu
+# 1. torch first, pinned: the CPU wheel (a bare "torch" would resolve to a multi-GB CUDA build).
+#    Where no index or --find-links folder offers torch 2.13.0+cpu, this fails: point pip at one
+#    (PIP_FIND_LINKS / PIP_EXTRA_INDEX_URL) rather than unpinning it.
+"${PIP[@]}" "torch==${TORCH_VERSION}+cpu" -c "$CONSTRAINTS"
 "$PY" - <<PYCHECK
 import torch, sys
 v = torch.__version__
