@@ -112,13 +112,18 @@ def extract(dataset: Dataset, spec: EncoderSpec, *, root: str | Path = "embeddin
         if (path / "manifest.json").is_file():
             entry = read_entry(path, key=key, rows=rows)
             return ExtractReport(entry, 0, 0, 0.0, 0, time.perf_counter() - start_time)
-        return _extract_entry(dataset, spec, path, key, rows, kind, storage, shard_rows, encoder, progress, rank,
-                              world, start_time)
+        built: dict = {}  # the encoder _extract_entry builds is closed here (vLLM's engine outlives a dropped LLM)
+        try:
+            return _extract_entry(dataset, spec, path, key, rows, kind, storage, shard_rows, encoder, progress, rank,
+                                  world, start_time, built)
+        finally:
+            if built.get("encoder") is not None:
+                built["encoder"].close()
 
 
 def _extract_entry(dataset: Dataset, spec: EncoderSpec, path: Path, key: dict, rows: int, kind: str, storage: str,
                    shard_rows: int, encoder: Encoder | None, progress: bool, rank: int, world: int,
-                   start_time: float) -> ExtractReport:
+                   start_time: float, built: dict) -> ExtractReport:
     """The body of ``extract`` once this job owns the entry: compute the missing shards, merge on rank 0."""
     texts = dataset.item_texts(key["template"])
     shards = path / "shards"
@@ -134,7 +139,8 @@ def _extract_entry(dataset: Dataset, spec: EncoderSpec, path: Path, key: dict, r
     computed = tokens = 0
     compute_s = 0.0
     if todo:
-        encoder = encoder or ENCODERS.get(spec.backend)(spec)
+        if encoder is None:
+            encoder = built["encoder"] = ENCODERS.get(spec.backend)(spec)
         have = encoder.key()
         wrong = [k for k in have if k in key and have[k] != key[k]]
         if wrong:

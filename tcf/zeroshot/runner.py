@@ -69,7 +69,19 @@ def answer(jobs, z, params: GenParams, backend, cache, progress: bool) -> tuple[
     stats = {"identity": identity, "cache_hits": len(jobs) - len(misses), "calls": 0, "generate_seconds": 0.0}
     if not misses:
         return replies, stats
-    backend = backend or build_backend(z)
+    if backend is not None:
+        return _generate_misses(z, jobs, keys, replies, misses, params, cache, backend, stats, progress)
+    backend = build_backend(z)
+    try:  # a backend built here is closed here: vLLM's engine processes outlive a dropped LLM
+        return _generate_misses(z, jobs, keys, replies, misses, params, cache, backend, stats, progress)
+    finally:
+        backend.close()
+
+
+def _generate_misses(z, jobs, keys, replies, misses, params, cache, backend, stats, progress):
+    """Generate the replies not in the cache, in chunks, caching each as it arrives; stop early when the
+    backend has failed more prompts than zeroshot.max_backend_error_rate allows."""
+    identity = stats["identity"]
     stats["identity"] = backend.identity
     bar = None
     if progress:
