@@ -240,6 +240,69 @@ def check_vllm(ctx: Context) -> dict:
     return {"metric": "cosine to fp32 (hf)", "value": cosine_to(ctx.fp32_vectors(), vec), "items_per_s": r.items_per_s}
 
 
+def planner_vs_step(folder: str, device: str, items: int = 256, tokens: int = 32, k: int = 2) -> dict:
+    """The planner's count of what a top-k fine-tuning forward keeps for backward (``top_saved_bytes``, on the
+    meta device) against a real bf16 forward of the same blocks on ``device``: on CUDA the bytes still
+    allocated after it (what backward will read) and the peak during it (``torch.cuda.max_memory_allocated``);
+    elsewhere the bytes autograd's saved-tensor hooks see."""
+    import torch
+    from transformers import AutoConfig
+
+    from tcf.encoders import EncoderSpec
+    from tcf.encoders.pooling import l2_normalize, pool
+    from tcf.experiments.planner import top_saved_bytes
+    from tcf.models.top_layers import load_top_layers
+
+    estimate = top_saved_bytes(AutoConfig.from_pretrained(folder), k, items, tokens, "bf16")
+    model, kind, _, _ = load_top_layers(EncoderSpec(model=folder, dtype="bf16"), k)
+    model = model.to(device=device, dtype=torch.bfloat16).train()
+    hidden = int(model.config.hidden_size)
+    states = torch.randn(items, tokens, hidden, device=device, dtype=torch.bfloat16)
+    kw = {"inputs_embeds": states, "attention_mask": torch.zeros(items, 1, tokens, tokens, dtype=states.dtype,
+                                                                 device=device)}
+    if kind == "decoder":
+        kw["position_ids"] = torch.arange(tokens, device=device).expand(items, tokens)
+    mask = torch.ones(items, tokens, dtype=torch.long, device=device)
+    weights = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    saved = {}
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() not in weights:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    cuda_dev = device.startswith("cuda")
+    if cuda_dev:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = l2_normalize(pool(model(**kw).last_hidden_state, mask, "mean"))
+    row = {"params": sum(p.numel() for p in model.parameters()), "hidden": hidden, "estimate": estimate,
+           "hooks": sum(saved.values())}
+    if cuda_dev:
+        torch.cuda.synchronize()
+        row.update(retained=torch.cuda.memory_allocated() - base - out.untyped_storage().nbytes(),
+                   peak=torch.cuda.max_memory_allocated() - base)
+    return row
+
+
+def check_planner_memory(ctx: Context) -> dict:
+    """Two widths of a 4-block OPT (the bundle's or built here): estimate / measured for each."""
+    import tinymodels
+
+    rows = []
+    for hidden in (256, 768):
+        folder = ctx.work / f"opt-{hidden}"
+        if not (folder / "config.json").exists():
+            tinymodels.build("opt", folder, layers=4, hidden=hidden)  # 4 heads, FFN 2 x hidden
+        rows.append(planner_vs_step(str(folder), "cuda"))
+    ratios = [r["estimate"] / r["retained"] for r in rows]
+    return {"metric": "estimate / retained after forward (OPT 4 blocks, d=256 and 768, top 2, bf16, 256 x 32)",
+            "value": ", ".join(f"{x:.2f}x" for x in ratios),
+            "peak_ratio": ", ".join(f"{r['estimate'] / r['peak']:.2f}x" for r in rows), "rows": rows}
+
+
 CHECKS: dict[str, Callable[[Context], dict]] = {
     "extract bf16": check_extract_bf16,
     "extract fp16": check_extract_fp16,
@@ -250,6 +313,7 @@ CHECKS: dict[str, Callable[[Context], dict]] = {
     "DeepSpeed ZeRO-3, 1 GPU": check_deepspeed,
     "faiss-gpu": check_faiss_gpu,
     "vLLM embeddings": check_vllm,
+    "planner memory vs a real step": check_planner_memory,
 }
 
 
