@@ -242,9 +242,11 @@ def check_vllm(ctx: Context) -> dict:
 
 def planner_vs_step(folder: str, device: str, items: int = 256, tokens: int = 32, k: int = 2) -> dict:
     """The planner's count of what a top-k fine-tuning forward keeps for backward (``top_saved_bytes``, on the
-    meta device) against a real bf16 forward of the same blocks on ``device``: on CUDA the bytes still
-    allocated after it (what backward will read) and the peak during it (``torch.cuda.max_memory_allocated``);
-    elsewhere the bytes autograd's saved-tensor hooks see."""
+    meta device) against a real forward of the same blocks on ``device``, set up as the planner counts it (pure
+    bf16 weights, its 4-D mask, train mode): on CUDA the bytes still allocated after it (inputs included: the
+    first block saves them) and the peak during it (``torch.cuda.max_memory_allocated``); elsewhere the bytes
+    autograd's saved-tensor hooks see.  Not modelled by either side: ``tcf train``'s fp32 master weights under
+    autocast (which keep bf16 weight copies and fp32 norms), and its causal padding mask."""
     import torch
     from transformers import AutoConfig
 
@@ -257,6 +259,11 @@ def planner_vs_step(folder: str, device: str, items: int = 256, tokens: int = 32
     model, kind, _, _ = load_top_layers(EncoderSpec(model=folder, dtype="bf16"), k)
     model = model.to(device=device, dtype=torch.bfloat16).train()
     hidden = int(model.config.hidden_size)
+    cuda_dev = device.startswith("cuda")
+    if cuda_dev:  # before the inputs exist: the first block saves them, and the planner counts them
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
     states = torch.randn(items, tokens, hidden, device=device, dtype=torch.bfloat16)
     kw = {"inputs_embeds": states, "attention_mask": torch.zeros(items, 1, tokens, tokens, dtype=states.dtype,
                                                                  device=device)}
@@ -271,11 +278,6 @@ def planner_vs_step(folder: str, device: str, items: int = 256, tokens: int = 32
             saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
-    cuda_dev = device.startswith("cuda")
-    if cuda_dev:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = l2_normalize(pool(model(**kw).last_hidden_state, mask, "mean"))
     row = {"params": sum(p.numel() for p in model.parameters()), "hidden": hidden, "estimate": estimate,

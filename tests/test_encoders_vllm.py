@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import tinymodels
-from tcf.encoders import ENCODERS, EncoderSpec, build_encoder
+from tcf.encoders import ENCODERS, EncoderSpec, build_encoder, vllm_backend
 from tcf.encoders.pooling import pool
 from tcf.encoders.vllm_backend import VLLMEncoder
 from tcf.errors import ConfigError, TcfError
@@ -54,6 +54,9 @@ def test_vllm_encoder_sends_hf_tokens_and_reads_vectors_in_order(tiny_model, poo
     assert llm.seen == hf.tokenize(texts)[0]  # same truncation as the hf backend (keeps the first tokens)
     assert out.n_truncated == hf.embed(texts).n_truncated > 0
     assert enc.key() == {**hf.key(), "backend": "vllm"}
+    # the cache key has the vllm backend's own code version: caches of vectors that vLLM >= 0.32 normalised
+    # (before tcf set its renamed pooler option) are not reused
+    assert VLLMEncoder.key_for(enc.spec)["code_version"] == vllm_backend.CODE_VERSION == 2
 
 
 def test_vllm_rejects_what_it_cannot_do(tiny_model):
@@ -61,6 +64,8 @@ def test_vllm_rejects_what_it_cannot_do(tiny_model):
         VLLMEncoder.key_for(EncoderSpec(model=str(tiny_model), backend="vllm", layer=2))
     with pytest.raises(ConfigError, match="quantization"):
         VLLMEncoder.key_for(EncoderSpec(model=str(tiny_model), backend="vllm", quantization="int8"))
+    with pytest.raises(ConfigError, match="not 'item_token'"):
+        VLLMEncoder.key_for(EncoderSpec(model=str(tiny_model), backend="vllm", pooling="item_token"))
 
 
 def test_vllm_reply_of_wrong_shape(tiny_model):

@@ -20,6 +20,9 @@ from tcf.encoders.hf import describe, load_tokenizer, tokenize
 from tcf.errors import ConfigError
 
 VLLM_POOLING = {"mean": "MEAN", "last": "LAST", "cls": "CLS"}
+# in the cache key: vectors made before 2 were L2-normalised by vLLM >= 0.32 (its renamed pooler setting was not
+# set), so their caches must not be reused
+CODE_VERSION = 2
 
 
 def pooler_kwargs(spec: EncoderSpec) -> dict:
@@ -62,8 +65,11 @@ class VLLMEncoder(Encoder):
             raise ConfigError("backend vllm pools the final output only: use layer -1, or backend hf for other layers")
         if spec.quantization:
             raise ConfigError("backend vllm: bitsandbytes quantization is not wired here; use backend hf")
+        if spec.pooling not in VLLM_POOLING:
+            raise ConfigError(f"backend vllm pools with {', '.join(VLLM_POOLING)}, not {spec.pooling!r} (item_token "
+                              "pooling is for fine-tuned towers); use one of those, or backend hf")
         _, identity, _, _, layer_index = describe(spec)
-        return encoder_key(spec, identity, layer_index)
+        return {**encoder_key(spec, identity, layer_index), "code_version": CODE_VERSION}
 
     def __init__(self, spec: EncoderSpec, llm=None):
         self.key_for(spec)
