@@ -38,6 +38,8 @@ def test_the_headline_study_is_published():
 @pytest.mark.slow
 @pytest.mark.parametrize("folder", PUBLISHED, ids=lambda p: p.name)
 def test_published_report_regenerates_byte_for_byte(folder, tmp_path, monkeypatch):
+    """In a checkout where a study is still running, a run that finished after the last results commit is read
+    too and the report differs: commit finished runs with their regenerated report first (results/README.md)."""
     monkeypatch.chdir(ROOT)  # records and report settings name paths from the repository root
     rel = folder.relative_to(ROOT)
     plan = json.loads((folder / "experiment.json").read_text())
