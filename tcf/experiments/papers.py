@@ -1,7 +1,8 @@
 """The report's "against the papers" section: each published finding tcf's questions touch, the direction the
 paper reports, and the direction this experiment measured, with its (Holm-adjusted) test.
 
-A claim is matched to the report's own tests (``Finding``s and zero-shot tests); nothing is re-tested here.
+A claim is matched to the report's own tests (``Finding``s and zero-shot tests); only the fine-tuned-vs-ID claim,
+which no answer tests (the text-vs-ID answer may pick a frozen tower), gets its own paired test here.
 The verdict is read from the sign and the significance of that test:
 
 - the paper says ``a > b`` (or ``<``): *same direction* when the test is significant that way, *opposite* when
@@ -29,6 +30,7 @@ from tcf.experiments.answers import (
     select,
     signed,
 )
+from tcf.experiments.rescore import zs_evidence
 from tcf.experiments.results import Group
 from tcf.experiments.stats import compare
 
@@ -119,11 +121,8 @@ def _from_zeroshot(zs: list[dict], claim: Claim) -> list[Measured]:
         for t in row.get("tests", []):
             if not t["baseline"].startswith(want) or t["p_value"] is None:
                 continue
-            evidence = f"{t['test']} p = {t['p_value']:.3g}"
-            if t["family"] > 1:
-                evidence += f", Holm-adjusted over {t['family']} tests p = {t['p_holm']:.3g}"
             what = f"{row['model']} ({row['protocol']}) vs {t['label']}"
-            out.append(Measured(what, t["diff"], bool(t["significant"]), evidence, t.get("ci95")))
+            out.append(Measured(what, t["diff"], bool(t["significant"]), zs_evidence(t), t.get("ci95")))
     return out
 
 

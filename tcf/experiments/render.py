@@ -26,7 +26,7 @@ from tcf.experiments.answers import (
     signed,
 )
 from tcf.experiments.derived import derived
-from tcf.experiments.rescore import metric_mean
+from tcf.experiments.rescore import metric_mean, zs_evidence
 from tcf.experiments.results import Group, RunResult, Stat, planned_ids
 
 # ---------------------------------------------------------------- zero-shot answers
@@ -40,9 +40,7 @@ def _zs_clause(t: dict) -> str:
         return head + f"{t['no_test']} — **no clear difference from {label}**"
     ci = t["ci95"]
     ci = f" [{signed(ci[0])}, {signed(ci[1])}]" if ci and None not in ci and all(map(math.isfinite, ci)) else ""
-    evidence = f"{t['test']} p = {t['p_value']:.3g}"
-    if t["family"] > 1:
-        evidence += f", Holm-adjusted over {t['family']} tests p = {t['p_holm']:.3g}"
+    evidence = zs_evidence(t)
     verdict = (f"no clear difference from {label}" if not t["significant"]
                else f"{'above' if t['diff'] > 0 else 'below'} {label}")
     return head + f"{signed(t['diff'])}{ci} ({evidence}) — **{verdict}**"

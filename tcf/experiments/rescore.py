@@ -216,6 +216,14 @@ def _pop_rescored(run: RunResult, own, m: str, pop: float) -> dict:
     return _paired_zs("pop", "popularity", own, scored[0], scored[1][m], pop)
 
 
+def zs_evidence(t: dict) -> str:
+    """A zero-shot test's evidence as the report prints it: test, p, and the Holm-adjusted p over its family."""
+    text = f"{t['test']} p = {t['p_value']:.3g}"
+    if t["family"] > 1:
+        text += f", Holm-adjusted over {t['family']} tests p = {t['p_holm']:.3g}"
+    return text
+
+
 def zeroshot_tests(run: RunResult, row: dict, scored: dict, s: ReportSettings) -> list[dict]:
     """One Holm family per zero-shot run: paired tests over its users against random (each user's exact
     expectation), popularity (the run's own stored test, else re-scored) and each trained model on the same
