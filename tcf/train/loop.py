@@ -21,10 +21,10 @@ import torch
 
 from tcf import tracking
 from tcf.devices import pick_device as device_named
+from tcf.encoders.zoo import file_hash
 from tcf.errors import TcfError
 from tcf.eval.ranking import evaluate, report
 from tcf.fsutil import atomic_path
-from tcf.hashing import file_digest
 from tcf.models import build_model
 from tcf.models.inputs import text_inputs
 from tcf.models.inputs import text_inputs as text_vectors  # noqa: F401 - the old name
@@ -293,7 +293,8 @@ def final_test(run: Training, state: dict) -> RunRecord:
                                  **({"encoder": run.text_info.get("encoder_parameters")} if run.text_info else {})},
                   "text_cache": run.text_info or None, "distributed": par.describe(),
                   # which weights these numbers are from: a report re-scoring the run checks the file against it
-                  "checkpoint": {"best_sha256": file_digest(run.ckpt_dir / "best.pt")[:16]}})
+                  # (the same hash as zero-shot candidate keys' hard_run: tcf.encoders.zoo.file_hash)
+                  "checkpoint": {"best_sha256": file_hash(run.ckpt_dir / "best.pt")[:16]}})
 
 
 def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict:
