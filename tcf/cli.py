@@ -346,7 +346,8 @@ def _sweep(args: argparse.Namespace, shard_of: tuple[int, int]):
             print(f"{k:4d} {run.id}  {run.overrides}")
         return exp, None
     return exp, run_sweep(exp, out, shard_of=shard_of, progress=not args.quiet, force=args.force,
-                          only=getattr(args, "run", None))
+                          only=getattr(args, "run", None), claim=getattr(args, "claim", False),
+                          order=getattr(args, "order", "file"))
 
 
 def _finish(summary, *, report: bool) -> int:
@@ -379,9 +380,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _, summary = _sweep(args, shard_of)
     if summary is None:
         return 0
-    if shard_of[1] > 1:
-        print(f"shard {shard_of[0]}/{shard_of[1]} finished; when every shard is done: tcf report {summary.out}")
-    return _finish(summary, report=shard_of[1] == 1 and not args.no_report)
+    if shard_of[1] > 1 or summary.held:
+        who, each = (f"shard {shard_of[0]}/{shard_of[1]}", "shard") if shard_of[1] > 1 else ("this process", "process")
+        print(f"{who} finished; when every {each} is done: tcf report {summary.out}")
+    return _finish(summary, report=shard_of[1] == 1 and not summary.held and not args.no_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -556,10 +558,17 @@ def build_parser() -> argparse.ArgumentParser:
                                     "OUT/RUN_ID/error.txt and the sweep goes on (exit status 1 at the end).",
                         epilog="examples:\n  tcf sweep experiments/scaling-cpu.yaml\n"
                                "  tcf sweep experiments/scaling.yaml --shard 0/4   # one of four processes / GPUs\n"
+                               "  tcf sweep experiments/study-ml100k.yaml --claim --order seed   # start one per core\n"
                                "  tcf sweep experiments/scaling.yaml --list",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     experiment_args(sw)
     sw.add_argument("--shard", metavar="I/N", help="run only runs I, I+N, I+2N, ... of the list (0 <= I < N)")
+    sw.add_argument("--claim", action="store_true", help="take runs one at a time, passing over any another "
+                    "process is running (a lock in OUT/RUN_ID/.claim): start as many of these as you have cores or "
+                    "GPUs and they share the work as they free up, unlike --shard's fixed split")
+    sw.add_argument("--order", default="file", choices=["file", "seed"], help="file: the file's order (default); "
+                    "seed: every run of the first seed before the next seed's, so a sweep cut short leaves a "
+                    "complete one-seed table")
     sw.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     sw.add_argument("--run", action="append", metavar="RUN_ID", help="run only this run (repeatable): what one "
                     "cluster job runs")

@@ -94,3 +94,21 @@ def file_lock(path: str | Path, on_wait: Callable[[], None] | None = None) -> It
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def try_lock(path: str | Path) -> Iterator[bool]:
+    """Like :func:`file_lock` but never waits: yields True holding the lock, False when another process holds
+    it (then nothing is held). Released on exit, or by the kernel when the holder dies."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

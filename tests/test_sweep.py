@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -194,3 +195,86 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tiny_dataset, tmp_pa
     assert any(exp.runs[1].id in line and "resuming" in line for line in logs)
     resumed = json.loads((second / "results.json").read_text())
     assert resumed["epochs_run"] == 4 and [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
+
+
+def test_order_seed_puts_a_whole_seed_before_the_next_in_file_order_inside():
+    from tcf.experiments.sweep import ordered
+
+    exp = expand({"name": "o", "axes": {"seed": [7, 3]},
+                  "runs": [{"model.tower": "id"}, {"model.tower": "frozen", "axes": {"model.head": ["sasrec", "dssm"]}}]})
+    by_seed = ordered(exp.runs, "seed")
+    assert [r.config.seed for r in by_seed] == [7, 7, 7, 3, 3, 3]
+    assert [r.id for r in by_seed if r.config.seed == 7] == [r.id for r in exp.runs if r.config.seed == 7]
+    assert ordered(exp.runs, "file") == exp.runs
+    with pytest.raises(ConfigError, match="--order must be one of file, seed"):
+        ordered(exp.runs, "size")
+
+
+def test_claim_passes_over_a_run_another_process_holds_and_a_later_sweep_takes_it(tiny_dataset, tmp_path):
+    from tcf.experiments.sweep import CLAIM_FILE
+    from tcf.fsutil import try_lock
+
+    exp = expand(tiny_base(tiny_dataset, tmp_path, axes={"seed": [0, 1, 2]}))
+    out = tmp_path / "out"
+    held = exp.runs[1]
+    with try_lock(out / held.id / CLAIM_FILE) as got:  # another open file: flock conflicts as another process's
+        assert got
+        logs = []
+        summary = run_sweep(exp, out, progress=False, log=logs.append, claim=True)
+        assert summary.ran == [exp.runs[0].id, exp.runs[2].id] and summary.held == [held.id]
+        assert not (out / held.id / "results.json").exists()
+        assert any(held.id in line and "another process is running it" in line for line in logs)
+    summary = run_sweep(exp, out, progress=False, log=lambda _: None, claim=True)
+    assert summary.ran == [held.id] and sorted(summary.skipped) == sorted([exp.runs[0].id, exp.runs[2].id])
+    assert not summary.held and (out / held.id / "results.json").is_file()
+
+
+def test_claim_does_not_retry_a_run_another_process_failed_in_this_sitting(tiny_dataset, tmp_path):
+    exp = expand(tiny_base(tiny_dataset, tmp_path, axes={"seed": [0, 1]}))
+    out = tmp_path / "out"
+    error = out / exp.runs[0].id / "error.txt"
+    error.parent.mkdir(parents=True)
+    error.write_text("ValueError: boom\n")
+    os.utime(error, (time.time() + 60, time.time() + 60))  # written after this sweep started
+    summary = run_sweep(exp, out, progress=False, log=lambda _: None, claim=True)
+    assert summary.ran == [exp.runs[1].id] and "failed in another process" in summary.failed[exp.runs[0].id]
+    os.utime(error, (time.time() - 60, time.time() - 60))  # a failure of an earlier sitting is retried
+    summary = run_sweep(exp, out, progress=False, log=lambda _: None, claim=True)
+    assert summary.ran == [exp.runs[0].id]
+
+
+def test_claim_and_shard_are_refused_together(tmp_path):
+    with pytest.raises(ConfigError, match="use one or the other"):
+        run_sweep(expand({"name": "c", "axes": {"seed": [0, 1]}}), tmp_path / "out", shard_of=(0, 2), claim=True,
+                  progress=False, log=lambda _: None)
+
+
+CLAIMER = """
+import sys, time
+from tcf.train import loop
+real = loop.step_loss
+def slow(*a, **k):
+    time.sleep(0.1)
+    return real(*a, **k)
+loop.step_loss = slow
+from tcf.cli import main
+sys.exit(main(["sweep", sys.argv[1], "--out", sys.argv[2], "--quiet", "--no-report", "--claim"]))
+"""
+
+
+@pytest.mark.slow
+def test_two_claiming_processes_share_the_runs_and_run_each_once(tiny_dataset, tmp_path):
+    doc = tiny_base(tiny_dataset, tmp_path, train={"epochs": 2, "batch_size": 8, "patience": 100},
+                    axes={"seed": [0, 1, 2, 3]})
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(doc))
+    exp, out = load_experiment(tmp_path / "exp.yaml"), tmp_path / "out"
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(tmp_path / "exp.yaml"), str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    logs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in logs]
+    started = [re.findall(r"^\[\d+/\d+\] (\S+)$", o, re.M) for o, _ in logs]  # "[k/n] ID", not "ID: ..."
+    assert sorted(started[0] + started[1]) == sorted(r.id for r in exp.runs), logs  # each run started once
+    assert started[0] and started[1], logs  # and both did some
+    for r in exp.runs:
+        rec = json.loads((out / r.id / "results.json").read_text())
+        assert [h["epoch"] for h in rec["history"]] == [1, 2]

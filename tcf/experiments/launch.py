@@ -512,8 +512,8 @@ def cli_launch(args) -> int:
     exp = load_experiment(args.config, args.set)
     out = Path(args.out) if args.out else Path("runs") / exp.name
     cluster = "slurm" if args.launcher == "local" else args.launcher  # --dry-run alone shows the cluster table
-    if args.shard or args.run:
-        raise ConfigError("--launcher submits every unfinished run; --shard and --run are for running here")
+    if args.shard or args.run or getattr(args, "claim", False):
+        raise ConfigError("--launcher submits every unfinished run; --shard, --run and --claim are for running here")
     jobs = launch(exp, out, cluster, overrides=args.set, dry_run=args.dry_run, force=args.force)
     if args.dry_run:
         return 0

@@ -34,7 +34,7 @@ from typing import Any
 
 from tcf.config import flatten, from_dict, load_yaml, merge, parse_overrides, to_dict
 from tcf.errors import ConfigError
-from tcf.fsutil import atomic_write_text
+from tcf.fsutil import atomic_write_text, try_lock
 from tcf.models.inputs import pooled_entry, text_input_kind
 from tcf.run.config import POOLED_TOWERS, RunConfig, config_changes, config_hash, run_id  # noqa: F401 - config_hash re-exported
 from tcf.run.results import RESULTS_FILE, ResultsFormatError, RunRecord, read_results
@@ -164,6 +164,23 @@ def shard(runs: list[Run], i: int, n: int) -> list[Run]:
     return [r for k, r in enumerate(runs) if k % n == i]
 
 
+ORDERS = ("file", "seed")
+
+
+def ordered(runs: list[Run], order: str = "file") -> list[Run]:
+    """``file``: the expansion order. ``seed``: every run of the first seed (in order of appearance) before any
+    run of the next, each group in file order, so a sweep cut short leaves a complete one-seed table rather
+    than three seeds of its first rows."""
+    if order == "file":
+        return list(runs)
+    if order != "seed":
+        raise ConfigError(f"--order must be one of {', '.join(ORDERS)}, got {order!r}")
+    rank: dict = {}
+    for r in runs:
+        rank.setdefault(r.config.seed, len(rank))
+    return sorted(runs, key=lambda r: rank[r.config.seed])  # stable: file order inside a seed
+
+
 # ---------------------------------------------------------------- run folders
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -232,6 +249,7 @@ class SweepSummary:
     ran: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # run id -> one-line reason
+    held: list[str] = field(default_factory=list)  # --claim: runs another process was running
 
 
 def run_folder(out: Path, run: Run) -> Path:
@@ -373,48 +391,92 @@ def _states(runs: list[Run], out: Path, force: bool, summary: SweepSummary, log)
     return states
 
 
+CLAIM_FILE = ".claim"
+
+
 def run_sweep(exp: Experiment, out: str | Path, *, shard_of: tuple[int, int] = (0, 1), progress: bool = True,
-              log: Callable[[str], None] = print, force: bool = False, only: list[str] | None = None) -> SweepSummary:
+              log: Callable[[str], None] = print, force: bool = False, only: list[str] | None = None,
+              claim: bool = False, order: str = "file") -> SweepSummary:
     """Run this process's share of the experiment: skip finished runs, resume killed ones, survive failures.
 
     ``out`` holding runs this experiment does not have (an edited sweep file) is refused, and so is a
     run's folder holding a run of other settings, unless ``force``: results are never mixed or replaced unasked.
+    ``claim``: each run is taken under an exclusive lock on ``OUT/RUN_ID/.claim`` held while it runs, and a run
+    another process holds is passed over, so any number of processes started on one ``out`` share the work as
+    they free up (no fixed split that leaves one idle while another has hours left); the lock dies with its
+    process, so a killed run is resumed by whichever process reaches it next. ``order``: see :func:`ordered`.
     """
     out = Path(out)
     check_experiment_folder(exp, out, force=force)
     out.mkdir(parents=True, exist_ok=True)
     write_plan(exp, out)
+    if claim and shard_of[1] > 1:
+        raise ConfigError("--claim shares the runs between processes as they free up; --shard splits them in "
+                          "advance: use one or the other")
     mine = shard(exp.runs, *shard_of)
     if only:  # --run RUN_ID: what one cluster job runs (tcf/experiments/launch.py)
         unknown = sorted(set(only) - {r.id for r in exp.runs})
         if unknown:
             raise ConfigError(f"--run {unknown[0]}: not a run of {exp.name} (tcf sweep FILE --list shows them)")
         mine = [r for r in mine if r.id in only]
+    mine = ordered(mine, order)
     summary = SweepSummary(out)
     states = _states(mine, out, force, summary, log)
     summary.skipped = [r.id for r in mine if states.get(r.id) == "done"]
     todo = [r for r in mine if states.get(r.id) in ("new", "resume")]
     log(f"{exp.name}: {len(exp.runs)} run(s)" + (f", shard {shard_of[0]}/{shard_of[1]}: {len(mine)}"
                                                   if shard_of[1] > 1 else "")
-        + f"; {len(summary.skipped)} already done, {len(todo)} to run; output {out}")
+        + f"; {len(summary.skipped)} already done, {len(todo)} to run"
+        + (" (taking each one no other process holds)" if claim else "") + f"; output {out}")
+    started = time.time()
     failed_extract = extract_caches(todo, progress=progress, log=log)
     for k, run in enumerate(todo, start=1):
         folder = run_folder(out, run)
-        if run.id in failed_extract:
-            _record_failure(summary, run, folder, failed_extract[run.id], None, log)
+        if not claim:
+            _run_one(run, folder, states[run.id], k, len(todo), failed_extract, summary, progress, log)
             continue
-        resumed = getattr(run.config, "task", "train") == "train" and states[run.id] == "resume"
-        log(f"[{k}/{len(todo)}] {run.id}" + (" (resuming from its checkpoint)" if resumed else ""))
-        t0 = time.perf_counter()
-        try:
-            results = execute(run, folder, progress=progress, resume=resumed)
-        except Exception as e:  # noqa: BLE001 - record, continue, fail at the end
-            _record_failure(summary, run, folder, f"{type(e).__name__}: {e}", traceback.format_exc(), log)
-            continue
-        (folder / "error.txt").unlink(missing_ok=True)
-        summary.ran.append(run.id)
-        log(f"  done in {time.perf_counter() - t0:.0f}s: {headline(results)}")
+        with try_lock(folder / CLAIM_FILE) as mine_now:
+            if not mine_now:
+                summary.held.append(run.id)
+                log(f"[{k}/{len(todo)}] {run.id}: another process is running it, passed over")
+                continue
+            try:  # what the folder holds now: another process may have finished or started it since
+                state = states[run.id] if force else check_run_folder(folder, run.config)
+            except RunFolderError as e:
+                summary.failed[run.id] = str(e)
+                log(f"  refused: {e}")
+                continue
+            if state == "done":
+                summary.skipped.append(run.id)
+                log(f"[{k}/{len(todo)}] {run.id}: finished by another process meanwhile")
+                continue
+            error = folder / "error.txt"
+            if error.is_file() and error.stat().st_mtime >= started:  # not retried within one sitting
+                summary.failed[run.id] = f"failed in another process of this sweep (details in {error})"
+                log(f"[{k}/{len(todo)}] {run.id}: {summary.failed[run.id]}")
+                continue
+            _run_one(run, folder, state, k, len(todo), failed_extract, summary, progress, log)
+    if summary.held:
+        log(f"{len(summary.held)} run(s) passed over, held by other processes: {', '.join(summary.held)}")
     return summary
+
+
+def _run_one(run: Run, folder: Path, state: str, k: int, n: int, failed_extract: dict[str, str],
+             summary: SweepSummary, progress: bool, log) -> None:
+    if run.id in failed_extract:
+        _record_failure(summary, run, folder, failed_extract[run.id], None, log)
+        return
+    resumed = getattr(run.config, "task", "train") == "train" and state == "resume"
+    log(f"[{k}/{n}] {run.id}" + (" (resuming from its checkpoint)" if resumed else ""))
+    t0 = time.perf_counter()
+    try:
+        results = execute(run, folder, progress=progress, resume=resumed)
+    except Exception as e:  # noqa: BLE001 - record, continue, fail at the end
+        _record_failure(summary, run, folder, f"{type(e).__name__}: {e}", traceback.format_exc(), log)
+        return
+    (folder / "error.txt").unlink(missing_ok=True)
+    summary.ran.append(run.id)
+    log(f"  done in {time.perf_counter() - t0:.0f}s: {headline(results)}")
 
 
 def _record_failure(summary: SweepSummary, run: Run, folder: Path, reason: str, tb: str | None, log) -> None:
