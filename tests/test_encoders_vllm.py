@@ -131,3 +131,28 @@ def test_close_stops_the_vllm_engine_processes(tiny_model):
     enc.close()
     assert stopped == [1] and enc.llm is None
     VLLMEncoder(EncoderSpec(model=str(tiny_model), backend="vllm"), llm=StandInLLM(tiny_model, "mean")).close()
+
+
+def test_nothing_after_the_engine_is_built_can_raise(tiny_model, monkeypatch):
+    """An error in the encoder's constructor after vllm.LLM(...) would leave an engine (and its processes and
+    memory) that close() cannot reach: everything that can fail runs before the engine is built."""
+    import sys
+
+    from tcf.encoders import hf
+
+    _fake_vllm(monkeypatch, {"pooling_type": None, "seq_pooling_type": None, "use_activation": None}, "pooler_config")
+    built = []
+    sys.modules["vllm"].LLM = lambda **kw: built.append(kw) or StandInLLM(tiny_model, "mean")
+
+    def broken(config):
+        raise ValueError("no hidden_size")
+
+    monkeypatch.setattr(hf, "text_config", broken)
+    with pytest.raises(ValueError, match="no hidden_size"):
+        VLLMEncoder(EncoderSpec(model=str(tiny_model), backend="vllm"))
+    assert built == []
+    monkeypatch.undo()
+    _fake_vllm(monkeypatch, {"pooling_type": None, "seq_pooling_type": None, "use_activation": None}, "pooler_config")
+    sys.modules["vllm"].LLM = lambda **kw: built.append(kw) or StandInLLM(tiny_model, "mean")
+    enc = VLLMEncoder(EncoderSpec(model=str(tiny_model), backend="vllm"))
+    assert len(built) == 1 and enc.llm is not None

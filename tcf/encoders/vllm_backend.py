@@ -76,17 +76,18 @@ class VLLMEncoder(Encoder):
         source, self.identity, config, self.num_layers, self.layer_index = describe(spec)
         self.spec = spec
         self.tokenizer = load_tokenizer(source, spec)
-        if llm is None:
+        from tcf.encoders.hf import text_config
+
+        self.dim = int(text_config(config).hidden_size)
+        self.n_parameters = None  # vLLM does not expose its module tree uniformly across versions
+        self.llm = None
+        if llm is None:  # last: nothing after it can raise, so a built engine is always reachable by close()
             from vllm import LLM
 
             llm = LLM(model=str(source), runner="pooling", dtype=VLLM_DTYPES[spec.dtype], seed=0,
                       tensor_parallel_size=int(os.environ.get("TCF_VLLM_TP", 1)),
                       max_model_len=max(spec.max_tokens, 16), **pooler_kwargs(spec))
         self.llm = llm
-        from tcf.encoders.hf import text_config
-
-        self.dim = int(text_config(config).hidden_size)
-        self.n_parameters = None  # vLLM does not expose its module tree uniformly across versions
 
     def embed(self, texts: list[str]) -> Embedded:
         ids, n_trunc, n_empty = tokenize(self.tokenizer, texts, self.spec.max_tokens)
