@@ -345,6 +345,17 @@ def _sweep(args: argparse.Namespace, shard_of: tuple[int, int]):
         for k, run in enumerate(exp.runs):
             print(f"{k:4d} {run.id}  {run.overrides}")
         return exp, None
+    if getattr(args, "status", False):
+        from collections import Counter
+
+        from tcf.experiments.sweep import run_status
+
+        states = [run_status(run, out / run.id) for run in exp.runs]
+        for k, (run, state) in enumerate(zip(exp.runs, states)):
+            print(f"{k:4d} {run.id}  {state}")
+        counts = Counter(s.split(":")[0].split(" (")[0].split(" after")[0] for s in states)
+        print(f"{len(exp.runs)} run(s) in {out}: " + ", ".join(f"{n} {what}" for what, n in counts.most_common()))
+        return exp, None
     return exp, run_sweep(exp, out, shard_of=shard_of, progress=not args.quiet, force=args.force,
                           only=getattr(args, "run", None), claim=getattr(args, "claim", False),
                           order=getattr(args, "order", "file"))
@@ -569,6 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--order", default="file", choices=["file", "seed"], help="file: the file's order (default); "
                     "seed: every run of the first seed before the next seed's, so a sweep cut short leaves a "
                     "complete one-seed table")
+    sw.add_argument("--status", action="store_true", help="print each run's state in OUT (done with its test "
+                    "NDCG@10, running, stopped after epoch N, failed, not started) and the counts; run nothing")
     sw.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     sw.add_argument("--run", action="append", metavar="RUN_ID", help="run only this run (repeatable): what one "
                     "cluster job runs")

@@ -278,3 +278,30 @@ def test_two_claiming_processes_share_the_runs_and_run_each_once(tiny_dataset, t
     for r in exp.runs:
         rec = json.loads((out / r.id / "results.json").read_text())
         assert [h["epoch"] for h in rec["history"]] == [1, 2]
+
+
+def test_status_names_each_runs_state_and_counts_them(tiny_dataset, tmp_path, capsys):
+    import shutil
+
+    from tcf.experiments.sweep import CLAIM_FILE
+    from tcf.fsutil import try_lock
+
+    doc = tiny_base(tiny_dataset, tmp_path, axes={"seed": [0, 1, 2, 3, 4]})
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(doc))
+    exp, out = load_experiment(tmp_path / "e.yaml"), tmp_path / "out"
+    done, failed, running, stopped, fresh = exp.runs
+    run_sweep(exp, out, progress=False, log=lambda _: None, only=[done.id])
+    (out / failed.id).mkdir()
+    (out / failed.id / "error.txt").write_text("ValueError: boom\ntraceback ...\n")
+    shutil.copytree(out / done.id / "checkpoints", out / stopped.id / "checkpoints")
+    with try_lock(out / running.id / CLAIM_FILE):
+        assert main(["sweep", str(tmp_path / "e.yaml"), "--out", str(out), "--status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    state = dict(re.fullmatch(r"\s*\d+ (\S+)  (.*)", line).groups() for line in lines[:5])
+    assert state[done.id].startswith("done: test ndcg@10 ")
+    assert state[failed.id] == "failed: ValueError: boom"
+    assert state[running.id] == "running"
+    assert state[stopped.id] == "stopped after epoch 1: resumes from its checkpoint"
+    assert state[fresh.id] == "not started" and not (out / fresh.id).exists()
+    assert lines[5].startswith("5 run(s) in ") and all(f"1 {w}" in lines[5] for w in
+                                                         ("done", "failed", "running", "stopped", "not started"))

@@ -461,6 +461,33 @@ def run_sweep(exp: Experiment, out: str | Path, *, shard_of: tuple[int, int] = (
     return summary
 
 
+def run_status(run: Run, folder: Path) -> str:
+    """One line on what ``folder`` holds for ``run``: done (with its headline), running (a --claim process holds
+    it), resumable at epoch N, failed (the first line of error.txt), or not started. Writes nothing; to see
+    whether a claim is held it takes the free lock for an instant (a claiming process arriving in that instant
+    passes the run over, and a later sweep takes it)."""
+    if not folder.is_dir():
+        return "not started"
+    try:
+        state, _, details = _saved(folder)
+    except RunFolderError as e:
+        return f"unreadable: {e}"
+    if state == "done":
+        return "done: " + headline(details)
+    running = False
+    if (folder / CLAIM_FILE).is_file():
+        with try_lock(folder / CLAIM_FILE) as free:
+            running = not free
+    if running:
+        return "running" + (f" (epoch {details.get('epoch')} done)" if state == "unfinished" else "")
+    if (folder / "error.txt").is_file():
+        first = (folder / "error.txt").read_text(errors="replace").splitlines()
+        return "failed: " + (first[0] if first else "see error.txt")
+    if state == "unfinished":
+        return f"stopped after epoch {details.get('epoch')}: resumes from its checkpoint"
+    return "not started"
+
+
 def _run_one(run: Run, folder: Path, state: str, k: int, n: int, failed_extract: dict[str, str],
              summary: SweepSummary, progress: bool, log) -> None:
     if run.id in failed_extract:
