@@ -319,3 +319,63 @@ def test_tcf_plan_sizes_the_user_lm(llama64, capsys):
                  "--llm-train", "lora", "--batch", "8", "--max-len", "10", "--json"]) == 0
     h = json.loads(capsys.readouterr().out)["llm_head"]
     assert h["settings"]["llm_train"] == "lora" and h["step"]["blocks"] == N and h["step"]["frozen_weights"] > 0
+
+
+def _rms(x, w, eps):
+    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def _rope(x, pos, theta):
+    """[B, heads, L, d] rotated by each position's angles (the rotate-half convention of Llama checkpoints)."""
+    d = x.shape[-1]
+    angles = pos[:, None, :, None].double() / theta ** (torch.arange(0, d, 2).double() / d)  # [B, 1, L, d/2]
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+def reference_states(head: LLMHead, seq: torch.Tensor) -> torch.Tensor:
+    """The llm head written out by hand from its weights, in float64: item embedding -> proj_in -> per block
+    (RMSNorm, grouped-query causal attention over real items only with RoPE at positions counted from the
+    user's first real item, residual, RMSNorm, SiLU-gated MLP, residual) -> final RMSNorm -> proj_out,
+    zero at padding."""
+    lm, cfg = head.lm.model, head.lm.model.config
+    w = {k: v.detach().double() for k, v in head.state_dict().items()}
+    heads, kv, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size // cfg.num_attention_heads
+    theta = getattr(cfg, "rope_theta", None) or cfg.rope_parameters["rope_theta"]
+    keep = seq != 0
+    pos = (keep.long().cumsum(-1) - 1).clamp_min(0)
+    B, L = seq.shape
+    allowed = torch.tril(torch.ones(L, L, dtype=torch.bool)) & keep[:, None, :]  # [B, query, key]
+    x = w["tower.emb.weight"][seq] @ w["proj_in.weight"].T + w["proj_in.bias"]
+    for i in range(len(lm.layers)):
+        p = f"lm.model.layers.{i}."
+        h = _rms(x, w[p + "input_layernorm.weight"], cfg.rms_norm_eps)
+        q = (h @ w[p + "self_attn.q_proj.weight"].T).view(B, L, heads, d).transpose(1, 2)
+        k = (h @ w[p + "self_attn.k_proj.weight"].T).view(B, L, kv, d).transpose(1, 2)
+        v = (h @ w[p + "self_attn.v_proj.weight"].T).view(B, L, kv, d).transpose(1, 2)
+        q, k = _rope(q, pos, theta), _rope(k, pos, theta)
+        k, v = k.repeat_interleave(heads // kv, 1), v.repeat_interleave(heads // kv, 1)  # query head j -> kv j // g
+        scores = (q @ k.transpose(-1, -2)) / d ** 0.5
+        scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+        attn = torch.nan_to_num(scores.softmax(-1))  # a padding query sees no key: its row is never compared
+        o = (attn @ v).transpose(1, 2).reshape(B, L, heads * d) @ w[p + "self_attn.o_proj.weight"].T
+        x = x + o
+        h = _rms(x, w[p + "post_attention_layernorm.weight"], cfg.rms_norm_eps)
+        gate, up = h @ w[p + "mlp.gate_proj.weight"].T, h @ w[p + "mlp.up_proj.weight"].T
+        x = x + (torch.nn.functional.silu(gate) * up) @ w[p + "mlp.down_proj.weight"].T
+    x = _rms(x, w["lm.model.norm.weight"], cfg.rms_norm_eps)
+    return (x @ w["proj_out.weight"].T + w["proj_out.bias"]) * keep[..., None]
+
+
+def test_forward_equals_a_hand_written_reference(tiny_dataset, tiny_model, tmp_path):
+    head = head_for(cfg_for(tiny_dataset, tiny_model, tmp_path, "model.dropout=0")).eval()
+    assert set(dict(head.named_parameters())) >= {"tower.emb.weight", "proj_in.weight", "lm.model.norm.weight"}
+    seq = torch.tensor([[0, 0, 3, 17, 5, 9], [4, 8, 15, 16, 23, 39], [0, 0, 0, 0, 0, 7]])
+    with torch.no_grad():
+        got = head.states(torch.tensor([1, 2, 3]), seq)
+    want = reference_states(head, seq)
+    keep = seq != 0
+    assert got.shape == want.shape == (3, 6, 16)
+    torch.testing.assert_close(got[keep].double(), want[keep], atol=2e-5, rtol=1e-4)
+    assert (got[~keep] == 0).all()
