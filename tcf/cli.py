@@ -383,7 +383,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from tcf.experiments.sweep import parse_shard
 
-    if args.launcher != "local" or args.dry_run:  # scheduler jobs (tcf/experiments/launch.py)
+    if (args.launcher != "local" or args.dry_run) and not (args.list or args.status):  # scheduler jobs
+        # (tcf/experiments/launch.py); --list and --status only read, whichever launcher is named
         from tcf.experiments.launch import cli_launch
 
         return cli_launch(args)

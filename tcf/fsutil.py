@@ -40,12 +40,15 @@ def atomic_dir(final: str | Path, *, replace: bool = True) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield the temporary path ``.NAME.tmp`` beside ``path`` for a writer that wants a file name (torch.save,
-    faiss.write_index, a NumPy memory map); on success it is renamed to ``path``, on any exception removed.
-    The name is fixed, so a write killed outright is overwritten by the next one."""
+    """Yield a fresh temporary path ``.NAME.tmp-XXXX`` beside ``path`` for a writer that wants a file name
+    (torch.save, faiss.write_index, a NumPy memory map); on success it is renamed to ``path``, on any exception
+    removed. Two writers of the same file (two sweeps building one index) each write their own temporary
+    file and the last rename wins; a write killed outright leaves its temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -97,17 +100,26 @@ def file_lock(path: str | Path, on_wait: Callable[[], None] | None = None) -> It
 
 
 @contextlib.contextmanager
-def try_lock(path: str | Path) -> Iterator[bool]:
+def try_lock(path: str | Path, *, read_only: bool = False) -> Iterator[bool]:
     """Like :func:`file_lock` but never waits: yields True holding the lock, False when another process holds
-    it (then nothing is held). Released on exit, or by the kernel when the holder dies."""
+    it (then nothing is held). Released on exit, or by the kernel when the holder dies. ``read_only``: open an
+    existing ``path`` for reading only (enough to test a lock, and possible in a folder one cannot write).
+    A file system without working flock (NFS mounted ``nolock``, some cluster file systems) is an error that
+    says so, not a crash: claims need it, and on such a mount they would not exclude another node anyway."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+b") as f:
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "rb" if read_only else "a+b") as f:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
+        except OSError as e:
+            from tcf.errors import TcfError
+
+            raise TcfError(f"cannot lock {path}: {e}; --claim needs file locks (flock) on this file system, "
+                           "so use --shard here") from e
         try:
             yield True
         finally:

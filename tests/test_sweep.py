@@ -210,23 +210,63 @@ def test_order_seed_puts_a_whole_seed_before_the_next_in_file_order_inside():
         ordered(exp.runs, "size")
 
 
-def test_claim_passes_over_a_run_another_process_holds_and_a_later_sweep_takes_it(tiny_dataset, tmp_path):
+def test_claim_passes_over_a_held_run_then_waits_for_it_and_resumes_it_if_its_holder_stops(tiny_dataset, tmp_path):
+    import threading
+
     from tcf.experiments.sweep import CLAIM_FILE
     from tcf.fsutil import try_lock
 
     exp = expand(tiny_base(tiny_dataset, tmp_path, axes={"seed": [0, 1, 2]}))
     out = tmp_path / "out"
     held = exp.runs[1]
+    logs, result = [], {}
     with try_lock(out / held.id / CLAIM_FILE) as got:  # another open file: flock conflicts as another process's
         assert got
-        logs = []
-        summary = run_sweep(exp, out, progress=False, log=logs.append, claim=True)
-        assert summary.ran == [exp.runs[0].id, exp.runs[2].id] and summary.held == [held.id]
-        assert not (out / held.id / "results.json").exists()
+        worker = threading.Thread(target=lambda: result.update(
+            summary=run_sweep(exp, out, progress=False, log=logs.append, claim=True)))
+        worker.start()
+        deadline = time.time() + 120
+        while time.time() < deadline and not any(line.startswith("waiting for") for line in logs):
+            time.sleep(0.05)
         assert any(held.id in line and "another process is running it" in line for line in logs)
-    summary = run_sweep(exp, out, progress=False, log=lambda _: None, claim=True)
-    assert summary.ran == [held.id] and sorted(summary.skipped) == sorted([exp.runs[0].id, exp.runs[2].id])
-    assert not summary.held and (out / held.id / "results.json").is_file()
+        assert (out / exp.runs[0].id / "results.json").is_file() and (out / exp.runs[2].id / "results.json").is_file()
+        assert not (out / held.id / "results.json").exists() and worker.is_alive()
+    worker.join(120)  # the holder let go without finishing: this process runs it
+    summary = result["summary"]
+    assert summary.ran == [exp.runs[0].id, exp.runs[2].id, held.id] and not summary.held
+    assert (out / held.id / "results.json").is_file()
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_claim_reads_the_folder_again_under_the_lock(tiny_dataset, tmp_path, monkeypatch, force):
+    """A run another process finished after this one listed its work is skipped, with --force too."""
+    from tcf.experiments import sweep as sw
+
+    exp = expand(tiny_base(tiny_dataset, tmp_path, axes={"seed": [0, 1]}))
+    out, first = tmp_path / "out", exp.runs[0]
+    real = sw._fs_now
+
+    def another_process_finishes_the_first_run(folder):
+        assert run_sweep(exp, out, progress=False, log=lambda _: None, only=[first.id]).ran == [first.id]
+        return real(folder)
+
+    monkeypatch.setattr(sw, "_fs_now", another_process_finishes_the_first_run)
+    stamp = None
+    summary = run_sweep(exp, out, progress=False, log=lambda _: None, claim=True, force=force)
+    stamp = (out / first.id / "results.json").stat().st_mtime_ns
+    assert summary.ran == [exp.runs[1].id] and summary.skipped == [first.id]
+    assert stamp == (out / first.id / "results.json").stat().st_mtime_ns
+
+
+def test_atomic_path_gives_each_writer_its_own_temporary_file(tmp_path):
+    from tcf.fsutil import atomic_path
+
+    target = tmp_path / "index.bin"
+    with atomic_path(target) as a, atomic_path(target) as b:  # two writers of one file at once
+        assert a != b
+        a.write_bytes(b"A" * 10)
+        b.write_bytes(b"B" * 10)
+    assert target.read_bytes() == b"A" * 10 and sorted(p.name for p in tmp_path.iterdir()) == ["index.bin"]
 
 
 def test_claim_does_not_retry_a_run_another_process_failed_in_this_sitting(tiny_dataset, tmp_path):
@@ -238,6 +278,7 @@ def test_claim_does_not_retry_a_run_another_process_failed_in_this_sitting(tiny_
     os.utime(error, (time.time() + 60, time.time() + 60))  # written after this sweep started
     summary = run_sweep(exp, out, progress=False, log=lambda _: None, claim=True)
     assert summary.ran == [exp.runs[1].id] and "failed in another process" in summary.failed[exp.runs[0].id]
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == []  # the clock probe is removed
     os.utime(error, (time.time() - 60, time.time() - 60))  # a failure of an earlier sitting is retried
     summary = run_sweep(exp, out, progress=False, log=lambda _: None, claim=True)
     assert summary.ran == [exp.runs[0].id]
@@ -286,22 +327,25 @@ def test_status_names_each_runs_state_and_counts_them(tiny_dataset, tmp_path, ca
     from tcf.experiments.sweep import CLAIM_FILE
     from tcf.fsutil import try_lock
 
-    doc = tiny_base(tiny_dataset, tmp_path, axes={"seed": [0, 1, 2, 3, 4]})
+    doc = tiny_base(tiny_dataset, tmp_path, axes={"seed": [0, 1, 2, 3, 4, 5]})
     (tmp_path / "e.yaml").write_text(yaml.safe_dump(doc))
     exp, out = load_experiment(tmp_path / "e.yaml"), tmp_path / "out"
-    done, failed, running, stopped, fresh = exp.runs
-    run_sweep(exp, out, progress=False, log=lambda _: None, only=[done.id])
+    done, failed, running, stopped, other, fresh = exp.runs
+    run_sweep(exp, out, progress=False, log=lambda _: None, only=[done.id, stopped.id])
+    (out / stopped.id / "results.json").unlink()  # killed before its results were written: last.pt is left
     (out / failed.id).mkdir()
     (out / failed.id / "error.txt").write_text("ValueError: boom\ntraceback ...\n")
-    shutil.copytree(out / done.id / "checkpoints", out / stopped.id / "checkpoints")
+    shutil.copytree(out / done.id / "checkpoints", out / other.id / "checkpoints")  # another run's checkpoint
     with try_lock(out / running.id / CLAIM_FILE):
         assert main(["sweep", str(tmp_path / "e.yaml"), "--out", str(out), "--status"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    state = dict(re.fullmatch(r"\s*\d+ (\S+)  (.*)", line).groups() for line in lines[:5])
+    state = dict(re.fullmatch(r"\s*\d+ (\S+)  (.*)", line).groups() for line in lines[:6])
     assert state[done.id].startswith("done: test ndcg@10 ")
     assert state[failed.id] == "failed: ValueError: boom"
     assert state[running.id] == "running"
     assert state[stopped.id] == "stopped after epoch 1: resumes from its checkpoint"
+    assert state[other.id].startswith("refused: ") and "other settings" in state[other.id]
     assert state[fresh.id] == "not started" and not (out / fresh.id).exists()
-    assert lines[5].startswith("5 run(s) in ") and all(f"1 {w}" in lines[5] for w in
-                                                         ("done", "failed", "running", "stopped", "not started"))
+    assert lines[6].startswith("6 run(s) in ") and all(f"1 {w}" in lines[6] for w in
+                                                         ("done", "failed", "running", "stopped", "refused",
+                                                          "not started"))

@@ -117,8 +117,8 @@ def cost_line(c: dict) -> str:
             f"{c['runs_with_peak']} of {c['runs']} runs)" if c["peak_rss_mb"] is not None
             else "; peak memory not recorded by these runs")
     return (f"Cost of the {c['runs']} finished runs, from their records: {c['train_seconds'] / 3600:.1f} h of "
-            f"training epochs and {c['generate_seconds'] / 3600:.1f} h of zero-shot generation (summed over runs; "
-            f"two shards run side by side), {c['wall_seconds'] / 3600:.1f} h of wall clock in the runs' last "
+            f"training epochs and {c['generate_seconds'] / 3600:.1f} h of zero-shot generation (summed over runs, "
+            f"some of which ran side by side), {c['wall_seconds'] / 3600:.1f} h of wall clock in the runs' last "
             f"sittings{peak}.")
 
 

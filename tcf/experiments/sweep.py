@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
+import tempfile
 import time
 import traceback
 from collections.abc import Callable
@@ -34,7 +36,7 @@ from typing import Any
 
 from tcf.config import flatten, from_dict, load_yaml, merge, parse_overrides, to_dict
 from tcf.errors import ConfigError
-from tcf.fsutil import atomic_write_text, try_lock
+from tcf.fsutil import atomic_write_text, file_lock, try_lock
 from tcf.models.inputs import pooled_entry, text_input_kind
 from tcf.run.config import POOLED_TOWERS, RunConfig, config_changes, config_hash, run_id  # noqa: F401 - config_hash re-exported
 from tcf.run.results import RESULTS_FILE, ResultsFormatError, RunRecord, read_results
@@ -428,62 +430,95 @@ def run_sweep(exp: Experiment, out: str | Path, *, shard_of: tuple[int, int] = (
                                                   if shard_of[1] > 1 else "")
         + f"; {len(summary.skipped)} already done, {len(todo)} to run"
         + (" (taking each one no other process holds)" if claim else "") + f"; output {out}")
-    started = time.time()
-    failed_extract = extract_caches(todo, progress=progress, log=log)
+    if not claim:
+        failed_extract = extract_caches(todo, progress=progress, log=log)
+        for k, run in enumerate(todo, start=1):
+            _run_one(run, run_folder(out, run), states[run.id], k, len(todo), failed_extract, summary, progress, log)
+        return summary
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--claim under torchrun would let each rank claim a different run; run the sweep's "
+                          "processes side by side instead (each with its own devices)")
+    started = _fs_now(out)  # the result folder's clock, the one error.txt's mtime comes from
     for k, run in enumerate(todo, start=1):
-        folder = run_folder(out, run)
-        if not claim:
-            _run_one(run, folder, states[run.id], k, len(todo), failed_extract, summary, progress, log)
-            continue
-        with try_lock(folder / CLAIM_FILE) as mine_now:
-            if not mine_now:
-                summary.held.append(run.id)
-                log(f"[{k}/{len(todo)}] {run.id}: another process is running it, passed over")
-                continue
-            try:  # what the folder holds now: another process may have finished or started it since
-                state = states[run.id] if force else check_run_folder(folder, run.config)
-            except RunFolderError as e:
-                summary.failed[run.id] = str(e)
-                log(f"  refused: {e}")
-                continue
-            if state == "done":
-                summary.skipped.append(run.id)
-                log(f"[{k}/{len(todo)}] {run.id}: finished by another process meanwhile")
-                continue
-            error = folder / "error.txt"
-            if error.is_file() and error.stat().st_mtime >= started:  # not retried within one sitting
-                summary.failed[run.id] = f"failed in another process of this sweep (details in {error})"
-                log(f"[{k}/{len(todo)}] {run.id}: {summary.failed[run.id]}")
-                continue
-            _run_one(run, folder, state, k, len(todo), failed_extract, summary, progress, log)
-    if summary.held:
-        log(f"{len(summary.held)} run(s) passed over, held by other processes: {', '.join(summary.held)}")
+        _claimed(run, out, k, len(todo), force, started, summary, progress, log, wait=False)
+    passed, summary.held = [r for r in todo if r.id in summary.held], []
+    for run in passed:  # held by another process when reached: wait for it, then skip it (done) or resume it
+        log(f"waiting for {run.id} (held by another process): resumed here if its holder stops without finishing")
+        _claimed(run, out, todo.index(run) + 1, len(todo), force, started, summary, progress, log, wait=True)
     return summary
 
 
+def _fs_now(folder: Path) -> float:
+    """The current time as ``folder``'s file system stamps it (a network file system's clock may differ)."""
+    fd, name = tempfile.mkstemp(prefix=".clock-", dir=folder)
+    try:
+        return os.fstat(fd).st_mtime
+    finally:
+        os.close(fd)
+        os.unlink(name)
+
+
+def _claimed(run: Run, out: Path, k: int, n: int, force: bool, started: float, summary: SweepSummary,
+             progress: bool, log, *, wait: bool) -> None:
+    """Run ``run`` under its claim: passed over (``summary.held``) when another process holds it, unless
+    ``wait``; under the lock the folder is read again, since another process may have finished it."""
+    folder = run_folder(out, run)
+    lock = file_lock(folder / CLAIM_FILE) if wait else try_lock(folder / CLAIM_FILE)
+    with lock as got:
+        if got is False:
+            summary.held.append(run.id)
+            log(f"[{k}/{n}] {run.id}: another process is running it, passed over for now")
+            return
+        try:
+            state = check_run_folder(folder, run.config)
+        except RunFolderError as e:
+            if not force:
+                summary.failed[run.id] = str(e)
+                log(f"  refused: {e}")
+                return
+            clear_results(folder)
+            state = "new"
+        if state == "done":
+            summary.skipped.append(run.id)
+            log(f"[{k}/{n}] {run.id}: finished by another process meanwhile")
+            return
+        error = folder / "error.txt"
+        if error.is_file() and error.stat().st_mtime >= started:
+            summary.failed[run.id] = f"failed in another process since this one started (details in {error})"
+            log(f"[{k}/{n}] {run.id}: {summary.failed[run.id]}")
+            return
+        # its cache, just before it runs: a cache that failed in one process is not taken as failed by another
+        failed_extract = extract_caches([run], progress=progress, log=log)
+        _run_one(run, folder, state, k, n, failed_extract, summary, progress, log)
+
+
 def run_status(run: Run, folder: Path) -> str:
-    """One line on what ``folder`` holds for ``run``: done (with its headline), running (a --claim process holds
-    it), resumable at epoch N, failed (the first line of error.txt), or not started. Writes nothing; to see
-    whether a claim is held it takes the free lock for an instant (a claiming process arriving in that instant
-    passes the run over, and a later sweep takes it)."""
+    """One line on what ``folder`` holds for ``run``, as the next sweep will treat it: done (with its headline),
+    refused (another config's run), running (a --claim process holds it), failed (error.txt's first line),
+    invalid (reruns), stopped after epoch N (resumes), or not started. Writes nothing; to see whether a claim
+    is held it takes the free lock for an instant (a claiming process arriving in that instant passes the run
+    over until the end of its pass). A run executed by a process that does not claim shows as stopped."""
     if not folder.is_dir():
         return "not started"
     try:
-        state, _, details = _saved(folder)
+        saved, _, details = _saved(folder)
+        state = check_run_folder(folder, run.config)
     except RunFolderError as e:
-        return f"unreadable: {e}"
+        return f"refused: {e}"
     if state == "done":
         return "done: " + headline(details)
-    running = False
-    if (folder / CLAIM_FILE).is_file():
-        with try_lock(folder / CLAIM_FILE) as free:
-            running = not free
-    if running:
-        return "running" + (f" (epoch {details.get('epoch')} done)" if state == "unfinished" else "")
+    at = f" (checkpoint after epoch {details.get('epoch')})" if saved == "unfinished" else ""
+    claim = folder / CLAIM_FILE
+    if claim.is_file():
+        with try_lock(claim, read_only=True) as free:
+            if not free:
+                return "running" + at
     if (folder / "error.txt").is_file():
         first = (folder / "error.txt").read_text(errors="replace").splitlines()
-        return "failed: " + (first[0] if first else "see error.txt")
-    if state == "unfinished":
+        return "failed: " + (first[0] if first else "see error.txt") + at
+    if saved == "invalid":
+        return "invalid results: reruns"
+    if saved == "unfinished":
         return f"stopped after epoch {details.get('epoch')}: resumes from its checkpoint"
     return "not started"
 
