@@ -296,3 +296,20 @@ def test_heads_are_compared_on_the_same_item_tower_and_pretraining_against_rando
     assert "**pretraining helps**" in pre
     # an experiment without LLM-head runs is not asked about them
     assert "random initialisation?" not in report_text(tmp_path / "sasrec")
+
+
+def test_text_vs_id_compares_towers_without_ids_and_id_plus_text_is_answered_apart(tmp_path):
+    users = np.linspace(-0.01, 0.01, 60)
+    put(tmp_path, "id", ndcg=0.10, per_user=0.10 + users)
+    put(tmp_path, "frozen", tower="frozen", params=22_713_216, ndcg=0.07, per_user=0.07 + users)
+    put(tmp_path, "both", tower="id+text", ndcg=0.13, per_user=0.13 + users)  # best on valid, but it has IDs
+    md = report_text(tmp_path)
+    text = md.split("**Does text beat ID?**")[1].split("\n\n**")[0]
+    assert "SASRec: the text tower best on valid ndcg@10, frozen text (minilm-l6), against the ID setting best on " \
+           "valid: test ndcg@10 0.0700 vs 0.1000" in text and "**ID beats text**" in text
+    both = md.split("**Does adding text to the ID embeddings help?**")[1].split("\n\n**")[0]
+    assert "SASRec: ID + text (minilm-l6) against ID: test ndcg@10 0.1300 vs 0.1000" in both
+    assert "**adding text helps**" in both
+    shutil.rmtree(tmp_path / "both")
+    shutil.rmtree(tmp_path / "report")
+    assert "adding text" not in report_text(tmp_path)  # asked only where an experiment has such runs

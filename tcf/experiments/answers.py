@@ -147,13 +147,18 @@ def _of(n: int, what: str) -> str:
     return f" (of {n} {what})" if n > 1 else ""
 
 
+ID_TOWERS = ("id", "id+text")  # towers with learned item-ID embeddings
+
+
 def text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
     """Per head: the text tower best on validation against the ID setting best on validation, on every user
-    (one family) and on the users whose target is a cold item (a family of its own)."""
+    (one family) and on the users whose target is a cold item (a family of its own). Text towers are those
+    without item IDs (frozen, fine-tuned, LoRA): the question is whether text can replace IDs, so ID + text,
+    which has both, is answered on its own (:func:`id_text_vs_id`)."""
     m, out, cold = s.metrics[0], [], []
     for head in sorted({g.first.head for g in groups}):
         ids = [g for g in groups if g.first.head == head and g.first.tower == "id"]
-        texts = [g for g in groups if g.first.head == head and g.first.tower != "id"]
+        texts = [g for g in groups if g.first.head == head and g.first.tower not in ID_TOWERS]
         base, best = select(ids, m), select(texts, m)
         c = compare(best, base, m, s.split) if base is not None and best is not None else None
         if c is None:
@@ -172,6 +177,32 @@ def text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
                                 f"{name} on cold items ({who} whose {s.split} target is a cold item{rule}), the same "
                                 f"towers: {m} ",
                                 ("text beats ID on cold items", "ID beats text on cold items")))
+    return _interleave(_family(out), _family(cold))
+
+
+def id_text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
+    """Per head: the ID + text setting best on validation against the ID setting best on validation (does text
+    added to the ID embeddings help?), on every user and on cold-target users, as :func:`text_vs_id`."""
+    m, out, cold = s.metrics[0], [], []
+    for head in sorted({g.first.head for g in groups}):
+        ids = [g for g in groups if g.first.head == head and g.first.tower == "id"]
+        both = [g for g in groups if g.first.head == head and g.first.tower == "id+text"]
+        base, best = select(ids, m), select(both, m)
+        c = compare(best, base, m, s.split) if base is not None and best is not None else None
+        if c is None:
+            continue
+        name = HEAD_NAMES.get(head, head)
+        before = (f"{name}: {group_label(best, False)}{_of(len(both), 'settings; the best on ' + SELECT_SPLIT)} "
+                  f"against ID{_of(len(ids), 'settings; the best on ' + SELECT_SPLIT)}: {s.split} {m} ")
+        out.append(Finding("ID + text vs ID", head, best, base, c, before,
+                           ("adding text helps", "adding text hurts")))
+        cc, n = cold_compare(best, base, m, s.split)
+        if cc is not None:
+            who = f"{n} users" if n is not None else "users"
+            cold.append(Finding("ID + text vs ID (cold items)", head, best, base, cc,
+                                f"{name} on cold items ({who} whose {s.split} target is a cold item), the same "
+                                f"settings: {m} ", ("adding text helps on cold items",
+                                                     "adding text hurts on cold items")))
     return _interleave(_family(out), _family(cold))
 
 
@@ -293,6 +324,8 @@ def pretrained_vs_random(groups: list[Group], s: ReportSettings) -> list[Finding
 
 QUESTIONS = {  # finding.question -> (the question answered, what is said without runs for it)
     "text vs ID": ("Does text beat ID?", "not measured (no ID run and text run with the same head)."),
+    "ID + text vs ID": ("Does adding text to the ID embeddings help?",
+                        "not measured (no ID + text run beside an ID run of the same head)."),
     "fine-tuned vs frozen": ("Does fine-tuning beat a frozen encoder?",
                              "not measured (no fine-tuned or LoRA run beside a frozen run of the same head and "
                              "encoder)."),
@@ -305,12 +338,13 @@ QUESTIONS = {  # finding.question -> (the question answered, what is said withou
 }
 
 
-OPTIONAL_QUESTIONS = {"pretrained vs random user LM"}  # asked only where an experiment has runs for them
+OPTIONAL_QUESTIONS = {"pretrained vs random user LM", "ID + text vs ID"}  # asked only where an experiment has runs for them
 
 
 def findings(groups: list[Group], s: ReportSettings) -> list[Finding]:
     """Every test the answers make (each answer its own Holm family)."""
-    return [*text_vs_id(groups, s), *fine_tuned_vs_frozen(groups, s), *largest_vs_smallest(groups, s),
+    return [*text_vs_id(groups, s), *id_text_vs_id(groups, s), *fine_tuned_vs_frozen(groups, s),
+            *largest_vs_smallest(groups, s),
             *head_vs_head(groups, s), *pretrained_vs_random(groups, s)]
 
 
