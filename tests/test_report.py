@@ -313,3 +313,14 @@ def test_text_vs_id_compares_towers_without_ids_and_id_plus_text_is_answered_apa
     shutil.rmtree(tmp_path / "both")
     shutil.rmtree(tmp_path / "report")
     assert "adding text" not in report_text(tmp_path)  # asked only where an experiment has such runs
+
+
+def test_a_verdict_on_fewer_seeds_than_the_others_is_marked_provisional(tmp_path):
+    users = np.linspace(-0.01, 0.01, 60)
+    for seed in (0, 1, 2):
+        put(tmp_path, f"id{seed}", seed=seed, ndcg=0.10, per_user=0.10 + users + 0.001 * seed)
+    put(tmp_path, "frozen", tower="frozen", params=22_713_216, seed=0, ndcg=0.07, per_user=0.07 + users)
+    text = report_text(tmp_path).split("**Does text beat ID?**")[1].split("\n\n**")[0]
+    assert "0.0700 vs 0.1000" in text  # ID on seed 0 alone, the seed both have
+    assert "on the seed both groups have (0; they have 1 and 3)" in text
+    assert "**ID beats text** (provisional: on 1 of the 3 seeds other groups have)." in text

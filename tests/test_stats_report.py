@@ -128,7 +128,7 @@ def test_mixed_interval_kinds_are_not_z_tested(tmp_path):
     the two intervals measure different things, so no z-test is made from them."""
     for k, a in enumerate((0.10, 0.11, 0.12)):
         put(tmp_path, f"id-s{k}", seed=k, mean=a)
-    put(tmp_path, "text", tower="frozen", mean=0.3, half=0.001)
+    put(tmp_path, "text", tower="frozen", seed=7, mean=0.3, half=0.001)  # no seed in common: nothing to cut to
     groups = {g.first.tower: g for g in group_runs(load_runs(tmp_path)[0])}
     c = compare(groups["frozen"], groups["id"], "ndcg@10", "test")
     assert c.p_value is None and "different kinds" in c.evidence()
@@ -228,3 +228,32 @@ def test_many_runs_outside_the_experiment_are_a_short_list(tmp_path):
     line = next(x for x in md.splitlines() if x.startswith("Not in this experiment"))
     assert "`stray09`" in line and "`stray10`" not in line and "and 2 more (report.json lists them)" in line
     assert len(json.loads((tmp_path / "report" / "report.json").read_text())["not_in_experiment"]) == 12
+
+
+def test_groups_with_different_seeds_are_compared_on_the_seeds_they_share(tmp_path):
+    """A 1-seed group against a 3-seed average would count the seed spread as an effect: both are cut to the
+    shared seed, and the line says so."""
+    rng = np.random.default_rng(0)
+    users = rng.random(300) * 0.1
+    for k, shift in enumerate((0.0, -0.004, -0.008)):  # seed 0 is the ID tower's luckiest
+        put(tmp_path, f"id-s{k}", seed=k, per_user=users + shift)
+    put(tmp_path, "text", tower="frozen", seed=0, per_user=users + 0.0005 * (rng.random(300) > 0.5))
+    groups = {g.first.tower: g for g in group_runs(load_runs(tmp_path)[0])}
+    c = compare(groups["frozen"], groups["id"], "ndcg@10", "test")
+    assert c.shared == ("0",) and c.of_seeds == (1, 3) and c.seeds == (1, 1)
+    assert c.b.mean == pytest.approx(users.mean()) and c.diff == pytest.approx(0.00025, abs=1e-4)
+    assert "on the seed both groups have (0; they have 1 and 3)" in c.evidence()
+    every = compare(groups["id"], groups["id"], "ndcg@10", "test")
+    assert every.shared is None and every.seeds == (3, 3)
+
+
+def test_too_few_differing_users_is_not_a_test(tmp_path):
+    """With m users differing a sign-flip p is at least 2^(1-m): under 6 no result could count, so there is no test
+    (and no place in a Holm family), said as such."""
+    base = np.zeros(16)
+    put(tmp_path, "id", per_user=base)
+    put(tmp_path, "text", tower="frozen", per_user=np.where(np.arange(16) < 1, 0.5, 0.0))
+    groups = {g.first.tower: g for g in group_runs(load_runs(tmp_path)[0])}
+    c = compare(groups["frozen"], groups["id"], "ndcg@10", "test")
+    assert c.p_value is None and "not testable: 1 of 16 users differ" in c.evidence()
+    assert not c.significant(0.05) and c.diff_ci is None

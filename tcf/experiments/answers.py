@@ -73,6 +73,12 @@ def order_key(g: Group) -> tuple:
             json.dumps(g.settings, default=str))
 
 
+def labelled(g: Group) -> str:
+    """``frozen text (minilm-l6)``, with the settings that tell it from its siblings: ``[model.finetune_layers=2]``."""
+    extra = extra_settings(g)
+    return group_label(g, False) + (f" [{extra}]" if extra else "")
+
+
 def extra_settings(g: Group) -> str:
     """Distinguishing settings beyond head, tower and encoder model (those have their own columns)."""
     skip = ("model.head", "model.tower", "encoder.model", "task")
@@ -121,11 +127,15 @@ class Finding:
     before: str  # the sentence up to the numbers
     words: tuple[str, str]  # the verdict when a is significantly better / worse
     diff_only: bool = False  # numbers as the difference alone (the walk before it gives the means)
+    planned_seeds: int = 1  # the most seeds any group of the report has: fewer here make the verdict provisional
 
     def line(self, s: ReportSettings) -> str:
         c = self.c
         numbers = f"{_diff(c)} ({c.evidence()})" if self.diff_only else _rel(c)
-        return f"{self.before}{numbers} — **{c.verdict(s.alpha, *self.words)}**."
+        seeds = min(c.seeds)
+        note = (f" (provisional: on {seeds} of the {self.planned_seeds} seeds other groups have)"
+                if seeds < self.planned_seeds else "")
+        return f"{self.before}{numbers} — **{c.verdict(s.alpha, *self.words)}**{note}."
 
     def record(self, s: ReportSettings) -> dict:
         c = self.c
@@ -148,6 +158,7 @@ def _of(n: int, what: str) -> str:
 
 
 ID_TOWERS = ("id", "id+text")  # towers with learned item-ID embeddings
+TEXT_TOWERS = ("frozen", *LM_TOWERS)  # towers whose items are their text alone (no ID embeddings)
 
 
 def text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
@@ -158,14 +169,14 @@ def text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
     m, out, cold = s.metrics[0], [], []
     for head in sorted({g.first.head for g in groups}):
         ids = [g for g in groups if g.first.head == head and g.first.tower == "id"]
-        texts = [g for g in groups if g.first.head == head and g.first.tower not in ID_TOWERS]
+        texts = [g for g in groups if g.first.head == head and g.first.tower in TEXT_TOWERS]
         base, best = select(ids, m), select(texts, m)
         c = compare(best, base, m, s.split) if base is not None and best is not None else None
         if c is None:
             continue
         name = HEAD_NAMES.get(head, head)
         before = (f"{name}: the text tower best on {SELECT_SPLIT} {m}"
-                  f"{_of(len(texts), 'towers')}, {group_label(best, False)}, against the ID setting best on "
+                  f"{_of(len(texts), 'towers')}, {labelled(best)}, against the ID setting best on "
                   f"{SELECT_SPLIT}{_of(len(ids), 'settings')}: {s.split} {m} ")
         out.append(Finding("text vs ID", head, best, base, c, before, ("text beats ID", "ID beats text")))
         cc, n = cold_compare(best, base, m, s.split)
@@ -192,15 +203,17 @@ def id_text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
         if c is None:
             continue
         name = HEAD_NAMES.get(head, head)
-        before = (f"{name}: {group_label(best, False)}{_of(len(both), 'settings; the best on ' + SELECT_SPLIT)} "
+        before = (f"{name}: {labelled(best)}{_of(len(both), 'settings; the best on ' + SELECT_SPLIT)} "
                   f"against ID{_of(len(ids), 'settings; the best on ' + SELECT_SPLIT)}: {s.split} {m} ")
         out.append(Finding("ID + text vs ID", head, best, base, c, before,
                            ("adding text helps", "adding text hurts")))
         cc, n = cold_compare(best, base, m, s.split)
         if cc is not None:
+            k = best.first.config.get("eval.cold_max_count")
             who = f"{n} users" if n is not None else "users"
+            rule = f": at most {k} training interactions" if k is not None else ""
             cold.append(Finding("ID + text vs ID (cold items)", head, best, base, cc,
-                                f"{name} on cold items ({who} whose {s.split} target is a cold item), the same "
+                                f"{name} on cold items ({who} whose {s.split} target is a cold item{rule}), the same "
                                 f"settings: {m} ", ("adding text helps on cold items",
                                                      "adding text hurts on cold items")))
     return _interleave(_family(out), _family(cold))
@@ -236,7 +249,7 @@ def scaling_series(groups: list[Group], metric: str, split: str) -> dict[str, li
     series: dict[str, list] = {}
     for g in groups:
         r, st = g.first, g.stat(metric, split)
-        if r.tower == "id" or r.encoder_parameters is None or st is None:
+        if r.tower not in TEXT_TOWERS or r.encoder_parameters is None or st is None:
             continue
         label = group_label(g, True).split(" (")[0] + (f" [{extra_settings(g)}]" if extra_settings(g) else "")
         series.setdefault(label, []).append((float(r.encoder_parameters), st, g))
@@ -343,9 +356,12 @@ OPTIONAL_QUESTIONS = {"pretrained vs random user LM", "ID + text vs ID"}  # aske
 
 def findings(groups: list[Group], s: ReportSettings) -> list[Finding]:
     """Every test the answers make (each answer its own Holm family)."""
-    return [*text_vs_id(groups, s), *id_text_vs_id(groups, s), *fine_tuned_vs_frozen(groups, s),
-            *largest_vs_smallest(groups, s),
-            *head_vs_head(groups, s), *pretrained_vs_random(groups, s)]
+    found = [*text_vs_id(groups, s), *id_text_vs_id(groups, s), *fine_tuned_vs_frozen(groups, s),
+             *largest_vs_smallest(groups, s), *head_vs_head(groups, s), *pretrained_vs_random(groups, s)]
+    planned = max((len(g.runs) for g in groups), default=1)
+    for f in found:
+        f.planned_seeds = planned
+    return found
 
 
 def method_note(s: ReportSettings) -> str:

@@ -42,6 +42,8 @@ class Comparison:
     n_users: int | None = None  # users of a paired test
     seeds: tuple[int, int] = (1, 1)  # runs averaged per user on each side
     diff_ci: list | None = None  # bootstrap 95% CI of the paired difference
+    shared: tuple | None = None  # the seeds compared, when the groups' seed sets differed (of_seeds: theirs)
+    of_seeds: tuple[int, int] | None = None
 
     @property
     def diff(self) -> float:
@@ -59,9 +61,15 @@ class Comparison:
             text += f", Holm-adjusted over {self.family} tests p = {self.p_holm:.3g}"
         if self.n_users is not None and max(self.seeds) > 1:
             text += f"; {self.n_users} users, each user's value averaged over {self.seeds[0]} vs {self.seeds[1]} seeds"
+        if self.shared is not None:
+            seeds = ", ".join(str(x) for x in self.shared)
+            text += (f"; on the seed{'s' if len(self.shared) > 1 else ''} both groups have ({seeds}; they have "
+                     f"{self.of_seeds[0]} and {self.of_seeds[1]})")
         return text
 
     def verdict(self, alpha: float, better: str, worse: str) -> str:
+        if self.p_value is None and self.reason.startswith("not testable"):
+            return "not testable"
         if not self.significant(alpha):
             return "no clear difference"
         return better if self.diff > 0 else worse
@@ -94,8 +102,17 @@ def z_from_ci(a: Stat, b: Stat) -> float | None:
     return normal_pvalue((a.mean - b.mean) / se)
 
 
+MIN_DIFFERING = 6  # users whose values differ: with m of them a sign-flip test's p is at least 2^(1-m), > 0.05 for m <= 5
+
+
 def paired(sa: Stat, sb: Stat, ua: np.ndarray, ub: np.ndarray, seeds: tuple[int, int]) -> Comparison:
-    """The paired permutation test of two aligned per-user arrays."""
+    """The paired permutation test of two aligned per-user arrays; no test (and so out of its Holm family)
+    when fewer than MIN_DIFFERING users differ at all, where no outcome could reach p < 0.05."""
+    differing = int(np.sum(np.asarray(ua, np.float64) != np.asarray(ub, np.float64)))
+    if differing < MIN_DIFFERING and np.isfinite(ua).all() and np.isfinite(ub).all():
+        return Comparison(sa, sb, None, n_users=len(ua), seeds=seeds,
+                          reason=f"not testable: {differing} of {len(ua)} users differ (a sign-flip test needs at "
+                                 f"least {MIN_DIFFERING} to reach p < 0.05)")
     r = paired_test(ua, ub, n=PAIRED_RESAMPLES)
     c = Comparison(sa, sb, r["p_value"], PAIRED, n_users=len(ua), seeds=seeds, diff_ci=r["ci95"])
     if c.p_value is None:
@@ -103,9 +120,34 @@ def paired(sa: Stat, sb: Stat, ua: np.ndarray, ub: np.ndarray, seeds: tuple[int,
     return c
 
 
+def on_shared_seeds(a: Group, b: Group) -> tuple[Group, Group, tuple | None]:
+    """Both groups cut to the seeds they share, when their seed sets differ and overlap: a 1-seed group against
+    a 3-seed average would count the seed-to-seed spread as an effect, and a lucky seed as a finding.
+    -> (a, b, the shared seeds or None when nothing was cut)."""
+    sa, sb = set(map(str, a.seeds)), set(map(str, b.seeds))
+    common = sa & sb
+    if sa == sb or not common:
+        return a, b, None
+
+    def cut(g: Group) -> Group:
+        return Group([r for r in g.runs if str(r.config.get("seed")) in common], g.settings)
+
+    return cut(a), cut(b), tuple(sorted(common))
+
+
 def compare(a: Group, b: Group, metric: str, split: str) -> Comparison | None:
-    """``a`` against ``b`` on ``split``: paired over users when both have per-user records on the same users
-    (seed-averaged per user); else a labelled fallback (Welch over seeds, or a z-test from two CIs over users)."""
+    """``a`` against ``b`` on ``split``, on the seeds both have (:func:`on_shared_seeds`): paired over users when
+    both have per-user records on the same users (seed-averaged per user); else a labelled fallback (Welch over
+    seeds, or a z-test from two CIs over users)."""
+    of = (len(a.runs), len(b.runs))
+    a, b, shared = on_shared_seeds(a, b)
+    c = _compare(a, b, metric, split)
+    if c is not None and shared is not None:
+        c.shared, c.of_seeds = shared, of
+    return c
+
+
+def _compare(a: Group, b: Group, metric: str, split: str) -> Comparison | None:
     sa, sb = a.stat(metric, split), b.stat(metric, split)
     if sa is None or sb is None:
         return None
@@ -168,6 +210,15 @@ def cold_users(run: RunResult, split: str) -> tuple[np.ndarray | None, str]:
 def cold_compare(a: Group, b: Group, metric: str, split: str) -> tuple[Comparison | None, int | None]:
     """``a`` against ``b`` on the users whose target is cold: paired over those users (seed-averaged), else the
     runs' cold-slice means with the reason there is no test.  -> (comparison, cold users)."""
+    of = (len(a.runs), len(b.runs))
+    a, b, shared = on_shared_seeds(a, b)
+    c, n = _cold_compare(a, b, metric, split)
+    if c is not None and shared is not None:
+        c.shared, c.of_seeds = shared, of
+    return c, n
+
+
+def _cold_compare(a: Group, b: Group, metric: str, split: str) -> tuple[Comparison | None, int | None]:
     ma, mb = a.slice_mean("cold", metric, split), b.slice_mean("cold", metric, split)
     if ma is None or mb is None:
         return None, None
