@@ -62,8 +62,9 @@ def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings
         best = select(same, s.metrics[0])
         if best is None:
             continue
+        seed = (f"; its seed {best.first.config.get('seed')} of {len(best.runs)}" if len(best.runs) > 1 else "")
         name = (f"trained {HEAD_NAMES.get(head, head)} ({TOWER_NAMES.get(best.first.tower, best.first.tower)}"
-                + (f", {best.first.encoder})" if best.first.encoder else ")"))
+                + (f", {best.first.encoder}" if best.first.encoder else "") + f"{seed})")  # one checkpoint scored
         if hard is not None and is_hard_run(best.first, hard):
             if notes is not None:
                 notes.append(f"{name} not scored: it is the hard_run (`{best.first.folder.name}`) whose top items "
