@@ -212,12 +212,13 @@ def test_synthetic_llm_head_beats_popularity(tmp_path):
     for tower in ("id",):  # the head alone learns it; frozen text through the head is the smoke runs' (CI time)
         cfg = load_config(None, [f"data.dataset={ds.path}", "encoder.model=minilm-l6", f"cache_root={tmp_path / 'c'}",
                                  "model.head=llm", "model.llm_model=smollm2-135m", "model.llm_layers=2",
-                                 f"model.tower={tower}", "model.max_len=20", "train.epochs=12", "train.patience=3",
+                                 f"model.tower={tower}", "model.max_len=20", "train.epochs=7", "train.patience=3",
                                  "train.batch_size=64", "train.lm_lr=3e-4", "eval.bootstrap=0"])
         results[tower] = loop.train(cfg, tmp_path / tower, progress=False)["metrics"]["test"]["metrics"]
     print("popularity", pop, {k: r["ndcg@10"]["mean"] for k, r in results.items()})
     for tower, r in results.items():
-        assert r["ndcg@10"]["mean"] > 3 * pop, (tower, r["ndcg@10"]["mean"], pop)  # measured: 4.8x (id; frozen 4.5x)
+        # measured (id): 3.9x after 6 epochs, 4.8x after 12 (best at 8); 7 here keeps CI time down
+        assert r["ndcg@10"]["mean"] > 3 * pop, (tower, r["ndcg@10"]["mean"], pop)
 
 
 # ---------------------------------------------------------------- the planner
