@@ -74,3 +74,29 @@ def test_the_fine_tuned_claim_compares_fine_tuned_text_not_the_best_text_tower(t
     row = next(line for line in md.splitlines() if "fine-tuned text comparable to or better than ID" in line)
     assert "SASRec: fine-tuned text (minilm-l6) vs ID" in row and row.endswith("| **opposite** |")
     assert "-0.0400 [" in row
+
+
+def test_the_dssm_text_below_id_claim_never_reads_an_id_plus_text_tower(tmp_path):
+    """ID + text keeps the ID embeddings: best on validation here, it must not answer whether text replaces ID."""
+    import json
+
+    import numpy as np
+
+    from tcf.experiments.report import write_report
+
+    for name, tower, ndcg in (("id", "id", 0.10), ("frozen", "frozen", 0.06), ("both", "id+text", 0.15)):
+        folder = tmp_path / name
+        folder.mkdir()
+        per_user = np.full(40, ndcg) + np.linspace(-0.01, 0.01, 40)
+        for split in ("test", "valid"):
+            np.save(folder / f"per_user_{split}.npy", np.stack([np.arange(1, 41), per_user]))
+        metrics = {"ndcg@10": {"mean": ndcg, "ci95": [ndcg - 0.01, ndcg + 0.01]}}
+        (folder / "results.json").write_text(json.dumps({
+            "config": {"name": name, "seed": 0, "model": {"head": "dssm", "tower": tower},
+                       "encoder": {"model": "minilm-l6"}},
+            "metrics": {sp: {"metrics": metrics} for sp in ("valid", "test")},
+            "per_user_columns": ["user_id", "ndcg@10"]}))
+    md = write_report(tmp_path, settings={"papers": True}).read_text()
+    row = next(line for line in md.splitlines() if "text below ID with DSSM" in line)
+    assert "DSSM: frozen text (minilm-l6) vs ID" in row and "ID + text" not in row
+    assert row.endswith("| **same direction** |") and "-0.0400 [" in row
