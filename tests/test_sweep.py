@@ -343,7 +343,8 @@ def test_status_names_each_runs_state_and_counts_them(tiny_dataset, tmp_path, ca
     assert state[done.id].startswith("done: test ndcg@10 ")
     assert state[failed.id] == "failed: ValueError: boom"
     assert state[running.id] == "running"
-    assert state[stopped.id] == "stopped after epoch 1: resumes from its checkpoint"
+    assert state[stopped.id].startswith("stopped after epoch 1: resumes from its checkpoint; best valid ndcg@10 ")
+    assert state[stopped.id].endswith("at epoch 1, 0 of 10 epochs without a better one")
     assert state[other.id].startswith("refused: ") and "other settings" in state[other.id]
     assert state[fresh.id] == "not started" and not (out / fresh.id).exists()
     assert lines[6].startswith("6 run(s) in ") and all(f"1 {w}" in lines[6] for w in

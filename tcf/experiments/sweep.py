@@ -212,7 +212,9 @@ def _saved(folder: Path) -> tuple[str, dict | None, dict]:
         import torch
 
         ck = torch.load(last, map_location="cpu", weights_only=False, mmap=True)
-        return "unfinished", ck.get("config") or {}, {"epoch": (ck.get("state") or {}).get("epoch")}
+        st = ck.get("state") or {}
+        return "unfinished", ck.get("config") or {}, {k: st.get(k) for k in ("epoch", "best", "best_epoch",
+                                                                              "bad_epochs")}
     return "empty", None, {}
 
 
@@ -507,7 +509,13 @@ def run_status(run: Run, folder: Path) -> str:
         return f"refused: {e}"
     if state == "done":
         return "done: " + headline(details)
-    at = f" (checkpoint after epoch {details.get('epoch')})" if saved == "unfinished" else ""
+    progress = ""  # how close early stopping is, from the checkpoint's loop state
+    if saved == "unfinished" and isinstance(details.get("best"), float) and details["best"] > -1:
+        from tcf.train.loop import SELECT_METRIC
+
+        progress = (f"; best valid {SELECT_METRIC} {details['best']:.4f} at epoch {details.get('best_epoch')}, "
+                    f"{details.get('bad_epochs')} of {run.config.train.patience} epochs without a better one")
+    at = f" (checkpoint after epoch {details.get('epoch')}{progress})" if saved == "unfinished" else ""
     claim = folder / CLAIM_FILE
     if claim.is_file():
         with try_lock(claim, read_only=True) as free:
@@ -519,7 +527,7 @@ def run_status(run: Run, folder: Path) -> str:
     if saved == "invalid":
         return "invalid results: reruns"
     if saved == "unfinished":
-        return f"stopped after epoch {details.get('epoch')}: resumes from its checkpoint"
+        return f"stopped after epoch {details.get('epoch')}: resumes from its checkpoint{progress}"
     return "not started"
 
 
