@@ -97,3 +97,20 @@ def test_holm_and_t_by_hand():
     for df in (1, 2, 4, 10, 30):
         assert t_pvalue(T975[df - 1], df) == pytest.approx(0.05, abs=2e-4)
     assert t_pvalue(0.0, 3) == pytest.approx(1.0)
+
+
+def test_selection_scores_candidates_on_the_seeds_they_all_have(tmp_path):
+    """A lucky single seed must not win against a group whose mean over three seeds is lower but whose run on
+    that same seed is better: both are scored on the shared seed."""
+    from tcf.experiments.answers import select
+    from tcf.experiments.results import group_runs, load_runs
+
+    root = tmp_path
+    put(root, "lucky", tower="frozen", encoder="a", seed=0, valid=0.20)
+    for seed, v in ((0, 0.22), (1, 0.16), (2, 0.16)):  # mean 0.18 < 0.20, but 0.22 > 0.20 on seed 0
+        put(root, f"steady{seed}", tower="frozen", encoder="b", seed=seed, valid=v)
+    groups = group_runs(load_runs(root)[0])
+    assert select(groups, "ndcg@10").first.encoder == "b"
+    put(root, "other-seed", tower="frozen", encoder="c", seed=9, valid=0.19)  # shares no seed: own means
+    groups = group_runs(load_runs(root)[0])
+    assert select(groups, "ndcg@10").first.encoder == "a"

@@ -107,10 +107,22 @@ def _rel(c: Comparison) -> str:
 
 def select(groups: list[Group], metric: str) -> Group | None:
     """The group with the best validation ``metric``: what the report compares is chosen before the test
-    split is looked at.  A lone candidate needs no choice; several without validation numbers get none."""
-    if len(groups) == 1:
-        return groups[0]
-    scored = [(st.mean, g) for st, g in ((g.stat(metric, SELECT_SPLIT), g) for g in groups) if st is not None]
+    split is looked at.  A lone candidate needs no choice; several without validation numbers get none.
+    Candidates are scored on the seeds they all have (when they share any): a 1-seed group's validation mean
+    is noisier than a 3-seed one's, so the maximum over mixed seed counts would favour a lucky single seed."""
+    if len(groups) <= 1:
+        return groups[0] if groups else None
+    common = set.intersection(*(set(map(str, g.seeds)) for g in groups))
+
+    def score(g: Group) -> float | None:
+        if not common:
+            st = g.stat(metric, SELECT_SPLIT)
+            return None if st is None else st.mean
+        values = [m[0] for r in g.runs if str(r.config.get("seed")) in common
+                  for m in [r.metric(metric, SELECT_SPLIT)] if m is not None]
+        return float(np.mean(values)) if values else None
+
+    scored = [(v, g) for v, g in ((score(g), g) for g in groups) if v is not None]
     return max(scored, key=lambda t: t[0])[1] if scored else None
 
 
