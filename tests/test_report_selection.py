@@ -114,3 +114,26 @@ def test_selection_scores_candidates_on_the_seeds_they_all_have(tmp_path):
     put(root, "other-seed", tower="frozen", encoder="c", seed=9, valid=0.19)  # shares no seed: own means
     groups = group_runs(load_runs(root)[0])
     assert select(groups, "ndcg@10").first.encoder == "a"
+
+
+def test_selection_counts_only_seeds_with_a_validation_value_and_labels_drop_settings_a_tower_ignores(tmp_path):
+    import json as _json
+
+    from tcf.experiments.answers import extra_settings, select
+    from tcf.experiments.results import group_runs, load_runs
+
+    put(tmp_path, "a0", tower="frozen", encoder="a", seed=0, valid=0.10)
+    put(tmp_path, "a1", tower="frozen", encoder="a", seed=1, valid=0.30)
+    res = _json.loads((tmp_path / "a0" / "results.json").read_text())
+    del res["metrics"]["valid"]  # seed 0 of a has no validation number
+    (tmp_path / "a0" / "results.json").write_text(_json.dumps(res))
+    for seed, v in ((0, 0.20), (1, 0.35)):  # mean 0.275 < a's 0.30, but better on seed 1
+        put(tmp_path, f"b{seed}", tower="frozen", encoder="b", seed=seed, valid=v)
+    groups = group_runs(load_runs(tmp_path)[0])
+    assert select(groups, "ndcg@10").first.encoder == "b"  # both scored on seed 1, the seed both have a value for
+    fake = type("G", (), {})()
+    fake.first = type("R", (), {"tower": "id"})()
+    fake.settings = {"model.finetune_layers": 2, "train.lr": 0.01}
+    assert extra_settings(fake) == "train.lr=0.01"
+    fake.first.tower = "finetune"
+    assert extra_settings(fake) == "model.finetune_layers=2, train.lr=0.01"

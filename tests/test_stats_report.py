@@ -257,3 +257,18 @@ def test_too_few_differing_users_is_not_a_test(tmp_path):
     c = compare(groups["frozen"], groups["id"], "ndcg@10", "test")
     assert c.p_value is None and "not testable: 1 of 16 users differ" in c.evidence()
     assert not c.significant(0.05) and c.diff_ci is None
+
+
+def test_the_seed_note_is_said_on_lines_without_a_test_and_when_no_seed_is_shared(tmp_path):
+    base = np.zeros(16)
+    for seed in (0, 1):
+        put(tmp_path, f"id{seed}", seed=seed, per_user=base)
+    put(tmp_path, "text", tower="frozen", seed=0, per_user=np.where(np.arange(16) < 1, 0.5, 0.0))
+    groups = {g.first.tower: g for g in group_runs(load_runs(tmp_path)[0])}
+    c = compare(groups["frozen"], groups["id"], "ndcg@10", "test")
+    assert c.p_value is None and c.evidence().endswith("; on the seed both groups have (0; they have 1 and 2)")
+    assert c.record()["shared_seeds"] == ["0"] and c.record()["of_seeds"] == [1, 2]
+    put(tmp_path, "text9", tower="finetune", seed=9, per_user=base + 0.01 * np.arange(16))
+    groups = {g.first.tower: g for g in group_runs(load_runs(tmp_path)[0])}
+    c = compare(groups["finetune"], groups["id"], "ndcg@10", "test")
+    assert "; the groups share no seed (1 vs 2 seeds, each averaged over its own)" in c.evidence()

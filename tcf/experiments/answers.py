@@ -73,16 +73,26 @@ def order_key(g: Group) -> tuple:
             json.dumps(g.settings, default=str))
 
 
+def _extra(g: Group) -> str:
+    return f" [{extra_settings(g)}]" if extra_settings(g) else ""
+
+
 def labelled(g: Group) -> str:
     """``frozen text (minilm-l6)``, with the settings that tell it from its siblings: ``[model.finetune_layers=2]``."""
     extra = extra_settings(g)
     return group_label(g, False) + (f" [{extra}]" if extra else "")
 
 
+LM_ONLY = ("model.finetune_layers", "model.lora_")  # settings only a fine-tuned / LoRA tower reads
+
+
 def extra_settings(g: Group) -> str:
-    """Distinguishing settings beyond head, tower and encoder model (those have their own columns)."""
+    """Distinguishing settings beyond head, tower and encoder model (those have their own columns); settings
+    the group's tower does not read (the fine-tuning depth of an ID or frozen tower) are left out."""
     skip = ("model.head", "model.tower", "encoder.model", "task")
-    return ", ".join(f"{k}={v}" for k, v in g.settings.items() if k not in skip)
+    lm = g.first.tower in LM_TOWERS
+    return ", ".join(f"{k}={v}" for k, v in g.settings.items()
+                     if k not in skip and (lm or not k.startswith(LM_ONLY)))
 
 
 SELECT_SPLIT = "valid"
@@ -112,7 +122,9 @@ def select(groups: list[Group], metric: str) -> Group | None:
     is noisier than a 3-seed one's, so the maximum over mixed seed counts would favour a lucky single seed."""
     if len(groups) <= 1:
         return groups[0] if groups else None
-    common = set.intersection(*(set(map(str, g.seeds)) for g in groups))
+    scored_seeds = [{str(r.config.get("seed")) for r in g.runs if r.metric(metric, SELECT_SPLIT) is not None}
+                    for g in groups]  # a run without the validation metric does not count as a seed here
+    common = set.intersection(*[x for x in scored_seeds if x]) if any(scored_seeds) else set()
 
     def score(g: Group) -> float | None:
         if not common:
@@ -151,7 +163,8 @@ class Finding:
 
     def record(self, s: ReportSettings) -> dict:
         c = self.c
-        return {"question": self.question, "head": self.head, "a": group_label(self.a), "b": group_label(self.b),
+        return {"question": self.question, "head": self.head, "a": group_label(self.a) + _extra(self.a),
+                "b": group_label(self.b) + _extra(self.b),
                 "metric": s.metrics[0], "split": s.split, "selected_on": SELECT_SPLIT, "a_mean": c.a.mean,
                 "b_mean": c.b.mean, "diff": c.diff, **c.record(), "alpha": s.alpha,
                 "significant": c.significant(s.alpha)}

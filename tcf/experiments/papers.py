@@ -26,13 +26,13 @@ from tcf.experiments.answers import (
     TUNED,
     Finding,
     ReportSettings,
-    group_label,
+    labelled,
     select,
     signed,
 )
 from tcf.experiments.rescore import zs_evidence
 from tcf.experiments.results import Group
-from tcf.experiments.stats import compare
+from tcf.experiments.stats import Comparison, compare, holm_family
 
 TCF = "TCF (Li et al., 2023, arXiv:2305.11700; MIND, H&M, Bili)"
 LLMRANK = "LLMRank (Hou et al., 2024, ECIR)"
@@ -89,18 +89,25 @@ def _from_findings(found: list[Finding], claim: Claim, s: ReportSettings) -> lis
             continue
         c = f.c
         what = f"{HEAD_NAMES.get(f.head, f.head)}: {_label(f.a)} vs {_label(f.b)}"
-        out.append(Measured(what, c.diff, c.significant(s.alpha), c.evidence(), c.diff_ci))
+        out.append(Measured(what, c.diff, c.significant(s.alpha), c.evidence() + _provisional(c, f.planned_seeds),
+                            c.diff_ci))
     return out
 
 
+def _provisional(c: Comparison, planned: int) -> str:
+    seeds = min(c.seeds)
+    return f"; provisional: on {seeds} of the {planned} seeds other groups have" if seeds < planned else ""
+
+
 def _label(g) -> str:
-    return group_label(g, with_head=False)
+    return labelled(g)
 
 
 def _tuned_vs_id(groups: list[Group], claim: Claim, s: ReportSettings) -> list[Measured]:
-    """The fine-tuned (or LoRA) tower best on validation against the ID setting best on validation, per head: the
-    report's text-vs-ID answer may pick a frozen or ID + text tower, which is not what the claim is about."""
-    m, out = s.metrics[0], []
+    """The fine-tuned (or LoRA) tower best on validation against the ID setting best on validation, per head (one
+    Holm family): the report's text-vs-ID answer may pick a frozen tower, which is not what the claim is about."""
+    m, found = s.metrics[0], []
+    planned = max((len(g.runs) for g in groups), default=1)
     for head in sorted({g.first.head for g in groups}):
         if claim.head and head != claim.head:
             continue
@@ -110,8 +117,10 @@ def _tuned_vs_id(groups: list[Group], claim: Claim, s: ReportSettings) -> list[M
         if c is not None:
             what = (f"{HEAD_NAMES.get(head, head)}: {_label(tuned)} vs {_label(ids)} (each the best on "
                     f"{SELECT_SPLIT} of its kind)")
-            out.append(Measured(what, c.diff, c.significant(s.alpha), c.evidence(), c.diff_ci))
-    return out
+            found.append((what, c))
+    holm_family([c for _, c in found])
+    return [Measured(what, c.diff, c.significant(s.alpha), c.evidence() + _provisional(c, planned), c.diff_ci)
+            for what, c in found]
 
 
 def _from_zeroshot(zs: list[dict], claim: Claim) -> list[Measured]:

@@ -54,6 +54,9 @@ class Comparison:
         return p is not None and p < alpha
 
     def evidence(self) -> str:
+        return self._test_text() + self.seed_note()
+
+    def _test_text(self) -> str:
         if self.p_value is None:
             return self.reason
         text = f"{self.test} p = {self.p_value:.3g}"
@@ -61,11 +64,18 @@ class Comparison:
             text += f", Holm-adjusted over {self.family} tests p = {self.p_holm:.3g}"
         if self.n_users is not None and max(self.seeds) > 1:
             text += f"; {self.n_users} users, each user's value averaged over {self.seeds[0]} vs {self.seeds[1]} seeds"
-        if self.shared is not None:
-            seeds = ", ".join(str(x) for x in self.shared)
-            text += (f"; on the seed{'s' if len(self.shared) > 1 else ''} both groups have ({seeds}; they have "
-                     f"{self.of_seeds[0]} and {self.of_seeds[1]})")
         return text
+
+    def seed_note(self) -> str:
+        """Which seeds the means and the test are on, when not every seed of each group (see on_shared_seeds)."""
+        if self.shared is None:
+            return ""
+        if not self.shared:
+            return (f"; the groups share no seed ({self.of_seeds[0]} vs {self.of_seeds[1]} seeds, each averaged over "
+                    "its own)")
+        seeds = ", ".join(str(x) for x in self.shared)
+        return (f"; on the seed{'s' if len(self.shared) > 1 else ''} both groups have ({seeds}; they have "
+                f"{self.of_seeds[0]} and {self.of_seeds[1]})")
 
     def verdict(self, alpha: float, better: str, worse: str) -> str:
         if self.p_value is None and self.reason.startswith("not testable"):
@@ -77,6 +87,8 @@ class Comparison:
     def record(self) -> dict:
         return {"test": self.test or None, "p_value": self.p_value, "p_holm": self.p_holm, "family": self.family,
                 "n_users": self.n_users, "seeds": list(self.seeds), "diff_ci95": self.diff_ci,
+                **({"shared_seeds": list(self.shared), "of_seeds": list(self.of_seeds)} if self.shared is not None
+                   else {}),
                 **({"no_test": self.reason} if self.p_value is None else {})}
 
 
@@ -123,11 +135,13 @@ def paired(sa: Stat, sb: Stat, ua: np.ndarray, ub: np.ndarray, seeds: tuple[int,
 def on_shared_seeds(a: Group, b: Group) -> tuple[Group, Group, tuple | None]:
     """Both groups cut to the seeds they share, when their seed sets differ and overlap: a 1-seed group against
     a 3-seed average would count the seed-to-seed spread as an effect, and a lucky seed as a finding.
-    -> (a, b, the shared seeds or None when nothing was cut)."""
+    -> (a, b, the shared seeds; () when they share none, None when their seeds are the same)."""
     sa, sb = set(map(str, a.seeds)), set(map(str, b.seeds))
     common = sa & sb
-    if sa == sb or not common:
+    if sa == sb:
         return a, b, None
+    if not common:  # nothing to cut to: each group keeps its own seeds, and the line says they share none
+        return a, b, ()
 
     def cut(g: Group) -> Group:
         return Group([r for r in g.runs if str(r.config.get("seed")) in common], g.settings)
