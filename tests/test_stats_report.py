@@ -272,3 +272,9 @@ def test_the_seed_note_is_said_on_lines_without_a_test_and_when_no_seed_is_share
     groups = {g.first.tower: g for g in group_runs(load_runs(tmp_path)[0])}
     c = compare(groups["finetune"], groups["id"], "ndcg@10", "test")
     assert "; the groups share no seed (1 vs 2 seeds, each averaged over its own)" in c.evidence()
+
+
+def test_the_least_number_of_differing_users_follows_alpha():
+    from tcf.experiments.stats import min_differing
+
+    assert [min_differing(a) for a in (0.1, 0.05, 0.01)] == [5, 6, 8]  # 2^(1-m) < alpha: 1/16, 1/32, 1/128

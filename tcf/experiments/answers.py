@@ -196,7 +196,7 @@ def text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
         ids = [g for g in groups if g.first.head == head and g.first.tower == "id"]
         texts = [g for g in groups if g.first.head == head and g.first.tower in TEXT_TOWERS]
         base, best = select(ids, m), select(texts, m)
-        c = compare(best, base, m, s.split) if base is not None and best is not None else None
+        c = compare(best, base, m, s.split, alpha=s.alpha) if base is not None and best is not None else None
         if c is None:
             continue
         name = HEAD_NAMES.get(head, head)
@@ -204,7 +204,7 @@ def text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
                   f"{_of(len(texts), 'towers')}, {labelled(best)}, against the ID setting best on "
                   f"{SELECT_SPLIT}{_of(len(ids), 'settings')}: {s.split} {m} ")
         out.append(Finding("text vs ID", head, best, base, c, before, ("text beats ID", "ID beats text")))
-        cc, n = cold_compare(best, base, m, s.split)
+        cc, n = cold_compare(best, base, m, s.split, alpha=s.alpha)
         if cc is not None:
             k = best.first.config.get("eval.cold_max_count")
             who = f"{n} users" if n is not None else "users"
@@ -224,7 +224,7 @@ def id_text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
         ids = [g for g in groups if g.first.head == head and g.first.tower == "id"]
         both = [g for g in groups if g.first.head == head and g.first.tower == "id+text"]
         base, best = select(ids, m), select(both, m)
-        c = compare(best, base, m, s.split) if base is not None and best is not None else None
+        c = compare(best, base, m, s.split, alpha=s.alpha) if base is not None and best is not None else None
         if c is None:
             continue
         name = HEAD_NAMES.get(head, head)
@@ -232,7 +232,7 @@ def id_text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
                   f"against ID{_of(len(ids), 'settings; the best on ' + SELECT_SPLIT)}: {s.split} {m} ")
         out.append(Finding("ID + text vs ID", head, best, base, c, before,
                            ("adding text helps", "adding text hurts")))
-        cc, n = cold_compare(best, base, m, s.split)
+        cc, n = cold_compare(best, base, m, s.split, alpha=s.alpha)
         if cc is not None:
             k = best.first.config.get("eval.cold_max_count")
             who = f"{n} users" if n is not None else "users"
@@ -258,7 +258,7 @@ def fine_tuned_vs_frozen(groups: list[Group], s: ReportSettings) -> list[Finding
         r = tuned.first
         peers = [g for g in frozen if g.first.head == r.head and g.first.encoder == r.encoder]
         base = select(peers, m)
-        c = compare(tuned, base, m, s.split) if base is not None else None
+        c = compare(tuned, base, m, s.split, alpha=s.alpha) if base is not None else None
         if c is None:
             continue
         extra = f" [{extra_settings(tuned)}]" if extra_settings(tuned) else ""
@@ -298,7 +298,7 @@ def largest_vs_smallest(groups: list[Group], s: ReportSettings) -> list[Finding]
         rho = _spearman([p for p, _, _ in pts], [st.mean for _, st, _ in pts])
         before = f"{label}: {m} {walk}; Spearman ρ(size, {m}) = {rho:.2f}; largest vs smallest "
         out.append(Finding("largest vs smallest encoder", pts[0][2].first.head, pts[-1][2], pts[0][2],
-                           compare(pts[-1][2], pts[0][2], m, s.split), before,
+                           compare(pts[-1][2], pts[0][2], m, s.split, alpha=s.alpha), before,
                            ("yes, the largest beats the smallest", "no, the largest is worse than the smallest"),
                            diff_only=True))
     return _family(out)
@@ -326,7 +326,7 @@ def head_vs_head(groups: list[Group], s: ReportSettings) -> list[Finding]:
         base = select(heads["sasrec"], m)
         for head in sorted(h for h in heads if h != "sasrec"):
             best = select(heads[head], m)
-            c = compare(best, base, m, s.split) if best is not None and base is not None else None
+            c = compare(best, base, m, s.split, alpha=s.alpha) if best is not None and base is not None else None
             if c is None:
                 continue
             extra = f" [{extra_settings(best)}]" if extra_settings(best) else ""
@@ -351,7 +351,7 @@ def pretrained_vs_random(groups: list[Group], s: ReportSettings) -> list[Finding
             o = {k: v for k, v in other.first.config.items() if k not in ("model.llm_init", "seed", "name")}
             if other.first.config.get("model.llm_init") != "random" or o != rest:
                 continue
-            c = compare(g, other, m, s.split)
+            c = compare(g, other, m, s.split, alpha=s.alpha)
             if c is None:
                 continue
             before = f"LLM head on {group_label(g, False)}: pretrained against random initialisation: {s.split} {m} "

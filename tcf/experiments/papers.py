@@ -113,7 +113,7 @@ def _tuned_vs_id(groups: list[Group], claim: Claim, s: ReportSettings) -> list[M
             continue
         tuned = select([g for g in groups if g.first.head == head and g.first.tower in TUNED], m)
         ids = select([g for g in groups if g.first.head == head and g.first.tower == "id"], m)
-        c = compare(tuned, ids, m, s.split) if tuned is not None and ids is not None else None
+        c = compare(tuned, ids, m, s.split, alpha=s.alpha) if tuned is not None and ids is not None else None
         if c is not None:
             what = (f"{HEAD_NAMES.get(head, head)}: {_label(tuned)} vs {_label(ids)} (each the best on "
                     f"{SELECT_SPLIT} of its kind)")

@@ -114,17 +114,24 @@ def z_from_ci(a: Stat, b: Stat) -> float | None:
     return normal_pvalue((a.mean - b.mean) / se)
 
 
-MIN_DIFFERING = 6  # users whose values differ: with m of them a sign-flip test's p is at least 2^(1-m), > 0.05 for m <= 5
+def min_differing(alpha: float) -> int:
+    """Users whose values must differ for a sign-flip test to be able to reach p < alpha: with m of them its
+    two-sided p is at least 2^(1-m) (6 at alpha 0.05)."""
+    m = 1
+    while 2.0 ** (1 - m) >= alpha:
+        m += 1
+    return m
 
 
-def paired(sa: Stat, sb: Stat, ua: np.ndarray, ub: np.ndarray, seeds: tuple[int, int]) -> Comparison:
+def paired(sa: Stat, sb: Stat, ua: np.ndarray, ub: np.ndarray, seeds: tuple[int, int],
+           alpha: float = 0.05) -> Comparison:
     """The paired permutation test of two aligned per-user arrays; no test (and so out of its Holm family)
-    when fewer than MIN_DIFFERING users differ at all, where no outcome could reach p < 0.05."""
-    differing = int(np.sum(np.asarray(ua, np.float64) != np.asarray(ub, np.float64)))
-    if differing < MIN_DIFFERING and np.isfinite(ua).all() and np.isfinite(ub).all():
+    when too few users differ at all for any outcome to reach p < alpha."""
+    differing, need = int(np.sum(np.asarray(ua, np.float64) != np.asarray(ub, np.float64))), min_differing(alpha)
+    if differing < need and np.isfinite(ua).all() and np.isfinite(ub).all():
         return Comparison(sa, sb, None, n_users=len(ua), seeds=seeds,
                           reason=f"not testable: {differing} of {len(ua)} users differ (a sign-flip test needs at "
-                                 f"least {MIN_DIFFERING} to reach p < 0.05)")
+                                 f"least {need} to reach p < {alpha:g})")
     r = paired_test(ua, ub, n=PAIRED_RESAMPLES)
     c = Comparison(sa, sb, r["p_value"], PAIRED, n_users=len(ua), seeds=seeds, diff_ci=r["ci95"])
     if c.p_value is None:
@@ -149,26 +156,26 @@ def on_shared_seeds(a: Group, b: Group) -> tuple[Group, Group, tuple | None]:
     return cut(a), cut(b), tuple(sorted(common))
 
 
-def compare(a: Group, b: Group, metric: str, split: str) -> Comparison | None:
+def compare(a: Group, b: Group, metric: str, split: str, alpha: float = 0.05) -> Comparison | None:
     """``a`` against ``b`` on ``split``, on the seeds both have (:func:`on_shared_seeds`): paired over users when
     both have per-user records on the same users (seed-averaged per user); else a labelled fallback (Welch over
     seeds, or a z-test from two CIs over users)."""
     of = (len(a.runs), len(b.runs))
     a, b, shared = on_shared_seeds(a, b)
-    c = _compare(a, b, metric, split)
+    c = _compare(a, b, metric, split, alpha)
     if c is not None and shared is not None:
         c.shared, c.of_seeds = shared, of
     return c
 
 
-def _compare(a: Group, b: Group, metric: str, split: str) -> Comparison | None:
+def _compare(a: Group, b: Group, metric: str, split: str, alpha: float) -> Comparison | None:
     sa, sb = a.stat(metric, split), b.stat(metric, split)
     if sa is None or sb is None:
         return None
     seeds = (len(a.runs), len(b.runs))
     ua, ub = a.user_values(metric, split), b.user_values(metric, split)
     if ua is not None and ub is not None and np.array_equal(ua[0], ub[0]):
-        return paired(sa, sb, ua[1], ub[1], seeds)
+        return paired(sa, sb, ua[1], ub[1], seeds, alpha)
     if not (math.isfinite(sa.mean) and math.isfinite(sb.mean)):
         return Comparison(sa, sb, None, reason=NOT_FINITE, seeds=seeds)
     xa, xb = _seed_means(a, metric, split), _seed_means(b, metric, split)
@@ -221,18 +228,19 @@ def cold_users(run: RunResult, split: str) -> tuple[np.ndarray | None, str]:
     return _cold_users(str(ds["path"]), str(ds["fingerprint"]), split, int(k))
 
 
-def cold_compare(a: Group, b: Group, metric: str, split: str) -> tuple[Comparison | None, int | None]:
+def cold_compare(a: Group, b: Group, metric: str, split: str,
+                 alpha: float = 0.05) -> tuple[Comparison | None, int | None]:
     """``a`` against ``b`` on the users whose target is cold: paired over those users (seed-averaged), else the
     runs' cold-slice means with the reason there is no test.  -> (comparison, cold users)."""
     of = (len(a.runs), len(b.runs))
     a, b, shared = on_shared_seeds(a, b)
-    c, n = _cold_compare(a, b, metric, split)
+    c, n = _cold_compare(a, b, metric, split, alpha)
     if c is not None and shared is not None:
         c.shared, c.of_seeds = shared, of
     return c, n
 
 
-def _cold_compare(a: Group, b: Group, metric: str, split: str) -> tuple[Comparison | None, int | None]:
+def _cold_compare(a: Group, b: Group, metric: str, split: str, alpha: float) -> tuple[Comparison | None, int | None]:
     ma, mb = a.slice_mean("cold", metric, split), b.slice_mean("cold", metric, split)
     if ma is None or mb is None:
         return None, None
@@ -251,4 +259,4 @@ def _cold_compare(a: Group, b: Group, metric: str, split: str) -> tuple[Comparis
         return Comparison(*means, None, reason="no test: no cold-target users among the evaluated", seeds=seeds), 0
     va, vb = ua[1][sel], ub[1][sel]
     sa, sb = (Stat(float(v.mean()), None, None, k, "users") for v, k in ((va, seeds[0]), (vb, seeds[1])))
-    return paired(sa, sb, va, vb, seeds), int(sel.sum())
+    return paired(sa, sb, va, vb, seeds, alpha), int(sel.sum())
