@@ -157,7 +157,7 @@ class Finding:
         c = self.c
         numbers = f"{_diff(c)} ({c.evidence()})" if self.diff_only else _rel(c)
         seeds = min(c.seeds)
-        note = (f" (provisional: on {seeds} of the {self.planned_seeds} seeds other groups have)"
+        note = (f" (provisional: on {seeds} of {self.planned_seeds} seeds)"
                 if seeds < self.planned_seeds else "")
         return f"{self.before}{numbers} — **{c.verdict(s.alpha, *self.words)}**{note}."
 
@@ -379,11 +379,11 @@ QUESTIONS = {  # finding.question -> (the question answered, what is said withou
 OPTIONAL_QUESTIONS = {"pretrained vs random user LM", "ID + text vs ID"}  # asked only where an experiment has runs for them
 
 
-def findings(groups: list[Group], s: ReportSettings) -> list[Finding]:
+def findings(groups: list[Group], s: ReportSettings, planned_seeds: int | None = None) -> list[Finding]:
     """Every test the answers make (each answer its own Holm family)."""
     found = [*text_vs_id(groups, s), *id_text_vs_id(groups, s), *fine_tuned_vs_frozen(groups, s),
              *largest_vs_smallest(groups, s), *head_vs_head(groups, s), *pretrained_vs_random(groups, s)]
-    planned = max((len(g.runs) for g in groups), default=1)
+    planned = planned_seeds or max((len(g.runs) for g in groups), default=1)  # the plan's, else the most present
     for f in found:
         f.planned_seeds = planned
     return found

@@ -96,18 +96,18 @@ def _from_findings(found: list[Finding], claim: Claim, s: ReportSettings) -> lis
 
 def _provisional(c: Comparison, planned: int) -> str:
     seeds = min(c.seeds)
-    return f"; provisional: on {seeds} of the {planned} seeds other groups have" if seeds < planned else ""
+    return f"; provisional: on {seeds} of {planned} seeds" if seeds < planned else ""
 
 
 def _label(g) -> str:
     return labelled(g)
 
 
-def _tuned_vs_id(groups: list[Group], claim: Claim, s: ReportSettings) -> list[Measured]:
+def _tuned_vs_id(groups: list[Group], claim: Claim, s: ReportSettings, planned: int | None = None) -> list[Measured]:
     """The fine-tuned (or LoRA) tower best on validation against the ID setting best on validation, per head (one
     Holm family): the report's text-vs-ID answer may pick a frozen tower, which is not what the claim is about."""
     m, found = s.metrics[0], []
-    planned = max((len(g.runs) for g in groups), default=1)
+    planned = planned or max((len(g.runs) for g in groups), default=1)
     for head in sorted({g.first.head for g in groups}):
         if claim.head and head != claim.head:
             continue
@@ -148,7 +148,8 @@ def against_papers(found: list[Finding], zs: list[dict], s: ReportSettings, grou
             "|---|---|---|---|---:|---|---|"]
     for claim in CLAIMS:
         got = (_from_zeroshot(zs, claim) if claim.question.startswith("zero-shot")
-               else _tuned_vs_id(list(groups), claim, s) if claim.question == "fine-tuned vs ID"
+               else _tuned_vs_id(list(groups), claim, s, found[0].planned_seeds if found else None)
+               if claim.question == "fine-tuned vs ID"
                else _from_findings(found, claim, s))
         if not got:
             rows.append(f"| {claim.source} | {claim.said} | a {claim.expect} b | not measured here | — | — | — |")

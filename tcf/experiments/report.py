@@ -85,7 +85,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
     figures = {name: fn(data, s, out / f"{name}.png", title) if data else False
                for name, fn, data in (("scaling", plot_scaling, trained), ("towers", plot_towers, trained),
                                       ("zeroshot", plot_zeroshot, zs))}
-    found = findings(trained, s)  # every test once, for the answers and report.json
+    found = findings(trained, s, planned_seeds(plan))  # every test once, for the answers and report.json
     controls, control_records = _controls(s)
     spent = cost(runs)
     md = markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s, controls)
@@ -137,7 +137,7 @@ def _controls(s: ReportSettings) -> tuple[list[str], list[dict]]:
         runs, failed = load_runs(folder)
         runs, failed, _ = _in_plan(plan, runs, failed)
         trained = group_runs([r for r in runs if r.task == "train"])
-        found = findings(trained, cs)
+        found = findings(trained, cs, planned_seeds(plan))
         planned = len(planned_ids(plan) or [])
         done = f"{len(runs)} of {planned} planned runs finished" if planned else f"{len(runs)} runs"
         md += [f"### {cs.title or plan.get('name') or folder.name}", "",
@@ -146,6 +146,14 @@ def _controls(s: ReportSettings) -> tuple[list[str], list[dict]]:
         records.append({"path": str(folder), "runs": len(runs), "planned": planned,
                         "comparisons": [f.record(cs) for f in found]})
     return (["## Positive controls", "", *md] if md else []), records
+
+
+def planned_seeds(plan: dict) -> int | None:
+    """How many seeds experiment.json plans for its trained runs (a verdict on fewer is provisional); None
+    without a plan."""
+    configs = [r.get("config") or {} for r in plan.get("runs") or [] if isinstance(r, dict)]
+    seeds = {str(c.get("seed")) for c in configs if c.get("task", "train") == "train" and "seed" in c}
+    return len(seeds) or None
 
 
 def _plan(runs_dir: Path) -> dict:
