@@ -337,3 +337,24 @@ def test_provisional_counts_the_seeds_the_experiment_plans(tmp_path):
     (tmp_path / "experiment.json").write_text(json.dumps(plan))
     text = report_text(tmp_path).split("**Does text beat ID?**")[1].split("\n\n**")[0]
     assert "**ID beats text** (provisional: on 1 of 3 seeds)." in text
+
+
+def test_heads_meet_on_a_tower_whatever_settings_vary_among_one_heads_groups(tmp_path):
+    """Once SASRec had fine-tuning runs of several depths, its ID group carried model.finetune_layers among its
+    distinguishing settings and DSSM's did not, so the two ID towers no longer matched: heads are matched on
+    the resolved settings a tower reads."""
+    users = np.linspace(-0.01, 0.01, 50)
+
+    def run(name, head, tower, ndcg, layers=None):
+        folder = put(tmp_path, name, head=head, tower=tower, ndcg=ndcg, per_user=ndcg + users,
+                     params=22_713_216 if tower != "id" else None)
+        res = json.loads((folder / "results.json").read_text())
+        res["config"]["model"]["finetune_layers"] = layers or 2
+        (folder / "results.json").write_text(json.dumps(res))
+
+    run("s-id", "sasrec", "id", 0.10)
+    run("d-id", "dssm", "id", 0.05)
+    run("s-ft1", "sasrec", "finetune", 0.08, layers=1)
+    run("s-ft2", "sasrec", "finetune", 0.09, layers=2)
+    heads = report_text(tmp_path).split("does another head beat SASRec on the same item tower?**")[1]
+    assert "ID: DSSM against SASRec: test ndcg@10 0.0500 vs 0.1000" in heads.split("\n\n**")[0]

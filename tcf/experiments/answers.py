@@ -90,9 +90,7 @@ def extra_settings(g: Group) -> str:
     """Distinguishing settings beyond head, tower and encoder model (those have their own columns); settings
     the group's tower does not read (the fine-tuning depth of an ID or frozen tower) are left out."""
     skip = ("model.head", "model.tower", "encoder.model", "task")
-    lm = g.first.tower in LM_TOWERS
-    return ", ".join(f"{k}={v}" for k, v in g.settings.items()
-                     if k not in skip and (lm or not k.startswith(LM_ONLY)))
+    return ", ".join(f"{k}={v}" for k, v in g.settings.items() if k not in skip and _reads(g.first.tower, k))
 
 
 SELECT_SPLIT = "valid"
@@ -304,11 +302,28 @@ def largest_vs_smallest(groups: list[Group], s: ReportSettings) -> list[Finding]
     return _family(out)
 
 
+TOWER_KEYS = ("encoder.model", "encoder.backend", "encoder.revision", "encoder.layer", "encoder.pooling",
+              "encoder.normalize", "encoder.max_tokens", "encoder.dtype", "encoder.quantization", "model.adapter",
+              "model.adapter_layers", "model.normalize_text", "model.fusion", "model.finetune_layers", "model.lora_r",
+              "model.lora_alpha", "model.lora_dropout", "model.dim")  # what shapes an item tower's vectors
+
+
+def _reads(tower: str, key: str) -> bool:
+    """Whether a tower of this kind reads the setting (an ID tower reads no encoder setting)."""
+    if key.startswith(LM_ONLY):
+        return tower in LM_TOWERS
+    if key == "model.fusion":
+        return tower == "id+text"
+    if key.startswith(("encoder.", "model.adapter", "model.normalize_text")):
+        return tower != "id"
+    return True
+
+
 def _tower_key(g: Group) -> tuple:
-    """The item tower a group trains: tower, encoder and the settings that shape it (not the head's own)."""
+    """The item tower a group trains: tower, encoder and the values of the settings that shape it (from the run's
+    resolved config, so two heads' groups match whatever settings happen to vary among each head's groups)."""
     r = g.first
-    shaped = {k: v for k, v in g.settings.items() if k.startswith(("encoder.", "model.finetune", "model.lora",
-                                                                     "model.adapter", "model.tower"))}
+    shaped = {k: r.config.get(k) for k in TOWER_KEYS if _reads(r.tower, k)}
     return r.tower, r.encoder or "", json.dumps(shaped, sort_keys=True, default=str)
 
 
