@@ -48,3 +48,23 @@ def test_published_report_regenerates_byte_for_byte(folder, tmp_path, monkeypatc
     md = write_report(rel, tmp_path / "report")
     assert md.read_text() == (folder / "report" / "report.md").read_text()
     assert (tmp_path / "report" / "report.json").read_text() == (folder / "report" / "report.json").read_text()
+
+
+def test_every_question_the_committed_runs_can_answer_is_answered():
+    """A report change once made 'which user model?' read 'not measured' although both heads had trained the
+    same towers, and byte-for-byte regeneration cannot notice that (the committed report changed with it):
+    wherever the committed runs hold both sides of a comparison, the committed answer must be measured."""
+    md = (HEADLINE / "report" / "report.md").read_text()
+    answers = md.split("## Answers")[1].split("\n## ")[0]
+    runs = [json.loads(p.read_text()) for p in HEADLINE.glob("*/results.json")]
+    trained = {(r["config"]["model"]["head"], r["config"]["model"]["tower"]) for r in runs if r.get("task") == "train"}
+    needs = {"Does text beat ID?": any(("sasrec", t) in trained for t in ("frozen", "finetune", "lora"))
+             and ("sasrec", "id") in trained,
+             "Which user model": ("sasrec", "id") in trained and ("dssm", "id") in trained,
+             "Does fine-tuning beat a frozen encoder?": ("sasrec", "finetune") in trained
+             and ("sasrec", "frozen") in trained,
+             "How far is zero-shot prompting": any(r.get("task") == "zeroshot" for r in runs)}
+    for question, answerable in needs.items():
+        if answerable:
+            section = answers.split(question)[1].split("\n\n**")[0]
+            assert "not measured" not in section.split("\n\n")[1], f"{question}: {section[:300]}"
