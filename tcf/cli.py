@@ -364,9 +364,11 @@ def _sweep(args: argparse.Namespace, shard_of: tuple[int, int]):
 def _finish(summary, *, report: bool) -> int:
     if report:
         from tcf.experiments.report import write_report
+        from tcf.fsutil import file_lock
         from tcf.tracking import log_sweep_report
 
-        path = write_report(summary.out)
+        with file_lock(Path(summary.out) / ".report.lock"):  # claiming processes may finish together
+            path = write_report(summary.out)
         print(f"report: {path}")
         log_sweep_report(summary.out, Path(path).parent)  # tracking: on (MLflow), bounded by its timeout
     print(f"{len(summary.ran)} run(s) done, {len(summary.skipped)} already done, {len(summary.failed)} failed")
