@@ -202,15 +202,8 @@ def text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
                   f"{_of(len(texts), 'towers')}, {labelled(best)}, against the ID setting best on "
                   f"{SELECT_SPLIT}{_of(len(ids), 'settings')}: {s.split} {m} ")
         out.append(Finding("text vs ID", head, best, base, c, before, ("text beats ID", "ID beats text")))
-        cc, n = cold_compare(best, base, m, s.split, alpha=s.alpha)
-        if cc is not None:
-            k = best.first.config.get("eval.cold_max_count")
-            who = f"{n} users" if n is not None else "users"
-            rule = f": at most {k} training interactions" if k is not None else ""
-            cold.append(Finding(COLD, head, best, base, cc,
-                                f"{name} on cold items ({who} whose {s.split} target is a cold item{rule}), the same "
-                                f"towers: {m} ",
-                                ("text beats ID on cold items", "ID beats text on cold items")))
+        cold += _cold_finding(COLD, head, best, base, s, "towers",
+                              ("text beats ID on cold items", "ID beats text on cold items"))
     return _interleave(_family(out), _family(cold))
 
 
@@ -230,16 +223,24 @@ def id_text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
                   f"against ID{_of(len(ids), 'settings; the best on ' + SELECT_SPLIT)}: {s.split} {m} ")
         out.append(Finding("ID + text vs ID", head, best, base, c, before,
                            ("adding text helps", "adding text hurts")))
-        cc, n = cold_compare(best, base, m, s.split, alpha=s.alpha)
-        if cc is not None:
-            k = best.first.config.get("eval.cold_max_count")
-            who = f"{n} users" if n is not None else "users"
-            rule = f": at most {k} training interactions" if k is not None else ""
-            cold.append(Finding("ID + text vs ID (cold items)", head, best, base, cc,
-                                f"{name} on cold items ({who} whose {s.split} target is a cold item{rule}), the same "
-                                f"settings: {m} ", ("adding text helps on cold items",
-                                                     "adding text hurts on cold items")))
+        cold += _cold_finding("ID + text vs ID (cold items)", head, best, base, s, "settings",
+                              ("adding text helps on cold items", "adding text hurts on cold items"))
     return _interleave(_family(out), _family(cold))
+
+
+def _cold_finding(question: str, head: str, best: Group, base: Group, s: ReportSettings, same: str,
+                  words: tuple[str, str]) -> list[Finding]:
+    """The same two groups compared on the users whose target is a cold item: [its finding], or [] when the
+    runs have no cold slice."""
+    m = s.metrics[0]
+    cc, n = cold_compare(best, base, m, s.split, alpha=s.alpha)
+    if cc is None:
+        return []
+    k = best.first.config.get("eval.cold_max_count")
+    who = f"{n} users" if n is not None else "users"
+    rule = f": at most {k} training interactions" if k is not None else ""
+    return [Finding(question, head, best, base, cc, f"{HEAD_NAMES.get(head, head)} on cold items ({who} whose "
+                    f"{s.split} target is a cold item{rule}), the same {same}: {m} ", words)]
 
 
 def _interleave(main: list[Finding], cold: list[Finding]) -> list[Finding]:

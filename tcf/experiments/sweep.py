@@ -229,11 +229,17 @@ def check_run_folder(folder: str | Path, cfg: RunConfig, *, force: bool = False)
     """
     folder = Path(folder)
     try:
-        state, config, details = _saved(folder)
+        saved = _saved(folder)
     except RunFolderError:
         if force:
             return "new"
         raise
+    return _judge(folder, saved, cfg, force)
+
+
+def _judge(folder: Path, saved: tuple[str, dict | None, dict], cfg: RunConfig, force: bool) -> str:
+    """check_run_folder's answer from what ``_saved`` read there."""
+    state, config, details = saved
     if state == "empty" or force:
         return "new"
     changes = config_changes(config, to_dict(cfg))
@@ -503,10 +509,11 @@ def run_status(run: Run, folder: Path) -> str:
     if not folder.is_dir():
         return "not started"
     try:
-        saved, _, details = _saved(folder)
-        state = check_run_folder(folder, run.config)
+        read = _saved(folder)
+        state = _judge(folder, read, run.config, force=False)
     except RunFolderError as e:
         return f"refused: {e}"
+    saved, _, details = read
     if state == "done":
         return "done: " + headline(details)
     progress = ""  # how close early stopping is, from the checkpoint's loop state
