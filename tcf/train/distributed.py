@@ -31,6 +31,7 @@ group, with no port to collide on: that is how the DeepSpeed stages are tested o
 
 from __future__ import annotations
 
+import gc
 import inspect
 import math
 import os
@@ -282,6 +283,11 @@ class Parallel:
             results = box[0]
             dist.barrier()  # every rank has its copy before any rank tears the group down
         if self._owns_group and self.engine is None:  # DeepSpeed keeps global state bound to its group
+            # DDP's reducer holds the group: drop it and collect first, so the group and its gloo threads end
+            # here, not in the interpreter's finalisation (a rank aborted there in CI: "terminate called
+            # without an active exception", SIGABRT, after its results were final)
+            self.wrapped = None
+            gc.collect()
             dist.destroy_process_group()
         return results
 
