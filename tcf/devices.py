@@ -24,3 +24,26 @@ def pick_device(name: str, setting: str = "encoder.device") -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"{setting} is {name!r} but no CUDA device is available")
     return name
+
+
+def init_group(backend: str, **kwargs) -> None:
+    """``torch.distributed.init_process_group``, and its end registered for interpreter exit: a gloo group
+    still alive when Python finalises can abort the process (SIGABRT, "terminate called without an active
+    exception") after its work is done, and torchrun then reports a finished run as failed.  Whoever ends
+    the group earlier (the training loop does) leaves the exit handler nothing to do."""
+    import atexit
+
+    import torch.distributed as dist
+
+    dist.init_process_group(backend, **kwargs)
+    atexit.register(_end_group)
+
+
+def _end_group() -> None:
+    import gc
+
+    import torch.distributed as dist
+
+    gc.collect()  # objects holding the group (a DDP reducer in a reference cycle) go first
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -16,6 +16,7 @@ import numpy as np
 
 from tcf import __version__
 from tcf.data import Dataset
+from tcf.devices import init_group
 from tcf.encoders import ENCODERS, Encoder, EncoderSpec
 from tcf.encoders.cache import (
     FORMAT_VERSION,
@@ -66,7 +67,7 @@ def _barrier(world: int) -> None:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if _cuda() else "gloo")
+        init_group("nccl" if _cuda() else "gloo")
     dist.barrier()
 
 

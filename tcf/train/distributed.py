@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from tcf.devices import init_group
 from tcf.errors import ConfigError
 
 WAIT = timedelta(hours=2)  # how long ranks wait at a barrier while rank 0 evaluates
@@ -118,9 +119,9 @@ class Parallel:
         if dist.is_initialized():
             return
         if _launched():
-            dist.init_process_group(backend, timeout=WAIT)
+            init_group(backend, timeout=WAIT)
         else:  # one process, no launcher: an in-memory store instead of a TCP port
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=WAIT)
+            init_group(backend, store=dist.HashStore(), rank=0, world_size=1, timeout=WAIT)
         self._owns_group = True
 
     def wrap(self, model: nn.Module, opt: torch.optim.Optimizer, cfg) -> None:
