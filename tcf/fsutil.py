@@ -120,7 +120,25 @@ def try_lock(path: str | Path, *, read_only: bool = False) -> Iterator[bool]:
 
             raise TcfError(f"cannot lock {path}: {e}; --claim needs file locks (flock) on this file system, "
                            "so use --shard here") from e
+        _HELD.add(f.fileno())
         try:
             yield True
         finally:
+            _HELD.discard(f.fileno())
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+# Locks taken by try_lock are held for a whole run (a sweep's claim), and a flock belongs to the open file,
+# which a forked child shares: a worker that outlived a killed holder would keep the run "held" forever.
+# Forked children close their copies; the parent's lock stays.  (Exec'd children never get the fd.)
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in _HELD:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)

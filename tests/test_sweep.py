@@ -210,6 +210,32 @@ def test_order_seed_puts_a_whole_seed_before_the_next_in_file_order_inside():
         ordered(exp.runs, "size")
 
 
+HOLDER_THAT_FORKS = """
+import os, sys, time
+from tcf.fsutil import try_lock
+with try_lock(sys.argv[1]) as got:
+    assert got
+    if os.fork() == 0:  # a worker (a DataLoader's, say) that outlives its parent
+        time.sleep(20)
+        os._exit(0)
+    os._exit(0)  # the holder dies mid-run, without unwinding
+"""
+
+
+def test_a_claim_dies_with_its_holder_not_with_the_holders_forked_children(tmp_path):
+    """A flock belongs to the open file, which a forked child shares: without closing it there, a killed
+    holder's leftover worker kept its run "held by another process" for every other claimer."""
+    import subprocess
+    import sys
+
+    from tcf.fsutil import try_lock
+
+    lock = tmp_path / "run" / ".claim"
+    subprocess.run([sys.executable, "-c", HOLDER_THAT_FORKS, str(lock)], check=True, timeout=60)
+    with try_lock(lock) as got:
+        assert got
+
+
 def test_claim_passes_over_a_held_run_then_waits_for_it_and_resumes_it_if_its_holder_stops(tiny_dataset, tmp_path):
     import threading
 
