@@ -66,9 +66,11 @@ def _top_layers():
     return top_layers
 
 
-def load_bottom_layers(spec, n: int, init: str = "pretrained", seed: int = 0):
+def load_bottom_layers(spec, n: int, init: str = "pretrained", seed: int = 0, dropout: float = 0.0):
     """Blocks 0..n-1 of a causal LM and its final norm, no embedding table: only those weights are read
-    (``init: random`` reads none and initialises the same modules as the model's own code does).
+    (``init: random`` reads none and initialises the same modules as the model's own code does; both arms
+    cast only their parameters to ``spec.dtype``, so computed buffers such as the rotary frequencies stay
+    fp32 in both).  ``dropout`` sets the attention dropout of configs that have one.
     -> (model, kind, n_layers of the full model).  ``model(inputs_embeds=..., attention_mask=...,
     position_ids=...)`` equals the full model's first n blocks followed by its final norm."""
     from accelerate import init_empty_weights
@@ -85,6 +87,8 @@ def load_bottom_layers(spec, n: int, init: str = "pretrained", seed: int = 0):
     if not 1 <= n <= n_layers:
         raise ConfigError(f"model.llm_layers must be within 1..{n_layers} for {spec.model} (0 = all), got {n}")
     truncate_config(config, n)
+    if hasattr(config, "attention_dropout"):
+        config.attention_dropout = dropout
     with quiet_transformers(), init_empty_weights(include_buffers=False):  # weights on meta until loaded
         model = AutoModel.from_config(config)
     if t.strip_embeddings(model) != "decoder" or not hasattr(model, "layers"):
@@ -97,7 +101,9 @@ def load_bottom_layers(spec, n: int, init: str = "pretrained", seed: int = 0):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model.init_weights()
-        return model.to(torch_dtype(spec.dtype)), "decoder", n_layers
+        for p in model.parameters():  # not model.to(): that would cast the fp32 rotary buffers as well
+            p.data = p.data.to(torch_dtype(spec.dtype))
+        return model, "decoder", n_layers
     names, get = t._checkpoint_reader(t._weights_folder(source, spec))
     state = {}
     for name, value in model.state_dict().items():
@@ -155,18 +161,21 @@ class UserLM(nn.Module):
 
 
 class LLMHead(nn.Module):
-    """Item tower -> Linear(dim, H) -> user LM (bottom n blocks) -> Linear(H, dim)."""
+    """Item tower -> Linear(dim, H) -> dropout -> user LM (bottom n blocks) -> Linear(H, dim).
+    ``model.dropout`` acts where SASRec's does on its input (the item vectors entering the sequence model)
+    and as the LM's attention dropout; the Llama-style blocks have no other dropout."""
 
-    def __init__(self, tower: nn.Module, lm: UserLM, dim: int):
+    def __init__(self, tower: nn.Module, lm: UserLM, dim: int, dropout: float = 0.0):
         super().__init__()
         self.tower, self.lm, self.dim = tower, lm, dim
         self.proj_in = nn.Linear(dim, lm.hidden)
+        self.drop = nn.Dropout(dropout)
         self.proj_out = nn.Linear(lm.hidden, dim)
 
     def states(self, users: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
         """[B] users (unused), [B, L] left-padded items -> [B, L, dim] next-item states."""
         keep = seq != 0  # [B, L]
-        x = self.proj_in(self.tower(seq))  # [B, L, H]
+        x = self.drop(self.proj_in(self.tower(seq)))  # [B, L, H]
         h = self.lm(x, keep)  # [B, L, H]; padding queries give finite values that no loss reads
         return self.proj_out(h) * keep.unsqueeze(-1)
 
@@ -184,7 +193,7 @@ def build_llm_head(cfg, tower: nn.Module, n_items: int | None = None, n_users: i
 
     m = cfg.model
     mode, k = parse_train(m.llm_train)
-    model, _, _ = load_bottom_layers(llm_spec(m), m.llm_layers, m.llm_init, seed=cfg.seed)
+    model, _, _ = load_bottom_layers(llm_spec(m), m.llm_layers, m.llm_init, seed=cfg.seed, dropout=m.dropout)
     if cfg.train.grad_checkpointing:
         enable_checkpointing(model)
     if mode == "lora":
@@ -192,4 +201,4 @@ def build_llm_head(cfg, tower: nn.Module, n_items: int | None = None, n_users: i
     else:
         freeze(model, mode, k)
     compute = master_weights(model)
-    return LLMHead(tower, UserLM(model, compute), m.dim)
+    return LLMHead(tower, UserLM(model, compute), m.dim, m.dropout)
