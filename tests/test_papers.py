@@ -100,3 +100,35 @@ def test_the_dssm_text_below_id_claim_never_reads_an_id_plus_text_tower(tmp_path
     row = next(line for line in md.splitlines() if "text below ID with DSSM" in line)
     assert "DSSM: frozen text (minilm-l6) vs ID" in row and "ID + text" not in row
     assert row.endswith("| **same direction** |") and "-0.0400 [" in row
+
+
+@pytest.mark.parametrize("small, large, want", [
+    ("opt-125m", "opt-350m", "not shown at this scale"),  # one family: the claim is tested
+    ("minilm-l6", "embeddinggemma-300m", "not tested here: different model families (embeddinggemma, minilm)"),
+])
+def test_the_size_claim_is_tested_only_within_one_model_family(tmp_path, small, large, want):
+    """TCF's size trend is OPT 125M -> 175B; a larger encoder of another family does not test it."""
+    import json
+
+    import numpy as np
+
+    from tcf.experiments.report import write_report
+
+    rng = np.random.default_rng(0)
+    for name, enc, params in (("small", small, 125_000_000), ("large", large, 350_000_000)):
+        folder = tmp_path / name
+        folder.mkdir()
+        per_user = 0.1 + rng.normal(0, 0.05, 40)
+        for split in ("test", "valid"):
+            np.save(folder / f"per_user_{split}.npy", np.stack([np.arange(1, 41), per_user]))
+        m = float(per_user.mean())
+        metrics = {"ndcg@10": {"mean": m, "ci95": [m - 0.01, m + 0.01]}}
+        (folder / "results.json").write_text(json.dumps({
+            "config": {"name": name, "seed": 0, "model": {"head": "sasrec", "tower": "frozen"},
+                       "encoder": {"model": enc}},
+            "parameters": {"encoder": params},
+            "metrics": {sp: {"metrics": metrics} for sp in ("valid", "test")},
+            "per_user_columns": ["user_id", "ndcg@10"]}))
+    md = write_report(tmp_path, settings={"papers": True}).read_text()
+    row = next(line for line in md.splitlines() if "a bigger item encoder helps" in line)
+    assert row.rstrip(" |").split("| ")[-1].startswith(want), row

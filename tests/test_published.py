@@ -66,5 +66,5 @@ def test_every_question_the_committed_runs_can_answer_is_answered():
              "How far is zero-shot prompting": any(r.get("task") == "zeroshot" for r in runs)}
     for question, answerable in needs.items():
         if answerable:
-            section = answers.split(question)[1].split("\n\n**")[0]
+            section = answers.split(f"**{question}")[1].split("\n\n**")[0]
             assert "not measured" not in section.split("\n\n")[1], f"{question}: {section[:300]}"

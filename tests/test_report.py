@@ -93,7 +93,9 @@ def test_single_runs_are_compared_by_a_paired_test(tmp_path):
     put(tmp_path, "ft", tower="finetune", params=10, ndcg=float(base.mean() + 0.01), half=0.05, per_user=base + 0.01)
     put(tmp_path, "fr", tower="frozen", params=10, ndcg=float(base.mean()), half=0.05, per_user=base)
     md = report_text(tmp_path)
-    assert "fine-tuned text against frozen" in md and "paired permutation test over users p = " in md
+    # one seed each: no seed noise to measure, so the paired test over users, which says what it ignores
+    assert "fine-tuned text against frozen" in md
+    assert "paired permutation test over users (checkpoints treated as fixed: no configuration of this head " in md
     assert "**fine-tuning helps**" in md  # CIs overlap widely, but every user gains: the paired test sees it
 
 
@@ -257,16 +259,20 @@ def test_positive_controls_are_answered_inside_the_main_report(tmp_path):
 
 
 def test_cost_of_the_runs_is_summed_from_their_records(tmp_path):
-    for name, t in (("a", {"train_seconds": 3600.0, "wall_seconds": 1800.0, "peak_rss_mb": 2048.0}),
-                    ("b", {"train_seconds": 1800.0, "wall_seconds": 1900.0})):
+    for name, t in (("a", {"train_seconds": 3600.0, "wall_seconds": 1800.0, "peak_rss_mb": 2048.0,
+                           "peak_rss_scope": "run"}),
+                    ("b", {"train_seconds": 1800.0, "wall_seconds": 1900.0}),
+                    ("c", {"train_seconds": 0.0, "wall_seconds": 0.0, "peak_rss_mb": 4096.0})):  # an older record
         folder = put(tmp_path, name, seed=len(name))
         res = json.loads((folder / "results.json").read_text())
         (folder / "results.json").write_text(json.dumps({**res, "timings": t}))
     md = report_text(tmp_path)
-    assert ("Cost of the 2 finished runs, from their records: 1.5 h of training epochs and 0.0 h of zero-shot "
+    assert ("Cost of the 3 finished runs, from their records: 1.5 h of training epochs and 0.0 h of zero-shot "
             "generation") in md
-    assert "1.0 h of wall clock in the runs' last sittings; the largest peak memory of a run's process 2.00 GiB " \
-           "(recorded by 1 of 2 runs)" in md
+    assert ("1.0 h of wall clock in the runs' last sittings; the largest peak memory of one run 2.00 GiB (measured "
+            "from its start by 1 of 3 runs); 1 older records give their process's peak so far instead (a sweep "
+            "process runs many runs, so it may be an earlier run's), at most 4.00 GiB; runs that ran side by side "
+            "add up.") in md
     assert json.loads((tmp_path / "report" / "report.json").read_text())["cost"]["train_seconds"] == 5400.0
 
 

@@ -1,5 +1,6 @@
-"""The report's statistics: seed groups are compared over users (paired, on seed-averaged per-user values), CIs
-are over users with the seed spread beside them, a NaN is no test, the cold-item claim is tested, and the run
+"""The report's statistics: seed groups are compared over users and seeds (paired over users, on seed-averaged
+per-user values, plus the seed noise pooled over the head's configurations), CIs are over users with the seed
+spread beside them, a NaN is no test, the cold-item claim is tested, and the run
 list follows experiment.json."""
 
 from __future__ import annotations
@@ -61,6 +62,22 @@ def welch_p(x, y) -> float:
     return t_pvalue((x.mean() - y.mean()) / math.sqrt(va + vb), df)
 
 
+def users_and_seeds_p(root: Path, a: str, b: str, k: int = 3) -> tuple[float, float]:
+    """The t-test over users and seeds written out by hand from the run files: (p, df).  Users' part: the
+    variance of the seed-averaged per-user difference over U; seeds' part: the two towers' seed means pooled
+    about their own means (2 (k-1) df), times 1/k + 1/k; Welch-Satterthwaite df."""
+    ua = np.mean([np.load(root / f"{a}-s{i}" / "per_user_test.npy")[1] for i in range(k)], axis=0)
+    ub = np.mean([np.load(root / f"{b}-s{i}" / "per_user_test.npy")[1] for i in range(k)], axis=0)
+    d = ua - ub
+    ma = np.array([np.load(root / f"{a}-s{i}" / "per_user_test.npy")[1].mean() for i in range(k)])
+    mb = np.array([np.load(root / f"{b}-s{i}" / "per_user_test.npy")[1].mean() for i in range(k)])
+    pooled_df = 2 * (k - 1)
+    var_seed = (((ma - ma.mean()) ** 2).sum() + ((mb - mb.mean()) ** 2).sum()) / pooled_df
+    vu, vs = d.var(ddof=1) / len(d), var_seed * 2 / k
+    df = (vu + vs) ** 2 / (vu ** 2 / (len(d) - 1) + vs ** 2 / pooled_df)
+    return t_pvalue(d.mean() / math.sqrt(vu + vs), df), df
+
+
 def test_seed_groups_equal_over_users_are_no_clear_difference(tmp_path):
     """Tight seed means (Welch: significant) but a per-user difference indistinguishable from 0 over 943 users."""
     rng = np.random.default_rng(1)
@@ -71,29 +88,52 @@ def test_seed_groups_equal_over_users_are_no_clear_difference(tmp_path):
     means_id = [np.load(tmp_path / f"id-s{k}" / "per_user_test.npy")[1].mean() for k in range(3)]
     means_tx = [np.load(tmp_path / f"text-s{k}" / "per_user_test.npy")[1].mean() for k in range(3)]
     assert welch_p(means_tx, means_id) < 0.01  # what the seed-mean test said
-    expected = paired_test(d, np.zeros(N_USERS), n=2000)["p_value"]
+    expected, df = users_and_seeds_p(tmp_path, "text", "id")
     assert expected > 0.05
     md = write_report(tmp_path).read_text()
     line = next(x for x in md.splitlines() if x.startswith("- SASRec: the text tower"))
-    assert "paired permutation test over users" in line and "**no clear difference**" in line
+    assert "t-test over users and seeds" in line and "**no clear difference**" in line
     got = text_vs_id(tmp_path)
-    assert got["test"] == "paired permutation test over users" and not got["significant"]
-    assert got["p_value"] == pytest.approx(expected, abs=2e-3)
+    assert got["test"] == "t-test over users and seeds" and not got["significant"]
+    assert got["p_value"] == pytest.approx(expected, rel=1e-9) and got["df"] == pytest.approx(df)
     assert got["n_users"] == N_USERS and got["seeds"] == [3, 3]
 
 
-def test_seed_groups_with_a_real_per_user_difference_are_told_apart(tmp_path):
-    """Noisy seed means (Welch: nothing) but every seed-averaged user gains 0.02 on average over 943 users."""
+def test_a_per_user_difference_counts_only_beyond_the_seed_noise(tmp_path):
+    """Every seed-averaged user gains 0.02 on average over 943 users (a paired test over users alone: p < 0.01).
+    With seeds that move a whole run by +-0.03 that is within what retraining alone gives: no clear difference;
+    with seeds that move it by +-0.0003 it is told apart."""
     rng = np.random.default_rng(2)
     d = rng.normal(0.02, 0.1, N_USERS)
-    seed_groups(tmp_path, d, [0.03, -0.03, 0.0], [0.0, 0.03, -0.03])
-    means_id = [np.load(tmp_path / f"id-s{k}" / "per_user_test.npy")[1].mean() for k in range(3)]
-    means_tx = [np.load(tmp_path / f"text-s{k}" / "per_user_test.npy")[1].mean() for k in range(3)]
-    assert welch_p(means_tx, means_id) > 0.2
-    md = write_report(tmp_path).read_text()
-    line = next(x for x in md.splitlines() if x.startswith("- SASRec: the text tower"))
-    assert "**text beats ID**" in line and "paired permutation test over users" in line
-    assert text_vs_id(tmp_path)["p_value"] < 0.01
+    assert paired_test(d, np.zeros(N_USERS), n=2000)["p_value"] < 0.01
+    for name, oi, ot, verdict in (("noisy", [0.03, -0.03, 0.0], [0.0, 0.03, -0.03], "**no clear difference**"),
+                                  ("tight", [0.0003, -0.0003, 0.0], [0.0, 0.0003, -0.0003], "**text beats ID**")):
+        root = tmp_path / name
+        seed_groups(root, d, oi, ot)
+        expected, _ = users_and_seeds_p(root, "text", "id")
+        md = write_report(root).read_text()
+        line = next(x for x in md.splitlines() if x.startswith("- SASRec: the text tower"))
+        assert verdict in line and "t-test over users and seeds" in line, (name, line)
+        assert text_vs_id(root)["p_value"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_two_seeds_of_one_configuration_are_not_called_different(tmp_path):
+    """The placebo the paired test over users failed on ml-100k (8 of 20 same-configuration seed pairs at
+    p < 0.05): two single-seed groups of identical configurations whose runs differ only by a seed's shift,
+    with a third configuration's 3 seeds measuring that shift's size."""
+    rng = np.random.default_rng(4)
+    base = rng.random(N_USERS) * 0.3
+    for k, o in enumerate((0.01, -0.012, 0.002)):  # 3 seeds of the ID tower: the pool's seed noise
+        put(tmp_path, f"id-s{k}", seed=k, per_user=base + o + rng.normal(0, 0.02, N_USERS))
+    put(tmp_path, "a", tower="frozen", seed=0, per_user=base + 0.011 + rng.normal(0, 0.02, N_USERS))
+    put(tmp_path, "b", tower="finetune", seed=0, per_user=base - 0.009 + rng.normal(0, 0.02, N_USERS))
+    groups = {g.first.tower: g for g in group_runs(load_runs(tmp_path)[0])}
+    fixed = paired_test(groups["frozen"].user_values("ndcg@10")[1], groups["finetune"].user_values("ndcg@10")[1])
+    assert fixed["p_value"] < 1e-3  # what treating the two checkpoints as fixed said
+    c = compare(groups["frozen"], groups["finetune"], "ndcg@10", "test", pool=list(groups.values()))
+    assert c.test == "t-test over users and seeds" and c.p_value > 0.05
+    lone = compare(groups["frozen"], groups["finetune"], "ndcg@10", "test")  # no pool: the fallback says so
+    assert "checkpoints treated as fixed" in lone.test
 
 
 def test_seed_group_cells_are_user_cis_with_the_seed_spread_beside(tmp_path):
@@ -168,11 +208,12 @@ def test_the_cold_item_claim_is_tested_over_cold_users(tiny_dataset, tmp_path):
     md = write_report(tmp_path).read_text()
     answer = md.split("**Does text beat ID?**")[1].split("**Does fine-tuning")[0]
     line = next(x for x in answer.splitlines() if "cold items" in x)
-    assert f"{int(cold.sum())} users" in line and "paired permutation test over users" in line
+    assert f"{int(cold.sum())} users" in line and "t-test over users and seeds" in line
     assert "**text beats ID on cold items**" in line
     summary = json.loads((tmp_path / "report" / "report.json").read_text())
     got = next(c for c in summary["comparisons"] if c["question"] == "text vs ID (cold items)")
-    assert got["p_value"] == pytest.approx(paired_test(text[cold], base[cold], n=2000)["p_value"])
+    d = text[cold] - base[cold]  # the seeds repeat each run exactly: no seed noise, the users' part alone
+    assert got["p_value"] == pytest.approx(t_pvalue(d.mean() / (d.std(ddof=1) / math.sqrt(len(d))), len(d) - 1))
     assert got["family"] == 1 and got["n_users"] == int(cold.sum())
 
 
@@ -278,3 +319,15 @@ def test_the_least_number_of_differing_users_follows_alpha():
     from tcf.experiments.stats import min_differing
 
     assert [min_differing(a) for a in (0.1, 0.05, 0.01)] == [5, 6, 8]  # 2^(1-m) < alpha: 1/16, 1/32, 1/128
+
+
+def test_spearman_averages_tied_ranks_and_its_exact_p_is_the_share_of_orders_as_extreme():
+    from tcf.experiments.answers import _spearman, spearman_exact_p
+
+    # ties: ordinal ranks would make this 0.8; average ranks give the textbook 0.9487
+    x, y = [1, 2, 3, 4, 5], [1.0, 2.0, 2.0, 4.0, 5.0]
+    assert _spearman(x, y) == pytest.approx(np.corrcoef([0, 1, 2, 3, 4], [0, 1.5, 1.5, 3, 4])[0, 1])
+    assert spearman_exact_p(x, [1, 2, 3, 4, 5]) == pytest.approx(2 / 120)  # only the two monotone orders
+    assert spearman_exact_p(x, [5, 4, 3, 2, 1]) == pytest.approx(2 / 120)
+    assert spearman_exact_p(x, [1, 3, 2, 5, 4]) > 0.05
+    assert spearman_exact_p(list(range(9)), list(range(9))) is None  # 9! orders: not enumerated

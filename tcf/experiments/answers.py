@@ -17,6 +17,7 @@ from tcf.experiments.results import Group, Stat
 from tcf.experiments.stats import (
     PAIRED,
     PAIRED_RESAMPLES,
+    USERS_AND_SEEDS,
     WELCH,
     Z_FROM_CI,
     Comparison,
@@ -43,6 +44,7 @@ class ReportSettings:
     neighbors_k: int = 5
     papers: bool = False  # an "against the papers" section (tcf.experiments.papers)
     controls: list[str] = field(default_factory=list)  # run folders of positive controls: their answers shown here
+    caveats: list[str] = field(default_factory=list)  # what a reader must know to read the answers (design limits)
 
 
 # ---------------------------------------------------------------- helpers
@@ -165,7 +167,8 @@ class Finding:
                 "b": group_label(self.b) + _extra(self.b),
                 "metric": s.metrics[0], "split": s.split, "selected_on": SELECT_SPLIT, "a_mean": c.a.mean,
                 "b_mean": c.b.mean, "diff": c.diff, **c.record(), "alpha": s.alpha,
-                "significant": c.significant(s.alpha)}
+                "significant": c.significant(s.alpha), "planned_seeds": self.planned_seeds,
+                "provisional": min(c.seeds) < self.planned_seeds}
 
 
 def _family(found: list[Finding]) -> list[Finding]:
@@ -194,7 +197,7 @@ def text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
         ids = [g for g in groups if g.first.head == head and g.first.tower == "id"]
         texts = [g for g in groups if g.first.head == head and g.first.tower in TEXT_TOWERS]
         base, best = select(ids, m), select(texts, m)
-        c = compare(best, base, m, s.split, alpha=s.alpha) if base is not None and best is not None else None
+        c = compare(best, base, m, s.split, alpha=s.alpha, pool=groups) if base is not None and best is not None else None
         if c is None:
             continue
         name = HEAD_NAMES.get(head, head)
@@ -203,7 +206,7 @@ def text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
                   f"{SELECT_SPLIT}{_of(len(ids), 'settings')}: {s.split} {m} ")
         out.append(Finding("text vs ID", head, best, base, c, before, ("text beats ID", "ID beats text")))
         cold += _cold_finding(COLD, head, best, base, s, "towers",
-                              ("text beats ID on cold items", "ID beats text on cold items"))
+                              ("text beats ID on cold items", "ID beats text on cold items"), groups)
     return _interleave(_family(out), _family(cold))
 
 
@@ -215,7 +218,7 @@ def id_text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
         ids = [g for g in groups if g.first.head == head and g.first.tower == "id"]
         both = [g for g in groups if g.first.head == head and g.first.tower == "id+text"]
         base, best = select(ids, m), select(both, m)
-        c = compare(best, base, m, s.split, alpha=s.alpha) if base is not None and best is not None else None
+        c = compare(best, base, m, s.split, alpha=s.alpha, pool=groups) if base is not None and best is not None else None
         if c is None:
             continue
         name = HEAD_NAMES.get(head, head)
@@ -224,16 +227,16 @@ def id_text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
         out.append(Finding("ID + text vs ID", head, best, base, c, before,
                            ("adding text helps", "adding text hurts")))
         cold += _cold_finding("ID + text vs ID (cold items)", head, best, base, s, "settings",
-                              ("adding text helps on cold items", "adding text hurts on cold items"))
+                              ("adding text helps on cold items", "adding text hurts on cold items"), groups)
     return _interleave(_family(out), _family(cold))
 
 
 def _cold_finding(question: str, head: str, best: Group, base: Group, s: ReportSettings, same: str,
-                  words: tuple[str, str]) -> list[Finding]:
+                  words: tuple[str, str], groups: list[Group]) -> list[Finding]:
     """The same two groups compared on the users whose target is a cold item: [its finding], or [] when the
     runs have no cold slice."""
     m = s.metrics[0]
-    cc, n = cold_compare(best, base, m, s.split, alpha=s.alpha)
+    cc, n = cold_compare(best, base, m, s.split, alpha=s.alpha, pool=groups)
     if cc is None:
         return []
     k = best.first.config.get("eval.cold_max_count")
@@ -257,7 +260,7 @@ def fine_tuned_vs_frozen(groups: list[Group], s: ReportSettings) -> list[Finding
         r = tuned.first
         peers = [g for g in frozen if g.first.head == r.head and g.first.encoder == r.encoder]
         base = select(peers, m)
-        c = compare(tuned, base, m, s.split, alpha=s.alpha) if base is not None else None
+        c = compare(tuned, base, m, s.split, alpha=s.alpha, pool=groups) if base is not None else None
         if c is None:
             continue
         extra = f" [{extra_settings(tuned)}]" if extra_settings(tuned) else ""
@@ -280,11 +283,55 @@ def scaling_series(groups: list[Group], metric: str, split: str) -> dict[str, li
     return {k: sorted(v, key=lambda t: t[0]) for k, v in series.items()}
 
 
+def _ranks(x: list[float]) -> np.ndarray:
+    """Ranks 0..n-1, ties given their average rank (Spearman's textbook definition)."""
+    x = np.asarray(x, np.float64)
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(len(x), dtype=np.float64)
+    for v in np.unique(x):
+        tied = x == v
+        r[tied] = r[tied].mean()
+    return r
+
+
 def _spearman(x: list[float], y: list[float]) -> float:
-    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    rx, ry = _ranks(x), _ranks(y)
     if np.std(rx) == 0 or np.std(ry) == 0:
         return float("nan")
     return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def spearman_exact_p(x: list[float], y: list[float]) -> float | None:
+    """Two-sided exact permutation p-value of Spearman's rho (all n! orders of y; n <= 8), None beyond that or
+    when rho is undefined. With 5 sizes only |rho| = 1 reaches p < 0.05."""
+    import itertools
+
+    rho = _spearman(x, y)
+    if not math.isfinite(rho) or len(x) > 8:
+        return None
+    rx, ry = _ranks(x), _ranks(y)
+    hits = total = 0
+    for perm in itertools.permutations(ry):
+        r = np.corrcoef(rx, perm)[0, 1]
+        hits += abs(r) >= abs(rho) - 1e-12
+        total += 1
+    return hits / total
+
+
+def _walk(pts: list, metric: str, split: str) -> tuple[list[float], str]:
+    """Each size's mean on the seeds every size has (a 1-seed point against 3-seed ones would put seed noise in
+    the trend), with a note naming them; each its own mean when they share none or all have the same seeds."""
+    sets = [set(map(str, g.seeds)) for _, _, g in pts]
+    common = set.intersection(*sets)
+    if not common or all(x == common for x in sets):
+        return [st.mean for _, st, _ in pts], ""
+    means = []
+    for _, st, g in pts:
+        vals = [m[0] for r in g.runs if str(r.config.get("seed")) in common
+                for m in [r.metric(metric, split)] if m is not None]
+        means.append(float(np.mean(vals)) if vals else st.mean)
+    return means, f" (on the seed{'s' if len(common) > 1 else ''} all sizes have: {', '.join(sorted(common))})"
 
 
 def largest_vs_smallest(groups: list[Group], s: ReportSettings) -> list[Finding]:
@@ -293,11 +340,14 @@ def largest_vs_smallest(groups: list[Group], s: ReportSettings) -> list[Finding]
     for label, pts in scaling_series(groups, m, s.split).items():
         if len({p for p, _, _ in pts}) < 2:
             continue
-        walk = " → ".join(f"{st.mean:.4f} ({params_text(p)})" for p, st, _ in pts)
-        rho = _spearman([p for p, _, _ in pts], [st.mean for _, st, _ in pts])
-        before = f"{label}: {m} {walk}; Spearman ρ(size, {m}) = {rho:.2f}; largest vs smallest "
+        means, on = _walk(pts, m, s.split)
+        walk = " → ".join(f"{v:.4f} ({params_text(p)})" for (p, _, _), v in zip(pts, means))
+        sizes = [p for p, _, _ in pts]
+        rho, p_rho = _spearman(sizes, means), spearman_exact_p(sizes, means)
+        rho_p = f", exact permutation p = {p_rho:.2g} over {len(pts)} sizes" if p_rho is not None else ""
+        before = f"{label}: {m} {walk}{on}; Spearman ρ(size, {m}) = {rho:.2f}{rho_p}; largest vs smallest "
         out.append(Finding("largest vs smallest encoder", pts[0][2].first.head, pts[-1][2], pts[0][2],
-                           compare(pts[-1][2], pts[0][2], m, s.split, alpha=s.alpha), before,
+                           compare(pts[-1][2], pts[0][2], m, s.split, alpha=s.alpha, pool=groups), before,
                            ("yes, the largest beats the smallest", "no, the largest is worse than the smallest"),
                            diff_only=True))
     return _family(out)
@@ -342,7 +392,8 @@ def head_vs_head(groups: list[Group], s: ReportSettings) -> list[Finding]:
         base = select(heads["sasrec"], m)
         for head in sorted(h for h in heads if h != "sasrec"):
             best = select(heads[head], m)
-            c = compare(best, base, m, s.split, alpha=s.alpha) if best is not None and base is not None else None
+            c = (compare(best, base, m, s.split, alpha=s.alpha, pool=groups)
+                 if best is not None and base is not None else None)
             if c is None:
                 continue
             extra = f" [{extra_settings(best)}]" if extra_settings(best) else ""
@@ -367,7 +418,7 @@ def pretrained_vs_random(groups: list[Group], s: ReportSettings) -> list[Finding
             o = {k: v for k, v in other.first.config.items() if k not in ("model.llm_init", "seed", "name")}
             if other.first.config.get("model.llm_init") != "random" or o != rest:
                 continue
-            c = compare(g, other, m, s.split, alpha=s.alpha)
+            c = compare(g, other, m, s.split, alpha=s.alpha, pool=groups)
             if c is None:
                 continue
             before = f"LLM head on {group_label(g, False)}: pretrained against random initialisation: {s.split} {m} "
@@ -409,11 +460,17 @@ def method_note(s: ReportSettings) -> str:
     """How the answers were reached, said once above them."""
     note = (f"Towers and baselines are selected on {SELECT_SPLIT} {s.metrics[0]} (the text tower, ID setting or "
             f"frozen peer with the best {SELECT_SPLIT} score), then compared on {s.split}. Each answer's tests are "
-            f"one family (the cold-item lines another), Holm–Bonferroni corrected: a difference counts when its "
-            f"adjusted p < {s.alpha:g}. Test: a {PAIRED} ({PAIRED_RESAMPLES} sign flips) on each user's value "
-            f"averaged over the group's seeds, whenever both groups have per-user records on the same users; the "
-            f"seed spread is shown beside, not tested. Fallbacks, named where used: {WELCH}; {Z_FROM_CI}. "
-            "Each line names its test.")
+            f"one family (the cold-item lines another; zero-shot: one family per protocol), Holm–Bonferroni "
+            f"corrected: a difference counts when its adjusted p < {s.alpha:g}. Test, whenever both groups have "
+            f"per-user records on the same users: a {USERS_AND_SEEDS}, so that a difference must exceed what "
+            "retraining with another seed gives as well as what another sample of users would — the users' part "
+            "of its variance from the paired differences of each user's value averaged over the group's seeds, "
+            "the seeds' part from the variance of a seed's mean about its configuration's mean, pooled over every "
+            "configuration of the same head with two or more seeds (Student's t, Welch–Satterthwaite degrees of "
+            "freedom). The bracket after a difference is its 95% CI from the same test, not adjusted for "
+            f"multiplicity (the verdict is). Where no configuration of a head has two seeds, a {PAIRED} "
+            f"({PAIRED_RESAMPLES} sign flips; bootstrap CI over users), which treats each checkpoint as fixed "
+            f"and says so. Fallbacks, named where used: {WELCH}; {Z_FROM_CI}. Each line names its test.")
     if s.split == SELECT_SPLIT:
         note += f" The report's split is the selection split: the selected towers' {s.split} numbers are optimistic."
     return note

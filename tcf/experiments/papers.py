@@ -18,6 +18,7 @@ verdict says whether the *direction* holds here, never that a number was reprodu
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from tcf.experiments.answers import (
@@ -45,6 +46,7 @@ class Claim:
     question: str  # the report question (Finding.question) or "zero-shot vs trained" / "zero-shot vs popularity"
     expect: str  # ">" | ">=" | "<" | "<=": a against b, in the report test's own order
     head: str | None = None  # only this head's test; None: every head
+    one_family: bool = False  # the finding is about one model family's sizes: other families do not test it
 
 
 CLAIMS = (
@@ -52,8 +54,8 @@ CLAIMS = (
           "fine-tuned vs ID", ">=", "sasrec"),
     Claim(TCF, "text below ID with DSSM", "text vs ID", "<", "dssm"),
     Claim(TCF, "fine-tuning the encoder beats keeping it frozen", "fine-tuned vs frozen", ">"),
-    Claim(TCF, "a bigger item encoder helps (within one family, OPT 125M → 175B; here the sizes are different "
-               "model families)", "largest vs smallest encoder", ">"),
+    Claim(TCF, "a bigger item encoder helps (within one family, OPT 125M → 175B)", "largest vs smallest encoder",
+          ">", one_family=True),
     Claim(f"{TCF}; {LLMRANK}", "zero-shot LLM prompting below trained recommenders", "zero-shot vs trained", "<"),
     Claim(LLMRANK, "small zero-shot LLMs near or below popularity", "zero-shot vs popularity", "<="),
 )
@@ -68,9 +70,12 @@ class Measured:
     significant: bool
     evidence: str  # test and p-values
     ci: list | None = None  # 95% CI of the difference, when the test gave one
+    untested: str = ""  # why this comparison does not test the claim (the verdict then says so)
 
 
 def verdict(expect: str, m: Measured) -> str:
+    if m.untested:
+        return m.untested
     up = m.diff > 0
     if expect in (">=", "<="):
         if not m.significant:
@@ -89,9 +94,19 @@ def _from_findings(found: list[Finding], claim: Claim, s: ReportSettings) -> lis
             continue
         c = f.c
         what = f"{HEAD_NAMES.get(f.head, f.head)}: {_label(f.a)} vs {_label(f.b)}"
+        fa, fb = model_family(f.a.first.encoder), model_family(f.b.first.encoder)
+        untested = (f"not tested here: different model families ({fa}, {fb})"
+                    if claim.one_family and fa != fb else "")
         out.append(Measured(what, c.diff, c.significant(s.alpha), c.evidence() + _provisional(c, f.planned_seeds),
-                            c.diff_ci))
+                            c.diff_ci, untested))
     return out
+
+
+def model_family(encoder: str | None) -> str:
+    """An encoder's family from its name, its size suffix dropped: opt-125m and opt-175b -> opt; minilm-l6 ->
+    minilm; mpnet-base -> mpnet; a path keeps its folder (facebook/opt-1.3b -> facebook/opt)."""
+    name = str(encoder or "")
+    return re.sub(r"-(\d+(\.\d+)?[kmbt]|l\d+|base|large|small|tiny|mini|xl|xxl)$", "", name.lower(), flags=re.I)
 
 
 def _provisional(c: Comparison, planned: int) -> str:
@@ -113,7 +128,8 @@ def _tuned_vs_id(groups: list[Group], claim: Claim, s: ReportSettings, planned: 
             continue
         tuned = select([g for g in groups if g.first.head == head and g.first.tower in TUNED], m)
         ids = select([g for g in groups if g.first.head == head and g.first.tower == "id"], m)
-        c = compare(tuned, ids, m, s.split, alpha=s.alpha) if tuned is not None and ids is not None else None
+        c = (compare(tuned, ids, m, s.split, alpha=s.alpha, pool=groups)
+             if tuned is not None and ids is not None else None)
         if c is not None:
             what = (f"{HEAD_NAMES.get(head, head)}: {_label(tuned)} vs {_label(ids)} (each the best on "
                     f"{SELECT_SPLIT} of its kind)")
@@ -158,7 +174,8 @@ def against_papers(found: list[Finding], zs: list[dict], s: ReportSettings, grou
                         f"{m.evidence} | {verdict(claim.expect, m)} |")
     return ["These papers ran other datasets, encoder sizes and budgets: a row says whether the *direction* of "
             "their finding holds in this experiment, with this report's own test (a = the first-named side). "
-            "*Not shown at this scale* means the difference here is not significant after correction; it neither "
+            "*Not shown at this scale* means the difference here is not significant after correction (Holm within each "
+            "claim's rows); it neither "
             "confirms nor contradicts the paper. *Not contradicted* (for a claim of \"comparable or better\") is no "
             "evidence of equivalence either: the CI shows which differences the data leave open. Verdicts from "
             "groups with fewer seeds than planned are provisional (the test names the seeds averaged).", "", *rows]

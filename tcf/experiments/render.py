@@ -318,6 +318,8 @@ def markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s, cont
            "fallback where per-user records are missing: a t-based 95% CI over seed means, which reflects training "
            "randomness only, not which users were sampled.", ""]
     md += ["## Answers", "", method_note(s), ""]
+    if s.caveats:
+        md += ["Read the answers with these limits of the design:", "", *[f"- {c.strip()}" for c in s.caveats], ""]
     answers = finding_answers(found, s)
     answers.append(("How far is zero-shot prompting from trained models?", answer_zeroshot(zs, s)))
     md += answer_lines(answers)

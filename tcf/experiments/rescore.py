@@ -166,7 +166,7 @@ def metric_mean(m: dict, name: str) -> float | None:
     return None if v is None else float(v)
 
 
-ZS_POP_TEST = f"{PAIRED} (stored by the zero-shot run)"
+ZS_POP_TEST = f"{PAIRED} (stored by the zero-shot run, 10,000 sign flips)"
 
 
 def _zs_test(name: str, label: str, b_mean: float | None, diff: float | None, ci, p: float | None, test: str,

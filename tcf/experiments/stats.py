@@ -1,12 +1,19 @@
 """The report's statistics: which test compares two groups of runs, Holm families, the cold-item test.
 
-Two groups evaluated on the same users are compared by a paired permutation test over users, on each
-user's value averaged over the group's seeds: what a claim about users needs (a test over seed means
-varies with training randomness alone, not with which users were sampled).  Only where per-user
-records are missing does a comparison fall back, saying so: a Welch t-test over seed means when both
-have several seeds, or an unpaired z-test from two bootstrap CIs over users.  Intervals of different
-kinds (a t interval over seeds against a bootstrap interval over users) are not combined.  A statistic
-that is not finite is no test, never a significant one.
+A claim about two *configurations* must survive both sources of noise: which users were sampled, and
+which seed trained the checkpoint.  Two groups evaluated on the same users are compared by a t-test over
+users and seeds: the paired difference d_u of each user's value (averaged over the group's seeds) gives
+the users' part of the variance, var(d)/U; the seeds' part is sigma_h^2 (1/n_a + 1/n_b), where sigma_h^2 is
+the variance of a seed's mean about its configuration's mean, pooled over every configuration of the same
+head with two or more seeds (one-way ANOVA's within-group mean square; a head-vs-head comparison adds the
+two heads' terms).  The statistic D / sqrt(sum) is referred to Student's t with Welch–Satterthwaite degrees
+of freedom, and the 95% CI of the difference is D +- t * se (unadjusted for multiplicity).  A paired test
+over users alone treats each checkpoint as fixed: on ml-100k it called two seeds of one configuration
+different in 8 of 20 pairs.  Where no configuration of a head has two seeds, the paired permutation test
+over users is the fallback and says that it treats checkpoints as fixed.  Only where per-user records are
+missing does a comparison fall back further, saying so: a Welch t-test over seed means when both have
+several seeds, or an unpaired z-test from two bootstrap CIs over users.  Intervals of different kinds
+are not combined.  A statistic that is not finite is no test, never a significant one.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ from tcf.eval.metrics import holm, normal_pvalue, paired_test, t_pvalue
 from tcf.experiments.results import Group, RunResult, Stat
 
 PAIRED_RESAMPLES = 2000  # sign flips of the paired permutation test (seed 0)
+USERS_AND_SEEDS = "t-test over users and seeds"
 PAIRED = "paired permutation test over users"
+FIXED = " (checkpoints treated as fixed: no configuration of this head has 2 seeds to measure seed noise)"
 WELCH = "Welch t-test over seeds (fallback: no per-user records; ignores which users were sampled)"
 Z_FROM_CI = "unpaired z-test from the bootstrap 95% CIs over users (fallback: no per-user records on the same users)"
 NO_TEST = "no test: neither per-user records, seeds nor confidence intervals"
@@ -44,6 +53,8 @@ class Comparison:
     diff_ci: list | None = None  # bootstrap 95% CI of the paired difference
     shared: tuple | None = None  # the seeds compared, when the groups' seed sets differed (of_seeds: theirs)
     of_seeds: tuple[int, int] | None = None
+    df: float | None = None  # degrees of freedom of the t-test over users and seeds
+    seed_sd: tuple | None = None  # the pooled seed sd of each side's head, and the configurations pooled
 
     @property
     def diff(self) -> float:
@@ -89,6 +100,7 @@ class Comparison:
                 "n_users": self.n_users, "seeds": list(self.seeds), "diff_ci95": self.diff_ci,
                 **({"shared_seeds": list(self.shared), "of_seeds": list(self.of_seeds)} if self.shared is not None
                    else {}),
+                **({"df": self.df, "seed_sd": [list(x) for x in self.seed_sd]} if self.df is not None else {}),
                 **({"no_test": self.reason} if self.p_value is None else {})}
 
 
@@ -123,17 +135,99 @@ def min_differing(alpha: float) -> int:
     return m
 
 
+@dataclass(frozen=True)
+class SeedNoise:
+    """The variance of a seed's mean about its configuration's mean, pooled over a head's configurations."""
+
+    var: float
+    df: int  # sum over the pooled configurations of (seeds - 1)
+    configs: int
+
+
+def seed_noise(pool: list[Group] | None, head: str, metric: str, split: str,
+               users: np.ndarray | None = None) -> SeedNoise | None:
+    """Pooled within-configuration variance of seed means (one-way ANOVA's within mean square) over the groups
+    of ``pool`` with ``head`` and two or more seeds; on ``users`` alone (a slice) when given, from per-user
+    records.  None when no such group exists (the seed noise of this head is then unknown)."""
+    ss, df, k = 0.0, 0, 0
+    for g in pool or ():
+        if g.first.head != head or len(g.runs) < 2:
+            continue
+        x = _seed_means(g, metric, split) if users is None else _slice_seed_means(g, metric, split, users)
+        if x is None or len(x) < 2 or not np.isfinite(x).all():
+            continue
+        ss, df, k = ss + float(((x - x.mean()) ** 2).sum()), df + len(x) - 1, k + 1
+    return SeedNoise(ss / df, df, k) if df else None
+
+
+def _slice_seed_means(g: Group, metric: str, split: str, users: np.ndarray) -> np.ndarray | None:
+    out = []
+    for r in g.runs:
+        pu = r.per_user(metric, split)
+        if pu is None:
+            return None
+        sel = np.isin(pu[0], users)
+        if not sel.any():
+            return None
+        out.append(float(np.asarray(pu[1], np.float64)[sel].mean()))
+    return np.array(out)
+
+
+def t_quantile(df: float, level: float = 0.95) -> float:
+    """The two-sided ``level`` quantile of Student's t with ``df`` degrees of freedom (bisection on t_pvalue)."""
+    lo, hi = 0.0, 1e3
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        p = t_pvalue(mid, df)
+        lo, hi = (mid, hi) if p is not None and p > 1 - level else (lo, mid)
+    return (lo + hi) / 2
+
+
 def paired(sa: Stat, sb: Stat, ua: np.ndarray, ub: np.ndarray, seeds: tuple[int, int],
-           alpha: float = 0.05) -> Comparison:
-    """The paired permutation test of two aligned per-user arrays; no test (and so out of its Holm family)
+           alpha: float = 0.05, noise: tuple[SeedNoise | None, SeedNoise | None] | None = None,
+           same_head: bool = True) -> Comparison:
+    """Two aligned per-user arrays (each user's value averaged over its group's seeds) compared by the t-test
+    over users and seeds when both heads' seed noise is known (``noise``), else by the paired permutation
+    test over users, which says that it treats checkpoints as fixed.  No test (and so out of its Holm family)
     when too few users differ at all for any outcome to reach p < alpha."""
     differing, need = int(np.sum(np.asarray(ua, np.float64) != np.asarray(ub, np.float64))), min_differing(alpha)
     if differing < need and np.isfinite(ua).all() and np.isfinite(ub).all():
         return Comparison(sa, sb, None, n_users=len(ua), seeds=seeds,
                           reason=f"not testable: {differing} of {len(ua)} users differ (a sign-flip test needs at "
                                  f"least {need} to reach p < {alpha:g})")
+    na, nb = noise if noise is not None else (None, None)
+    if na is not None and nb is not None:
+        return _users_and_seeds(sa, sb, ua, ub, seeds, na, nb, same_head)
     r = paired_test(ua, ub, n=PAIRED_RESAMPLES)
-    c = Comparison(sa, sb, r["p_value"], PAIRED, n_users=len(ua), seeds=seeds, diff_ci=r["ci95"])
+    c = Comparison(sa, sb, r["p_value"], PAIRED + FIXED, n_users=len(ua), seeds=seeds, diff_ci=r["ci95"])
+    if c.p_value is None:
+        c.test, c.reason = "", NOT_FINITE
+    return c
+
+
+def _users_and_seeds(sa: Stat, sb: Stat, ua: np.ndarray, ub: np.ndarray, seeds: tuple[int, int],
+                     na: SeedNoise, nb: SeedNoise, same_head: bool) -> Comparison:
+    d = np.asarray(ua, np.float64) - np.asarray(ub, np.float64)
+    if not np.isfinite(d).all() or len(d) < 2:
+        return Comparison(sa, sb, None, reason=NOT_FINITE, n_users=len(d), seeds=seeds)
+    v_users = float(d.var(ddof=1)) / len(d)
+    if same_head:  # one pooled variance for both sides
+        parts = [(na.var * (1 / seeds[0] + 1 / seeds[1]), na.df)]
+    else:
+        parts = [(na.var / seeds[0], na.df), (nb.var / seeds[1], nb.df)]
+    total = v_users + sum(v for v, _ in parts)
+    diff = float(d.mean())
+    if total == 0:
+        p, df, half = (1.0 if diff == 0 else 0.0), float("inf"), 0.0
+    else:
+        den = v_users ** 2 / (len(d) - 1) + sum(v ** 2 / k for v, k in parts)
+        df = total ** 2 / den if den > 0 else float(len(d) - 1)
+        p = t_pvalue(diff / math.sqrt(total), df)
+        half = t_quantile(df) * math.sqrt(total)
+    sds = ((math.sqrt(na.var), na.configs),) if same_head else ((math.sqrt(na.var), na.configs),
+                                                                (math.sqrt(nb.var), nb.configs))
+    c = Comparison(sa, sb, p, USERS_AND_SEEDS, n_users=len(d), seeds=seeds, diff_ci=[diff - half, diff + half],
+                   df=df, seed_sd=sds)
     if c.p_value is None:
         c.test, c.reason = "", NOT_FINITE
     return c
@@ -156,26 +250,35 @@ def on_shared_seeds(a: Group, b: Group) -> tuple[Group, Group, tuple | None]:
     return cut(a), cut(b), tuple(sorted(common))
 
 
-def compare(a: Group, b: Group, metric: str, split: str, alpha: float = 0.05) -> Comparison | None:
-    """``a`` against ``b`` on ``split``, on the seeds both have (:func:`on_shared_seeds`): paired over users when
-    both have per-user records on the same users (seed-averaged per user); else a labelled fallback (Welch over
-    seeds, or a z-test from two CIs over users)."""
+def compare(a: Group, b: Group, metric: str, split: str, alpha: float = 0.05,
+            pool: list[Group] | None = None) -> Comparison | None:
+    """``a`` against ``b`` on ``split``, on the seeds both have (:func:`on_shared_seeds`): the t-test over users
+    and seeds when both have per-user records on the same users, its seed noise pooled over ``pool`` (the
+    report's groups); else a labelled fallback (the paired test over users alone, Welch over seeds, or a
+    z-test from two CIs over users)."""
     of = (len(a.runs), len(b.runs))
     a, b, shared = on_shared_seeds(a, b)
-    c = _compare(a, b, metric, split, alpha)
+    c = _compare(a, b, metric, split, alpha, pool)
     if c is not None and shared is not None:
         c.shared, c.of_seeds = shared, of
     return c
 
 
-def _compare(a: Group, b: Group, metric: str, split: str, alpha: float) -> Comparison | None:
+def _noise(pool, a: Group, b: Group, metric: str, split: str, users=None):
+    ha, hb = a.first.head, b.first.head
+    na = seed_noise(pool, ha, metric, split, users)
+    return (na, na if hb == ha else seed_noise(pool, hb, metric, split, users)), ha == hb
+
+
+def _compare(a: Group, b: Group, metric: str, split: str, alpha: float, pool=None) -> Comparison | None:
     sa, sb = a.stat(metric, split), b.stat(metric, split)
     if sa is None or sb is None:
         return None
     seeds = (len(a.runs), len(b.runs))
     ua, ub = a.user_values(metric, split), b.user_values(metric, split)
     if ua is not None and ub is not None and np.array_equal(ua[0], ub[0]):
-        return paired(sa, sb, ua[1], ub[1], seeds, alpha)
+        noise, same = _noise(pool, a, b, metric, split)
+        return paired(sa, sb, ua[1], ub[1], seeds, alpha, noise, same)
     if not (math.isfinite(sa.mean) and math.isfinite(sb.mean)):
         return Comparison(sa, sb, None, reason=NOT_FINITE, seeds=seeds)
     xa, xb = _seed_means(a, metric, split), _seed_means(b, metric, split)
@@ -228,19 +331,20 @@ def cold_users(run: RunResult, split: str) -> tuple[np.ndarray | None, str]:
     return _cold_users(str(ds["path"]), str(ds["fingerprint"]), split, int(k))
 
 
-def cold_compare(a: Group, b: Group, metric: str, split: str,
-                 alpha: float = 0.05) -> tuple[Comparison | None, int | None]:
+def cold_compare(a: Group, b: Group, metric: str, split: str, alpha: float = 0.05,
+                 pool: list[Group] | None = None) -> tuple[Comparison | None, int | None]:
     """``a`` against ``b`` on the users whose target is cold: paired over those users (seed-averaged), else the
     runs' cold-slice means with the reason there is no test.  -> (comparison, cold users)."""
     of = (len(a.runs), len(b.runs))
     a, b, shared = on_shared_seeds(a, b)
-    c, n = _cold_compare(a, b, metric, split, alpha)
+    c, n = _cold_compare(a, b, metric, split, alpha, pool)
     if c is not None and shared is not None:
         c.shared, c.of_seeds = shared, of
     return c, n
 
 
-def _cold_compare(a: Group, b: Group, metric: str, split: str, alpha: float) -> tuple[Comparison | None, int | None]:
+def _cold_compare(a: Group, b: Group, metric: str, split: str, alpha: float,
+                  pool=None) -> tuple[Comparison | None, int | None]:
     ma, mb = a.slice_mean("cold", metric, split), b.slice_mean("cold", metric, split)
     if ma is None or mb is None:
         return None, None
@@ -259,4 +363,5 @@ def _cold_compare(a: Group, b: Group, metric: str, split: str, alpha: float) -> 
         return Comparison(*means, None, reason="no test: no cold-target users among the evaluated", seeds=seeds), 0
     va, vb = ua[1][sel], ub[1][sel]
     sa, sb = (Stat(float(v.mean()), None, None, k, "users") for v, k in ((va, seeds[0]), (vb, seeds[1])))
-    return paired(sa, sb, va, vb, seeds, alpha), int(sel.sum())
+    noise, same = _noise(pool, a, b, metric, split, users=cold)  # the seed noise of the cold slice itself
+    return paired(sa, sb, va, vb, seeds, alpha, noise, same), int(sel.sum())
