@@ -51,9 +51,40 @@ def hardware() -> dict:
     return info
 
 
+_PEAK_RESET = False  # whether reset_peak_rss() has restarted the kernel's count in this process
+
+
+def reset_peak_rss() -> bool:
+    """Start this process's peak-memory count afresh, at a run's start: a sweep runs many runs in one process,
+    and the lifetime peak would give each run the largest of those before it. Linux resets the high-water
+    mark (VmHWM) on writing 5 to /proc/self/clear_refs; False where that is not possible (the lifetime peak
+    is then what :func:`peak_rss_mb` reads)."""
+    global _PEAK_RESET
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    _PEAK_RESET = True
+    return True
+
+
+def peak_scope() -> str:
+    """What :func:`peak_rss_mb` measures now: ``run`` (since this run's reset) or ``process`` (its whole life)."""
+    return "run" if _PEAK_RESET else "process"
+
+
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MiB (Linux reports KiB). In a sweep, one process runs
-    many runs: the figure is then the peak over this run and those before it in the same process."""
+    """This process's peak resident memory in MiB: since the last :func:`reset_peak_rss` (VmHWM) where one
+    succeeded, else over the process's life (ru_maxrss; Linux reports KiB)."""
+    if _PEAK_RESET:
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except (OSError, ValueError, IndexError):
+            pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

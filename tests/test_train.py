@@ -220,3 +220,25 @@ def test_ml100k_one_epoch_smoke_llm_head(tmp_path):
     assert r["dataset"]["n_users"] == 943 and r["metrics"]["test"]["n_users"] == 943
     assert r["metrics"]["test"]["metrics"]["ndcg@10"]["mean"] > 0 and np.isfinite(r["history"][0]["loss"])
     assert r["parameters"]["trainable"] > 3_500_000  # the block's own weights train (576 wide, MLP 1,536: ~3.5M)
+
+
+PEAK_SCRIPT = """
+import numpy as np
+from tcf.provenance import peak_rss_mb, reset_peak_rss
+big = np.ones(400_000_000 // 8)  # an earlier run of the same sweep process: 400 MB
+del big
+before = peak_rss_mb()
+assert reset_peak_rss()
+print(before, peak_rss_mb())
+"""
+
+
+def test_a_runs_peak_memory_is_its_own_not_the_largest_before_it_in_the_process():
+    """A sweep runs many runs in one process; the lifetime peak gave each run the largest of the runs before it
+    in that process. Each run's record starts the count afresh (Linux VmHWM)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], capture_output=True, text=True, check=True, timeout=60)
+    before, after = map(float, out.stdout.split())
+    assert before > 400 and after < before - 300

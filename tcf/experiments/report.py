@@ -100,21 +100,31 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
 
 def cost(runs: list[RunResult]) -> dict:
     """What the finished runs cost, from their records: training seconds (epochs, accumulated over resumed
-    sittings), generation seconds (zero-shot), wall seconds of each run's last sitting, and the largest
-    peak memory a run's process reached (a sweep process runs many runs: its peak so far)."""
+    sittings), generation seconds (zero-shot), wall seconds of each run's last sitting, and the largest peak
+    memory of one run (records with ``peak_rss_scope: run``, counted from the run's start) apart from the
+    older records' peak of their process so far (a sweep process runs many runs: a run's or an earlier one's)."""
     t = [r.record.timings for r in runs]
-    peaks = [x["peak_rss_mb"] for x in t if x.get("peak_rss_mb") is not None]
+    own = [x["peak_rss_mb"] for x in t if x.get("peak_rss_mb") is not None and x.get("peak_rss_scope") == "run"]
+    old = [x["peak_rss_mb"] for x in t if x.get("peak_rss_mb") is not None and x.get("peak_rss_scope") != "run"]
     return {"runs": len(runs), "train_seconds": sum(x.get("train_seconds") or 0.0 for x in t),
             "generate_seconds": sum(x.get("generate_seconds") or 0.0 for x in t),
             "wall_seconds": sum(x.get("wall_seconds") or 0.0 for x in t),
-            "peak_rss_mb": max(peaks) if peaks else None, "runs_with_peak": len(peaks)}
+            "peak_rss_mb": max(own) if own else None, "runs_with_peak": len(own),
+            "process_peak_rss_mb": max(old) if old else None, "runs_with_process_peak": len(old)}
 
 
 def cost_line(c: dict) -> str:
     if not c["runs"]:
         return "Cost: no finished runs yet."
-    peak = (f"; the largest peak memory of a run's process {c['peak_rss_mb'] / 1024:.2f} GiB (recorded by "
-            f"{c['runs_with_peak']} of {c['runs']} runs)" if c["peak_rss_mb"] is not None
+    parts = []
+    if c.get("peak_rss_mb") is not None:
+        parts.append(f"the largest peak memory of one run {c['peak_rss_mb'] / 1024:.2f} GiB (measured from its "
+                     f"start by {c['runs_with_peak']} of {c['runs']} runs)")
+    if c.get("process_peak_rss_mb") is not None:
+        parts.append(f"{c['runs_with_process_peak']} older records give their process's peak so far instead (a "
+                     "sweep process runs many runs, so it may be an earlier run's), at most "
+                     f"{c['process_peak_rss_mb'] / 1024:.2f} GiB")
+    peak = ("; " + "; ".join(parts) + "; runs that ran side by side add up" if parts
             else "; peak memory not recorded by these runs")
     return (f"Cost of the {c['runs']} finished runs, from their records: {c['train_seconds'] / 3600:.1f} h of "
             f"training epochs and {c['generate_seconds'] / 3600:.1f} h of zero-shot generation (summed over runs, "
