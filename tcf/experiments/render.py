@@ -291,14 +291,18 @@ def table(groups: list[Group], s: ReportSettings) -> list[str]:
 
 
 def zeroshot_table(rows: list[dict], s: ReportSettings) -> list[str]:
+    """One row per zero-shot run; hr@1 beside the headline metric for the model and every baseline, since with
+    a short candidate list (``choice``: 1 of 4) hr@10 is 1 by construction and hr@1 is what was asked."""
     names = sorted({n for r in rows for n in r["baselines"]})
     notes = any(r.get("notes") for r in rows)
-    cols = ["model", "protocol", *[f"{s.split} {m}" for m in s.metrics], *[f"{n} {s.metrics[0]}" for n in names],
+    firsts = [] if "hr@1" in s.metrics else ["hr@1"]
+    cols = ["model", "protocol", *[f"{s.split} {m}" for m in [*s.metrics, *firsts]],
+            *[f"{n} {m}" for n in names for m in [s.metrics[0], *firsts]],
             "format compliance", *(["notes"] if notes else [])]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
-        vals = [metric_mean(r["metrics"], m) for m in s.metrics] + [metric_mean(r["baselines"].get(n, {}), s.metrics[0])
-                                                              for n in names]
+        vals = [metric_mean(r["metrics"], m) for m in [*s.metrics, *firsts]] + \
+            [metric_mean(r["baselines"].get(n, {}), m) for n in names for m in [s.metrics[0], *firsts]]
         cells = [r["model"], str(r["protocol"]), *["—" if v is None else f"{v:.4f}" for v in vals],
                  "—" if r["compliance"] is None else f"{r['compliance']:.1%}"]
         cells += ["; ".join(r.get("notes", []))] if notes else []  # e.g. a trained baseline left out, and why
