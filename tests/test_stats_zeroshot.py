@@ -55,13 +55,13 @@ def test_zero_shot_verdicts_are_paired_tests_in_one_holm_family(tiny_dataset, tm
     answer = md.split("**How far is zero-shot prompting from trained models?**")[1].split("## ")[0]
     zs = json.loads((runs / "report" / "report.json").read_text())["zeroshot"][0]
     tests = {t["baseline"]: t for t in zs["tests"]}
-    assert set(tests) == {"random", "pop", "trained SASRec (ID)"}
+    assert set(tests) == {"random", "pop", "trained SASRec (ID; seed 2020)"}
     own = np.load(runs / "zs" / "per_user_test.npy")
     cols = json.loads((runs / "zs" / "results.json").read_text())["per_user_columns"]
     own = own[cols.index("ndcg@10")]
     random = np.mean([1 / np.log2(r + 2) for r in range(5)])
     raw = {"random": paired_test(own, np.full(len(own), random), n=2000)["p_value"],
-           "trained SASRec (ID)": paired_test(own, scored_by_hand(runs, "test"), n=2000)["p_value"],
+           "trained SASRec (ID; seed 2020)": paired_test(own, scored_by_hand(runs, "test"), n=2000)["p_value"],
            "pop": json.loads((runs / "zs" / "results.json").read_text())["metrics"]["test"]["vs_pop"]["ndcg@10"][
                "p_value"]}
     adjusted = dict(zip(raw, holm(list(raw.values()))))
@@ -71,7 +71,7 @@ def test_zero_shot_verdicts_are_paired_tests_in_one_holm_family(tiny_dataset, tm
         assert len(t["ci95"]) == 2
     assert answer.count("Holm-adjusted over 3 tests") == 3
     assert "ndcg@10 " in answer and re.search(r"ndcg@10 \d\.\d{4} \[\d\.\d{4}, \d\.\d{4}\]", answer)
-    for name in ("random", "popularity", "the trained SASRec (ID)"):
+    for name in ("random", "popularity", "the trained SASRec (ID; seed 2020)"):
         assert re.search(rf"\*\*(above|below|no clear difference from) {re.escape(name)}", answer), name
 
 
@@ -83,7 +83,7 @@ def test_trained_models_are_scored_on_the_candidates_split(tiny_dataset, tmp_pat
     found = load_runs(runs)[0]
     zs = next(r for r in found if r.task == "zeroshot")
     trained = group_runs([r for r in found if r.task == "train"])
-    got = trained_on_candidates(zs, trained, ReportSettings(split="test"))["trained SASRec (ID)"]
+    got = trained_on_candidates(zs, trained, ReportSettings(split="test"))["trained SASRec (ID; seed 2020)"]
     valid, test = scored_by_hand(runs, "valid"), scored_by_hand(runs, "test")
     assert not np.allclose(valid, test)  # the two splits' histories rank the lists differently
     assert got["metrics"]["ndcg@10"]["mean"] == pytest.approx(valid.mean())

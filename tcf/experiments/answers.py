@@ -15,6 +15,7 @@ import numpy as np
 
 from tcf.experiments.results import Group, Stat
 from tcf.experiments.stats import (
+    MIN_SEED_DF,
     PAIRED,
     PAIRED_RESAMPLES,
     USERS_AND_SEEDS,
@@ -465,10 +466,13 @@ def method_note(s: ReportSettings) -> str:
             f"per-user records on the same users: a {USERS_AND_SEEDS}, so that a difference must exceed what "
             "retraining with another seed gives as well as what another sample of users would — the users' part "
             "of its variance from the paired differences of each user's value averaged over the group's seeds, "
-            "the seeds' part from the variance of a seed's mean about its configuration's mean, pooled over every "
-            "configuration of the same head with two or more seeds (Student's t, Welch–Satterthwaite degrees of "
-            "freedom). The bracket after a difference is its 95% CI from the same test, not adjusted for "
-            f"multiplicity (the verdict is). Where no configuration of a head has two seeds, a {PAIRED} "
+            "the seeds' part from the spread of a seed's mean about its configuration's mean less the user-by-seed "
+            "share already in the users' part, pooled over the configurations of the same head and tower kind with "
+            "two or more seeds, or borrowed from the head's other towers where that kind has seen fewer than "
+            f"{MIN_SEED_DF} seed deviations (the line names the pool, its seed sd and df; fewer than {MIN_SEED_DF} "
+            "in all: not testable). Student's t, Welch–Satterthwaite degrees of freedom; two configurations' seed "
+            "effects are taken as independent. The bracket after a difference is its 95% CI from the same test, "
+            f"not adjusted for multiplicity (the verdict is). Where no configuration of a head has two seeds, a {PAIRED} "
             f"({PAIRED_RESAMPLES} sign flips; bootstrap CI over users), which treats each checkpoint as fixed "
             f"and says so. Fallbacks, named where used: {WELCH}; {Z_FROM_CI}. Each line names its test.")
     if s.split == SELECT_SPLIT:

@@ -62,7 +62,8 @@ def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings
         best = select(same, s.metrics[0])
         if best is None:
             continue
-        seed = (f"; its seed {best.first.config.get('seed')} of {len(best.runs)}" if len(best.runs) > 1 else "")
+        seed = (f"; its seed {best.first.config.get('seed')} of {len(best.runs)}" if len(best.runs) > 1
+                else f"; seed {best.first.config.get('seed')}")
         name = (f"trained {HEAD_NAMES.get(head, head)} ({TOWER_NAMES.get(best.first.tower, best.first.tower)}"
                 + (f", {best.first.encoder}" if best.first.encoder else "") + f"{seed})")  # one checkpoint scored
         if hard is not None and is_hard_run(best.first, hard):
@@ -175,8 +176,13 @@ def _zs_test(name: str, label: str, b_mean: float | None, diff: float | None, ci
             None else None, "p_value": p, "p_holm": None, "family": 1, **({"no_test": reason} if p is None else {})}
 
 
-def _paired_zs(name: str, label: str, own, users: np.ndarray, values: np.ndarray, b_mean: float | None) -> dict:
-    """The zero-shot run's per-user values against a baseline's on the same users (matched by id)."""
+ONE_CHECKPOINT = " (one trained checkpoint, treated as fixed: a claim about its configuration also needs seeds)"
+
+
+def _paired_zs(name: str, label: str, own, users: np.ndarray, values: np.ndarray, b_mean: float | None,
+               trained: bool = False) -> dict:
+    """The zero-shot run's per-user values against a baseline's on the same users (matched by id); a trained
+    model's test says that it is about that one checkpoint (popularity and random have no training seed)."""
     if own is None:
         return _zs_test(name, label, b_mean, None, None, None, "", "no test: the zero-shot run has no per-user records")
     common, ia, ib = np.intersect1d(own[0], users, return_indices=True)
@@ -184,7 +190,8 @@ def _paired_zs(name: str, label: str, own, users: np.ndarray, values: np.ndarray
         return _zs_test(name, label, b_mean, None, None, None, "", "no test: the baseline was not scored on every user")
     r = paired_test(own[1][ia], np.asarray(values, np.float64)[ib], n=PAIRED_RESAMPLES)
     why = "no test: a per-user value is not a finite number"
-    return _zs_test(name, label, b_mean, r["mean_diff"], r["ci95"], r["p_value"], PAIRED, why)
+    return _zs_test(name, label, b_mean, r["mean_diff"], r["ci95"], r["p_value"],
+                    PAIRED + (ONE_CHECKPOINT if trained else ""), why)
 
 
 def pop_on_candidates(zs: RunResult) -> tuple[np.ndarray, dict] | None:
@@ -246,7 +253,7 @@ def zeroshot_tests(run: RunResult, row: dict, scored: dict, s: ReportSettings) -
     for name, v in scored.items():
         if m in v["per_user"]:
             b_mean = metric_mean(v["metrics"], m)
-            tests.append(_paired_zs(name, f"the {name}", own, v["users"], v["per_user"][m], b_mean))
+            tests.append(_paired_zs(name, f"the {name}", own, v["users"], v["per_user"][m], b_mean, trained=True))
     adjusted = holm([t["p_value"] for t in tests])
     family = sum(p is not None for p in adjusted)
     for t, p in zip(tests, adjusted):

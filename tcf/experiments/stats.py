@@ -1,19 +1,24 @@
 """The report's statistics: which test compares two groups of runs, Holm families, the cold-item test.
 
 A claim about two *configurations* must survive both sources of noise: which users were sampled, and
-which seed trained the checkpoint.  Two groups evaluated on the same users are compared by a t-test over
-users and seeds: the paired difference d_u of each user's value (averaged over the group's seeds) gives
-the users' part of the variance, var(d)/U; the seeds' part is sigma_h^2 (1/n_a + 1/n_b), where sigma_h^2 is
-the variance of a seed's mean about its configuration's mean, pooled over every configuration of the same
-head with two or more seeds (one-way ANOVA's within-group mean square; a head-vs-head comparison adds the
-two heads' terms).  The statistic D / sqrt(sum) is referred to Student's t with Welch–Satterthwaite degrees
-of freedom, and the 95% CI of the difference is D +- t * se (unadjusted for multiplicity).  A paired test
-over users alone treats each checkpoint as fixed: on ml-100k it called two seeds of one configuration
-different in 8 of 20 pairs.  Where no configuration of a head has two seeds, the paired permutation test
-over users is the fallback and says that it treats checkpoints as fixed.  Only where per-user records are
-missing does a comparison fall back further, saying so: a Welch t-test over seed means when both have
-several seeds, or an unpaired z-test from two bootstrap CIs over users.  Intervals of different kinds
-are not combined.  A statistic that is not finite is no test, never a significant one.
+which seed trained the checkpoint (model: y_us = mu_c + a_u + b_cs + e_ucs).  Two groups evaluated on the
+same users are compared by a t-test over users and seeds: the paired difference d_u of each user's value
+(averaged over the group's seeds) gives the users' part of the variance, var(d)/U, which already holds
+the user-by-seed interaction; the seeds' part is sigma_b^2/n per side, sigma_b^2 estimated from the spread
+of seed means about their configuration's mean less the interaction's share (seed x user residual mean
+square / U), pooled over the configurations of the same head *and tower kind* with two or more seeds
+(seed noise differs by kind), else borrowed from the head's other towers and said so on the line.  Student's
+t with Welch–Satterthwaite degrees of freedom (no test where the seed noise rests on under 3 seed
+deviations), and
+the 95% CI of the difference D +- t * se (unadjusted for multiplicity).  Seed effects of two configurations
+are taken as independent although both use the same seed values (2020, 2021, ...): where a seed helps
+every configuration alike the test is conservative, where it helps one and hurts another, liberal.  A
+paired test over users alone treats each checkpoint as fixed: on ml-100k it called two seeds of one
+configuration different in 8 of 19 pairs.  Where no configuration of a head has two seeds, the paired
+permutation test over users is the fallback and says that it treats checkpoints as fixed.  Only where
+per-user records are missing does a comparison fall back further, saying so: a Welch t-test over seed
+means when both have several seeds, or an unpaired z-test from two bootstrap CIs over users.  Intervals of
+different kinds are not combined.  A statistic that is not finite is no test, never a significant one.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from tcf.experiments.results import Group, RunResult, Stat
 PAIRED_RESAMPLES = 2000  # sign flips of the paired permutation test (seed 0)
 USERS_AND_SEEDS = "t-test over users and seeds"
 PAIRED = "paired permutation test over users"
+MIN_SEED_DF = 3  # seed deviations a seed-noise estimate must rest on (see users_and_seeds)
 FIXED = " (checkpoints treated as fixed: no configuration of this head has 2 seeds to measure seed noise)"
 WELCH = "Welch t-test over seeds (fallback: no per-user records; ignores which users were sampled)"
 Z_FROM_CI = "unpaired z-test from the bootstrap 95% CIs over users (fallback: no per-user records on the same users)"
@@ -54,7 +60,7 @@ class Comparison:
     shared: tuple | None = None  # the seeds compared, when the groups' seed sets differed (of_seeds: theirs)
     of_seeds: tuple[int, int] | None = None
     df: float | None = None  # degrees of freedom of the t-test over users and seeds
-    seed_sd: tuple | None = None  # the pooled seed sd of each side's head, and the configurations pooled
+    noise: tuple | None = None  # the SeedNoise it read: one (both sides from one pool) or one per side
 
     @property
     def diff(self) -> float:
@@ -75,6 +81,10 @@ class Comparison:
             text += f", Holm-adjusted over {self.family} tests p = {self.p_holm:.3g}"
         if self.n_users is not None and max(self.seeds) > 1:
             text += f"; {self.n_users} users, each user's value averaged over {self.seeds[0]} vs {self.seeds[1]} seeds"
+        if self.noise:
+            sds = " and ".join(f"{math.sqrt(n.var):.4f} ({n.where}, {n.configs} configuration"
+                               f"{'s' if n.configs > 1 else ''}, {n.df:.3g} df)" for n in self.noise)
+            text += f"; seed sd {sds}"
         return text
 
     def seed_note(self) -> str:
@@ -100,7 +110,9 @@ class Comparison:
                 "n_users": self.n_users, "seeds": list(self.seeds), "diff_ci95": self.diff_ci,
                 **({"shared_seeds": list(self.shared), "of_seeds": list(self.of_seeds)} if self.shared is not None
                    else {}),
-                **({"df": self.df, "seed_sd": [list(x) for x in self.seed_sd]} if self.df is not None else {}),
+                **({"df": self.df, "seed_noise": [{"sd": math.sqrt(n.var), "df": n.df, "configs": n.configs,
+                                                   "from": n.where} for n in self.noise]}
+                   if self.noise is not None else {}),
                 **({"no_test": self.reason} if self.p_value is None else {})}
 
 
@@ -137,44 +149,86 @@ def min_differing(alpha: float) -> int:
 
 @dataclass(frozen=True)
 class SeedNoise:
-    """The variance of a seed's mean about its configuration's mean, pooled over a head's configurations."""
+    """The variance of a seed's effect on a configuration's mean, pooled over configurations: what retraining
+    with another seed moves a configuration's score by, beyond the users' own noise."""
 
-    var: float
-    df: int  # sum over the pooled configurations of (seeds - 1)
-    configs: int
+    var: float  # sigma_b^2 >= 0
+    df: float  # its degrees of freedom (Satterthwaite, for a difference of mean squares)
+    configs: int  # configurations pooled
+    seed_df: int  # sum over them of (seeds - 1): how many seed deviations were seen
+    where: str  # which configurations, for the line: "SASRec frozen text" or "SASRec, all towers (...)"
 
 
-def seed_noise(pool: list[Group] | None, head: str, metric: str, split: str,
-               users: np.ndarray | None = None) -> SeedNoise | None:
-    """Pooled within-configuration variance of seed means (one-way ANOVA's within mean square) over the groups
-    of ``pool`` with ``head`` and two or more seeds; on ``users`` alone (a slice) when given, from per-user
-    records.  None when no such group exists (the seed noise of this head is then unknown)."""
-    ss, df, k = 0.0, 0, 0
-    for g in pool or ():
-        if g.first.head != head or len(g.runs) < 2:
+def noise_from_tables(tables: list[np.ndarray], where: str = "") -> SeedNoise | None:
+    """Seed noise from per-configuration tables of per-user values, one [seeds, users] array each (2+ seeds, the
+    same users down a table).  A seed mean's spread about its configuration's mean estimates sigma_b^2 plus the
+    user-by-seed interaction's sigma_e^2 / U, which the users' paired differences already carry: the seed x user
+    residual mean square (two-way ANOVA without replication) estimates sigma_e^2 and is taken out, so it is not
+    counted twice.  sigma_b^2 = max(0, MS_means - MS_resid / U), df by Satterthwaite."""
+    ss_m = df_m = ss_r = df_r = 0.0
+    inv_u, k = [], 0
+    for y in tables:
+        y = np.asarray(y, np.float64)
+        n, u = y.shape
+        if n < 2 or u < 2 or not np.isfinite(y).all():
             continue
-        x = _seed_means(g, metric, split) if users is None else _slice_seed_means(g, metric, split, users)
-        if x is None or len(x) < 2 or not np.isfinite(x).all():
-            continue
-        ss, df, k = ss + float(((x - x.mean()) ** 2).sum()), df + len(x) - 1, k + 1
-    return SeedNoise(ss / df, df, k) if df else None
+        m = y.mean(1)
+        resid = y - m[:, None] - y.mean(0)[None, :] + y.mean()
+        ss_m, df_m = ss_m + float(((m - m.mean()) ** 2).sum()), df_m + n - 1
+        ss_r, df_r = ss_r + float((resid ** 2).sum()), df_r + (n - 1) * (u - 1)
+        inv_u.append(1.0 / u)
+        k += 1
+    if not df_m:
+        return None
+    ms_m, ms_r = ss_m / df_m, ss_r / df_r
+    user_part = ms_r * float(np.mean(inv_u))
+    var = max(0.0, ms_m - user_part)
+    den = ms_m ** 2 / df_m + user_part ** 2 / df_r
+    df = var ** 2 / den if den > 0 and var > 0 else df_m
+    return SeedNoise(var, min(df, df_m), k, int(df_m), where)
 
 
-def _slice_seed_means(g: Group, metric: str, split: str, users: np.ndarray) -> np.ndarray | None:
+def _tables(groups: list[Group], metric: str, split: str, users: np.ndarray | None) -> list[np.ndarray]:
     out = []
-    for r in g.runs:
-        pu = r.per_user(metric, split)
-        if pu is None:
-            return None
-        sel = np.isin(pu[0], users)
-        if not sel.any():
-            return None
-        out.append(float(np.asarray(pu[1], np.float64)[sel].mean()))
-    return np.array(out)
+    for g in groups:
+        if len(g.runs) < 2:
+            continue
+        per = [r.per_user(metric, split) for r in g.runs]
+        if any(x is None for x in per) or any(not np.array_equal(per[0][0], x[0]) for x in per):
+            continue
+        sel = np.ones(len(per[0][0]), bool) if users is None else np.isin(per[0][0], users)
+        if sel.sum() < 2:
+            continue
+        out.append(np.stack([np.asarray(x[1], np.float64)[sel] for x in per]))
+    return out
+
+
+def seed_noise(pool: list[Group] | None, head: str, tower: str, metric: str, split: str,
+               users: np.ndarray | None = None) -> SeedNoise | None:
+    """:func:`noise_from_tables` over the groups of ``pool`` with this head and tower kind and 2+ seeds (seed
+    noise differs between kinds: a frozen tower's is not a fine-tuned one's); where that kind has seen fewer
+    than MIN_SEED_DF seed deviations (one configuration of 3 seeds has 2), over all the head's towers, and
+    ``where`` says it is borrowed.  On ``users`` alone (a slice) when given.  None
+    when no group of the head has 2 seeds with per-user records."""
+    from tcf.experiments.answers import HEAD_NAMES, TOWER_NAMES
+
+    same = [g for g in pool or () if g.first.head == head]
+    name, kind = HEAD_NAMES.get(head, head), TOWER_NAMES.get(tower, tower)
+    own = noise_from_tables(_tables([g for g in same if g.first.tower == tower], metric, split, users),
+                            f"{name} {kind}")
+    if own is not None and own.seed_df >= MIN_SEED_DF:
+        return own
+    wide = noise_from_tables(_tables(same, metric, split, users), f"{name}, all towers (borrowed)")
+    return wide if wide is not None and (own is None or wide.seed_df > own.seed_df) else own
 
 
 def t_quantile(df: float, level: float = 0.95) -> float:
-    """The two-sided ``level`` quantile of Student's t with ``df`` degrees of freedom (bisection on t_pvalue)."""
+    """The two-sided ``level`` quantile of Student's t with ``df`` degrees of freedom (bisection on t_pvalue);
+    the normal quantile for an infinite df."""
+    if not df > 0:
+        raise ValueError(f"t_quantile needs df > 0, got {df}")
+    if math.isinf(df):
+        return 1.959963984540054
     lo, hi = 0.0, 1e3
     for _ in range(200):
         mid = (lo + hi) / 2
@@ -184,12 +238,12 @@ def t_quantile(df: float, level: float = 0.95) -> float:
 
 
 def paired(sa: Stat, sb: Stat, ua: np.ndarray, ub: np.ndarray, seeds: tuple[int, int],
-           alpha: float = 0.05, noise: tuple[SeedNoise | None, SeedNoise | None] | None = None,
-           same_head: bool = True) -> Comparison:
+           alpha: float = 0.05, noise: tuple[SeedNoise | None, SeedNoise | None] | None = None) -> Comparison:
     """Two aligned per-user arrays (each user's value averaged over its group's seeds) compared by the t-test
-    over users and seeds when both heads' seed noise is known (``noise``), else by the paired permutation
-    test over users, which says that it treats checkpoints as fixed.  No test (and so out of its Holm family)
-    when too few users differ at all for any outcome to reach p < alpha."""
+    over users and seeds when both sides' seed noise is known (``noise``; the same object twice when both
+    sides read one pool), else by the paired permutation test over users, which says that it treats
+    checkpoints as fixed.  No test (and so out of its Holm family) when too few users differ at all for any
+    outcome to reach p < alpha."""
     differing, need = int(np.sum(np.asarray(ua, np.float64) != np.asarray(ub, np.float64))), min_differing(alpha)
     if differing < need and np.isfinite(ua).all() and np.isfinite(ub).all():
         return Comparison(sa, sb, None, n_users=len(ua), seeds=seeds,
@@ -197,7 +251,7 @@ def paired(sa: Stat, sb: Stat, ua: np.ndarray, ub: np.ndarray, seeds: tuple[int,
                                  f"least {need} to reach p < {alpha:g})")
     na, nb = noise if noise is not None else (None, None)
     if na is not None and nb is not None:
-        return _users_and_seeds(sa, sb, ua, ub, seeds, na, nb, same_head)
+        return users_and_seeds(sa, sb, ua, ub, seeds, na, nb)
     r = paired_test(ua, ub, n=PAIRED_RESAMPLES)
     c = Comparison(sa, sb, r["p_value"], PAIRED + FIXED, n_users=len(ua), seeds=seeds, diff_ci=r["ci95"])
     if c.p_value is None:
@@ -205,29 +259,37 @@ def paired(sa: Stat, sb: Stat, ua: np.ndarray, ub: np.ndarray, seeds: tuple[int,
     return c
 
 
-def _users_and_seeds(sa: Stat, sb: Stat, ua: np.ndarray, ub: np.ndarray, seeds: tuple[int, int],
-                     na: SeedNoise, nb: SeedNoise, same_head: bool) -> Comparison:
+def users_and_seeds(sa: Stat, sb: Stat, ua: np.ndarray, ub: np.ndarray, seeds: tuple[int, int],
+                    na: SeedNoise, nb: SeedNoise) -> Comparison:
+    """var(D) = var(d_u) / U + sigma_b^2 (1/n_a + 1/n_b) (one pool) or sigma_a^2/n_a + sigma_b^2/n_b (two);
+    Student's t with the Welch-Satterthwaite df.  Not testable where a side's seed noise rests on fewer than
+    MIN_SEED_DF seed deviations: simulated under the model, 2 gave 7-8% false positives at 5%, 3 and more
+    4-5.5%."""
     d = np.asarray(ua, np.float64) - np.asarray(ub, np.float64)
-    if not np.isfinite(d).all() or len(d) < 2:
+    if not np.isfinite(d).all():
         return Comparison(sa, sb, None, reason=NOT_FINITE, n_users=len(d), seeds=seeds)
+    noises = (na,) if na is nb else (na, nb)
+    few = [n for n in noises if n.seed_df < MIN_SEED_DF]
+    if few:
+        return Comparison(sa, sb, None, n_users=len(d), seeds=seeds,
+                          reason=f"not testable: the seed noise of {few[0].where} rests on {few[0].seed_df} seed "
+                                 f"deviation{'s' if few[0].seed_df != 1 else ''} (a test needs {MIN_SEED_DF}: "
+                                 "with fewer it called 7-8% of equal configurations different at 5%)")
     v_users = float(d.var(ddof=1)) / len(d)
-    if same_head:  # one pooled variance for both sides
-        parts = [(na.var * (1 / seeds[0] + 1 / seeds[1]), na.df)]
-    else:
-        parts = [(na.var / seeds[0], na.df), (nb.var / seeds[1], nb.df)]
+    parts = ([(na.var * (1 / seeds[0] + 1 / seeds[1]), na.df)] if na is nb
+             else [(na.var / seeds[0], na.df), (nb.var / seeds[1], nb.df)])
+    parts = [(v, k) for v, k in parts if v > 0]
     total = v_users + sum(v for v, _ in parts)
     diff = float(d.mean())
-    if total == 0:
-        p, df, half = (1.0 if diff == 0 else 0.0), float("inf"), 0.0
+    if total == 0:  # every user's difference the same and no seed noise: nothing varies
+        p, df, half = (1.0 if diff == 0 else 0.0), None, 0.0
     else:
         den = v_users ** 2 / (len(d) - 1) + sum(v ** 2 / k for v, k in parts)
-        df = total ** 2 / den if den > 0 else float(len(d) - 1)
+        df = total ** 2 / den
         p = t_pvalue(diff / math.sqrt(total), df)
         half = t_quantile(df) * math.sqrt(total)
-    sds = ((math.sqrt(na.var), na.configs),) if same_head else ((math.sqrt(na.var), na.configs),
-                                                                (math.sqrt(nb.var), nb.configs))
     c = Comparison(sa, sb, p, USERS_AND_SEEDS, n_users=len(d), seeds=seeds, diff_ci=[diff - half, diff + half],
-                   df=df, seed_sd=sds)
+                   df=df, noise=(na,) if na is nb else (na, nb))
     if c.p_value is None:
         c.test, c.reason = "", NOT_FINITE
     return c
@@ -265,9 +327,12 @@ def compare(a: Group, b: Group, metric: str, split: str, alpha: float = 0.05,
 
 
 def _noise(pool, a: Group, b: Group, metric: str, split: str, users=None):
-    ha, hb = a.first.head, b.first.head
-    na = seed_noise(pool, ha, metric, split, users)
-    return (na, na if hb == ha else seed_noise(pool, hb, metric, split, users)), ha == hb
+    ka, kb = (a.first.head, a.first.tower), (b.first.head, b.first.tower)
+    na = seed_noise(pool, *ka, metric, split, users)
+    nb = seed_noise(pool, *kb, metric, split, users)
+    if na is not None and nb is not None and na.where == nb.where:  # one pool read twice: one component
+        nb = na
+    return na, nb
 
 
 def _compare(a: Group, b: Group, metric: str, split: str, alpha: float, pool=None) -> Comparison | None:
@@ -277,8 +342,7 @@ def _compare(a: Group, b: Group, metric: str, split: str, alpha: float, pool=Non
     seeds = (len(a.runs), len(b.runs))
     ua, ub = a.user_values(metric, split), b.user_values(metric, split)
     if ua is not None and ub is not None and np.array_equal(ua[0], ub[0]):
-        noise, same = _noise(pool, a, b, metric, split)
-        return paired(sa, sb, ua[1], ub[1], seeds, alpha, noise, same)
+        return paired(sa, sb, ua[1], ub[1], seeds, alpha, _noise(pool, a, b, metric, split))
     if not (math.isfinite(sa.mean) and math.isfinite(sb.mean)):
         return Comparison(sa, sb, None, reason=NOT_FINITE, seeds=seeds)
     xa, xb = _seed_means(a, metric, split), _seed_means(b, metric, split)
@@ -363,5 +427,5 @@ def _cold_compare(a: Group, b: Group, metric: str, split: str, alpha: float,
         return Comparison(*means, None, reason="no test: no cold-target users among the evaluated", seeds=seeds), 0
     va, vb = ua[1][sel], ub[1][sel]
     sa, sb = (Stat(float(v.mean()), None, None, k, "users") for v, k in ((va, seeds[0]), (vb, seeds[1])))
-    noise, same = _noise(pool, a, b, metric, split, users=cold)  # the seed noise of the cold slice itself
-    return paired(sa, sb, va, vb, seeds, alpha, noise, same), int(sel.sum())
+    noise = _noise(pool, a, b, metric, split, users=cold)  # the seed noise of the cold slice itself
+    return paired(sa, sb, va, vb, seeds, alpha, noise), int(sel.sum())
