@@ -59,14 +59,44 @@ def reset_peak_rss() -> bool:
     and the lifetime peak would give each run the largest of those before it. Linux resets the high-water
     mark (VmHWM) on writing 5 to /proc/self/clear_refs; False where that is not possible (the lifetime peak
     is then what :func:`peak_rss_mb` reads)."""
-    global _PEAK_RESET
+    global _PEAK_RESET, _START_RSS
+    import gc
+
+    gc.collect()  # what earlier runs of this process left: freed, and handed back to the OS where glibc can
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
     except OSError:
         return False
     _PEAK_RESET = True
+    _START_RSS = _status_mb("VmRSS:")
     return True
+
+
+_START_RSS: float | None = None
+
+
+def start_rss_mb() -> float | None:
+    """Resident memory at the last reset: what the process already held when the run began (the kernel's
+    reset starts the peak from there, so a run's peak includes it)."""
+    return _START_RSS
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def peak_scope() -> str:
@@ -78,13 +108,9 @@ def peak_rss_mb() -> float:
     """This process's peak resident memory in MiB: since the last :func:`reset_peak_rss` (VmHWM) where one
     succeeded, else over the process's life (ru_maxrss; Linux reports KiB)."""
     if _PEAK_RESET:
-        try:
-            with open("/proc/self/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024
-        except (OSError, ValueError, IndexError):
-            pass
+        hwm = _status_mb("VmHWM:")
+        if hwm is not None:
+            return hwm
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -110,6 +110,7 @@ def cost(runs: list[RunResult]) -> dict:
             "generate_seconds": sum(x.get("generate_seconds") or 0.0 for x in t),
             "wall_seconds": sum(x.get("wall_seconds") or 0.0 for x in t),
             "peak_rss_mb": max(own) if own else None, "runs_with_peak": len(own),
+            "start_rss_mb": max((x["start_rss_mb"] for x in t if x.get("start_rss_mb") is not None), default=None),
             "process_peak_rss_mb": max(old) if old else None, "runs_with_process_peak": len(old)}
 
 
@@ -118,8 +119,10 @@ def cost_line(c: dict) -> str:
         return "Cost: no finished runs yet."
     parts = []
     if c.get("peak_rss_mb") is not None:
+        held = (f"; a run's peak includes what its process still held when it began, at most "
+                f"{c['start_rss_mb'] / 1024:.2f} GiB" if c.get("start_rss_mb") is not None else "")
         parts.append(f"the largest peak memory of one run {c['peak_rss_mb'] / 1024:.2f} GiB (measured from its "
-                     f"start by {c['runs_with_peak']} of {c['runs']} runs)")
+                     f"start by {c['runs_with_peak']} of {c['runs']} runs{held})")
     if c.get("process_peak_rss_mb") is not None:
         parts.append(f"{c['runs_with_process_peak']} older records give their process's peak so far instead (a "
                      "sweep process runs many runs, so it may be an earlier run's), at most "
