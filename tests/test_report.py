@@ -364,3 +364,12 @@ def test_heads_meet_on_a_tower_whatever_settings_vary_among_one_heads_groups(tmp
     run("s-ft2", "sasrec", "finetune", 0.09, layers=2)
     heads = report_text(tmp_path).split("does another head beat SASRec on the same item tower?**")[1]
     assert "ID: DSSM against SASRec: test ndcg@10 0.0500 vs 0.1000" in heads.split("\n\n**")[0]
+
+
+def test_caveats_of_the_design_stand_above_the_answers(tmp_path):
+    put(tmp_path, "id", ndcg=0.1)
+    md = write_report(tmp_path, settings={"caveats": ["bf16 against fp32.", " five families. "]}).read_text()
+    answers = md.split("## Answers")[1]
+    block = "Read the answers with these limits of the design:\n\n- bf16 against fp32.\n- five families.\n"
+    assert block in answers and answers.index(block) < answers.index("**Does text beat ID?**")
+    assert "limits of the design" not in report_text(tmp_path)  # none asked: none shown
