@@ -215,9 +215,12 @@ import os, sys, time
 from tcf.fsutil import try_lock
 with try_lock(sys.argv[1]) as got:
     assert got
+    ready, tell = os.pipe()
     if os.fork() == 0:  # a worker (a DataLoader's, say) that outlives its parent
+        os.write(tell, b"x")  # os.fork has returned here: the at-fork handlers have run
         time.sleep(20)
         os._exit(0)
+    os.read(ready, 1)
     os._exit(0)  # the holder dies mid-run, without unwinding
 """
 
