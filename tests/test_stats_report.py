@@ -395,3 +395,21 @@ def test_the_user_by_seed_interaction_is_not_counted_twice():
     raw = np.mean([t.mean(1).var(ddof=1) for t in tables])
     assert raw == pytest.approx(0.2 ** 2 / u, rel=0.3)  # the seed means do spread, by the interaction alone
     assert noise.var < 0.2 * raw
+
+
+def test_a_side_without_seed_noise_of_its_own_borrows_the_other_sides_not_none(tmp_path):
+    """A new head with one seed against SASRec with three: treating its checkpoint as fixed would call a
+    seed's luck a difference; the test assumes SASRec's seed noise for it too, and says so."""
+    rng = np.random.default_rng(5)
+    base = rng.random(N_USERS) * 0.3
+    for k, o in enumerate((0.01, -0.012, 0.002, -0.004)):
+        put(tmp_path, f"id-s{k}", seed=k, per_user=base + o + rng.normal(0, 0.02, N_USERS))
+    folder = put(tmp_path, "llm", seed=0, per_user=base - 0.012 + rng.normal(0, 0.02, N_USERS))
+    res = json.loads((folder / "results.json").read_text())
+    res["config"]["model"]["head"] = "llm"
+    (folder / "results.json").write_text(json.dumps(res))
+    groups = {g.first.head: g for g in group_runs(load_runs(tmp_path)[0])}
+    c = compare(groups["llm"], groups["sasrec"], "ndcg@10", "test", pool=list(groups.values()))
+    assert c.test == "t-test over users and seeds" and len(c.noise) == 2
+    assert "assumed for LLM head too" in c.noise[0].where and c.noise[0].var == c.noise[1].var
+    assert c.p_value > 0.05  # a 1-seed shift of -0.022 against SASRec's seed sd ~0.01

@@ -472,7 +472,9 @@ def method_note(s: ReportSettings) -> str:
             f"{MIN_SEED_DF} seed deviations (the line names the pool, its seed sd and df; fewer than {MIN_SEED_DF} "
             "in all: not testable). Student's t, Welch–Satterthwaite degrees of freedom; two configurations' seed "
             "effects are taken as independent. The bracket after a difference is its 95% CI from the same test, "
-            f"not adjusted for multiplicity (the verdict is). Where no configuration of a head has two seeds, a {PAIRED} "
+            "not adjusted for multiplicity (the verdict is). Where one side's head has no 2-seed configuration, "
+            "the other side's seed noise is assumed for it (the line says so); where neither has, a "
+            f"{PAIRED} "
             f"({PAIRED_RESAMPLES} sign flips; bootstrap CI over users), which treats each checkpoint as fixed "
             f"and says so. Fallbacks, named where used: {WELCH}; {Z_FROM_CI}. Each line names its test.")
     if s.split == SELECT_SPLIT:

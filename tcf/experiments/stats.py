@@ -14,7 +14,8 @@ the 95% CI of the difference D +- t * se (unadjusted for multiplicity).  Seed ef
 are taken as independent although both use the same seed values (2020, 2021, ...): where a seed helps
 every configuration alike the test is conservative, where it helps one and hurts another, liberal.  A
 paired test over users alone treats each checkpoint as fixed: on ml-100k it called two seeds of one
-configuration different in 8 of 19 pairs.  Where no configuration of a head has two seeds, the paired
+configuration different in 8 of 19 pairs.  Where one side's head has no 2-seed configuration, the other
+side's seed noise is assumed for it; where neither has, the paired
 permutation test over users is the fallback and says that it treats checkpoints as fixed.  Only where
 per-user records are missing does a comparison fall back further, saying so: a Welch t-test over seed
 means when both have several seeds, or an unpaired z-test from two bootstrap CIs over users.  Intervals of
@@ -332,6 +333,14 @@ def _noise(pool, a: Group, b: Group, metric: str, split: str, users=None):
     nb = seed_noise(pool, *kb, metric, split, users)
     if na is not None and nb is not None and na.where == nb.where:  # one pool read twice: one component
         nb = na
+    if (na is None) != (nb is None):  # one side's seed noise unknown: assume the other's, not none (fixed)
+        from tcf.experiments.answers import HEAD_NAMES
+
+        known, lacking = (na, b) if na is not None else (nb, a)
+        stand_in = SeedNoise(known.var, known.df, known.configs, known.seed_df,
+                             f"{known.where}, assumed for {HEAD_NAMES.get(lacking.first.head, lacking.first.head)} "
+                             "too (it has no 2-seed configuration)")
+        na, nb = (na, stand_in) if na is not None else (stand_in, nb)
     return na, nb
 
 
