@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tcf.experiments.results import Group, Stat
+from tcf.experiments.results import HEAD_NAMES, TOWER_NAMES, Group, Stat
 from tcf.experiments.stats import (
     MIN_SEED_DF,
     PAIRED,
@@ -29,9 +29,6 @@ from tcf.experiments.stats import (
 from tcf.run.config import LM_TOWERS, TOWERS
 
 TOWER_ORDER = TOWERS
-TOWER_NAMES = {"id": "ID", "frozen": "frozen text", "id+text": "ID + text", "finetune": "fine-tuned text",
-               "lora": "LoRA text"}
-HEAD_NAMES = {"sasrec": "SASRec", "dssm": "DSSM", "llm": "LLM head"}
 TUNED = LM_TOWERS
 
 

@@ -36,6 +36,11 @@ TEXT_ONLY = ("encoder.", "cache_root", "cache_path", "data.template")  # meaning
 USER_BOOTSTRAP = 1000  # resamples (seed 0) of a seed group's seed-averaged per-user values
 
 
+TOWER_NAMES = {"id": "ID", "frozen": "frozen text", "id+text": "ID + text", "finetune": "fine-tuned text",
+               "lora": "LoRA text"}  # how a report names a tower kind
+HEAD_NAMES = {"sasrec": "SASRec", "dssm": "DSSM", "llm": "LLM head"}
+
+
 @dataclass
 class Stat:
     mean: float

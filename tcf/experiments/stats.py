@@ -31,7 +31,7 @@ from functools import lru_cache
 import numpy as np
 
 from tcf.eval.metrics import holm, normal_pvalue, paired_test, t_pvalue
-from tcf.experiments.results import Group, RunResult, Stat
+from tcf.experiments.results import HEAD_NAMES, TOWER_NAMES, Group, RunResult, Stat
 
 PAIRED_RESAMPLES = 2000  # sign flips of the paired permutation test (seed 0)
 USERS_AND_SEEDS = "t-test over users and seeds"
@@ -211,8 +211,6 @@ def seed_noise(pool: list[Group] | None, head: str, tower: str, metric: str, spl
     than MIN_SEED_DF seed deviations (one configuration of 3 seeds has 2), over all the head's towers, and
     ``where`` says it is borrowed.  On ``users`` alone (a slice) when given.  None
     when no group of the head has 2 seeds with per-user records."""
-    from tcf.experiments.answers import HEAD_NAMES, TOWER_NAMES
-
     same = [g for g in pool or () if g.first.head == head]
     name, kind = HEAD_NAMES.get(head, head), TOWER_NAMES.get(tower, tower)
     own = noise_from_tables(_tables([g for g in same if g.first.tower == tower], metric, split, users),
@@ -334,8 +332,6 @@ def _noise(pool, a: Group, b: Group, metric: str, split: str, users=None):
     if na is not None and nb is not None and na.where == nb.where:  # one pool read twice: one component
         nb = na
     if (na is None) != (nb is None):  # one side's seed noise unknown: assume the other's, not none (fixed)
-        from tcf.experiments.answers import HEAD_NAMES
-
         known, lacking = (na, b) if na is not None else (nb, a)
         stand_in = SeedNoise(known.var, known.df, known.configs, known.seed_df,
                              f"{known.where}, assumed for {HEAD_NAMES.get(lacking.first.head, lacking.first.head)} "
