@@ -115,8 +115,14 @@ class RunResult:
         path = self.folder / f"per_user_{split}.npy"
         if not cols or name not in cols or not path.is_file():
             return None
-        table = np.load(path)
+        if split not in self._per_user_files:  # read once: a report's seed-noise pools ask for it per comparison
+            self._per_user_files[split] = np.load(path)
+        table = self._per_user_files[split]
         return table[0].astype(np.int64), table[cols.index(name)]
+
+    @cached_property
+    def _per_user_files(self) -> dict:
+        return {}
 
 
 @dataclass
