@@ -195,7 +195,8 @@ def text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
         ids = [g for g in groups if g.first.head == head and g.first.tower == "id"]
         texts = [g for g in groups if g.first.head == head and g.first.tower in TEXT_TOWERS]
         base, best = select(ids, m), select(texts, m)
-        c = compare(best, base, m, s.split, alpha=s.alpha, pool=groups) if base is not None and best is not None else None
+        c = (compare(best, base, m, s.split, alpha=s.alpha, pool=groups)
+             if base is not None and best is not None else None)
         if c is None:
             continue
         name = HEAD_NAMES.get(head, head)
@@ -216,7 +217,8 @@ def id_text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
         ids = [g for g in groups if g.first.head == head and g.first.tower == "id"]
         both = [g for g in groups if g.first.head == head and g.first.tower == "id+text"]
         base, best = select(ids, m), select(both, m)
-        c = compare(best, base, m, s.split, alpha=s.alpha, pool=groups) if base is not None and best is not None else None
+        c = (compare(best, base, m, s.split, alpha=s.alpha, pool=groups)
+             if base is not None and best is not None else None)
         if c is None:
             continue
         name = HEAD_NAMES.get(head, head)
@@ -470,8 +472,7 @@ def method_note(s: ReportSettings) -> str:
             "in all: not testable). Student's t, Welch–Satterthwaite degrees of freedom; two configurations' seed "
             "effects are taken as independent. The bracket after a difference is its 95% CI from the same test, "
             "not adjusted for multiplicity (the verdict is). Where one side's head has no 2-seed configuration, "
-            "the other side's seed noise is assumed for it (the line says so); where neither has, a "
-            f"{PAIRED} "
+            f"the other side's seed noise is assumed for it (the line says so); where neither has, a {PAIRED} "
             f"({PAIRED_RESAMPLES} sign flips; bootstrap CI over users), which treats each checkpoint as fixed "
             f"and says so. Fallbacks, named where used: {WELCH}; {Z_FROM_CI}. Each line names its test.")
     if s.split == SELECT_SPLIT:

@@ -7,16 +7,15 @@ same users are compared by a t-test over users and seeds: the paired difference 
 the user-by-seed interaction; the seeds' part is sigma_b^2/n per side, sigma_b^2 estimated from the spread
 of seed means about their configuration's mean less the interaction's share (seed x user residual mean
 square / U), pooled over the configurations of the same head *and tower kind* with two or more seeds
-(seed noise differs by kind), else borrowed from the head's other towers and said so on the line.  Student's
-t with Welch–Satterthwaite degrees of freedom (no test where the seed noise rests on under 3 seed
-deviations), and
-the 95% CI of the difference D +- t * se (unadjusted for multiplicity).  Seed effects of two configurations
-are taken as independent although both use the same seed values (2020, 2021, ...): where a seed helps
-every configuration alike the test is conservative, where it helps one and hurts another, liberal.  A
-paired test over users alone treats each checkpoint as fixed: on ml-100k it called two seeds of one
-configuration different in 8 of 19 pairs.  Where one side's head has no 2-seed configuration, the other
-side's seed noise is assumed for it; where neither has, the paired
-permutation test over users is the fallback and says that it treats checkpoints as fixed.  Only where
+(seed noise differs by kind), else borrowed from the head's other towers and said so on the line.
+Student's t with Welch–Satterthwaite degrees of freedom (no test where the seed noise rests on under 3
+seed deviations), and the 95% CI of the difference D +- t * se (unadjusted for multiplicity).  Seed
+effects of two configurations are taken as independent although both use the same seed values (2020,
+2021, ...): where a seed helps every configuration alike the test is conservative, where it helps one and
+hurts another, liberal.  A paired test over users alone treats each checkpoint as fixed: on ml-100k it
+called two seeds of one configuration different in 8 of 19 pairs.  Where one side's head has no 2-seed
+configuration, the other side's seed noise is assumed for it; where neither has, the paired permutation
+test over users is the fallback and says that it treats checkpoints as fixed.  Only where
 per-user records are missing does a comparison fall back further, saying so: a Welch t-test over seed
 means when both have several seeds, or an unpaired z-test from two bootstrap CIs over users.  Intervals of
 different kinds are not combined.  A statistic that is not finite is no test, never a significant one.
@@ -209,8 +208,8 @@ def seed_noise(pool: list[Group] | None, head: str, tower: str, metric: str, spl
     """:func:`noise_from_tables` over the groups of ``pool`` with this head and tower kind and 2+ seeds (seed
     noise differs between kinds: a frozen tower's is not a fine-tuned one's); where that kind has seen fewer
     than MIN_SEED_DF seed deviations (one configuration of 3 seeds has 2), over all the head's towers, and
-    ``where`` says it is borrowed.  On ``users`` alone (a slice) when given.  None
-    when no group of the head has 2 seeds with per-user records."""
+    ``where`` says it is borrowed.  On ``users`` alone (a slice) when given.  None when no group of the head
+    has 2 seeds with per-user records."""
     same = [g for g in pool or () if g.first.head == head]
     name, kind = HEAD_NAMES.get(head, head), TOWER_NAMES.get(tower, tower)
     own = noise_from_tables(_tables([g for g in same if g.first.tower == tower], metric, split, users),
