@@ -36,14 +36,16 @@ def init_group(backend: str, **kwargs) -> None:
     import torch.distributed as dist
 
     dist.init_process_group(backend, **kwargs)
-    atexit.register(_end_group)
+    atexit.register(end_group)
 
 
-def _end_group() -> None:
+def end_group() -> None:
+    """Collect first, so objects holding the group (a DDP reducer in a reference cycle) let go, then destroy
+    the group if one is still up."""
     import gc
 
     import torch.distributed as dist
 
-    gc.collect()  # objects holding the group (a DDP reducer in a reference cycle) go first
+    gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -99,9 +99,11 @@ def _status_mb(field: str) -> float | None:
     return None
 
 
-def peak_scope() -> str:
-    """What :func:`peak_rss_mb` measures now: ``run`` (since this run's reset) or ``process`` (its whole life)."""
-    return "run" if _PEAK_RESET else "process"
+def peak_memory() -> dict:
+    """A run record's memory timings: ``peak_rss_mb``, ``peak_rss_scope`` (``run``: since this run's
+    :func:`reset_peak_rss`; ``process``: the process's whole life) and ``start_rss_mb`` (see there)."""
+    return {"peak_rss_mb": peak_rss_mb(), "peak_rss_scope": "run" if _PEAK_RESET else "process",
+            "start_rss_mb": start_rss_mb()}
 
 
 def peak_rss_mb() -> float:

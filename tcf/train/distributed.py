@@ -31,7 +31,6 @@ group, with no port to collide on: that is how the DeepSpeed stages are tested o
 
 from __future__ import annotations
 
-import gc
 import inspect
 import math
 import os
@@ -45,7 +44,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tcf.devices import init_group
+from tcf.devices import end_group, init_group
 from tcf.errors import ConfigError
 
 WAIT = timedelta(hours=2)  # how long ranks wait at a barrier while rank 0 evaluates
@@ -288,8 +287,7 @@ class Parallel:
             # here, not in the interpreter's finalisation (a rank aborted there in CI: "terminate called
             # without an active exception", SIGABRT, after its results were final)
             self.wrapped = None
-            gc.collect()
-            dist.destroy_process_group()
+            end_group()
         return results
 
     def describe(self) -> dict:

@@ -29,7 +29,7 @@ from tcf.models import build_model
 from tcf.models.inputs import text_inputs
 from tcf.models.inputs import text_inputs as text_vectors  # noqa: F401 - the old name
 from tcf.models.lm_tower import param_groups, step_items
-from tcf.provenance import peak_rss_mb, peak_scope, provenance, reset_peak_rss, start_rss_mb
+from tcf.provenance import peak_memory, provenance, reset_peak_rss
 from tcf.run.config import LM_TOWERS, RunConfig, config_changes, resolved
 from tcf.run.results import RunRecord, dataset_section, write_results
 from tcf.run.seqdata import SeqData
@@ -285,8 +285,7 @@ def final_test(run: Training, state: dict) -> RunRecord:
         task="train", name=cfg.name, config=resolved(cfg), metrics=metrics, dataset=dataset_section(data),
         seeds={"run": cfg.seed, **run.seeds},
         timings={"train_seconds": state["train_seconds"], "seconds_to_best": state["seconds_to_best"],
-                 "wall_seconds": time.perf_counter() - run.t_start, "peak_rss_mb": peak_rss_mb(),
-                 "peak_rss_scope": peak_scope(), "start_rss_mb": start_rss_mb()},
+                 "wall_seconds": time.perf_counter() - run.t_start, **peak_memory()},
         per_user_columns=["user_id", *sorted(r.per_user)], provenance=provenance(),
         sections={"best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "history": state["history"],
                   "parameters": {"trainable": sum(distributed.numel(p) for p in model.parameters() if p.requires_grad),

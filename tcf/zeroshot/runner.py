@@ -27,7 +27,7 @@ import numpy as np
 
 from tcf.eval.metrics import metrics_from_scores, paired_test, summarize
 from tcf.fsutil import atomic_write_text
-from tcf.provenance import peak_rss_mb, peak_scope, provenance, reset_peak_rss, start_rss_mb
+from tcf.provenance import peak_memory, provenance, reset_peak_rss
 from tcf.run.results import RunRecord, dataset_section, write_results
 from tcf.zeroshot.backend import BackendFailed, GenParams, Reply, backend_where, build_backend, identity_for
 from tcf.zeroshot.cache import ResponseCache, cache_key, cacheable
@@ -249,8 +249,7 @@ def run_zeroshot(cfg, out, *, progress: bool = True, backend=None) -> dict:
         task="zeroshot", name=cfg.name, config=resolved(cfg), metrics=metrics, dataset=dataset_section(data),
         seeds={"run": cfg.seed, "candidates": cfg.seed, "generation": z.gen_seed},
         timings={"generate_seconds": gen_s, "prompts_per_s": stats["calls"] / gen_s if gen_s > 0 else None,
-                 "wall_seconds": time.perf_counter() - t_start, "peak_rss_mb": peak_rss_mb(),
-                 "peak_rss_scope": peak_scope(), "start_rss_mb": start_rss_mb()},
+                 "wall_seconds": time.perf_counter() - t_start, **peak_memory()},
         per_user_columns=["user_id", *sorted(per_user)], provenance=provenance(),
         valid=not invalid, invalid_reason=invalid or None,  # first in the file, where a reader sees it
         sections={
