@@ -420,7 +420,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from tcf.experiments.planner import llm_head_plan
 
         p["llm_head"] = llm_head_plan(args.model, layers=args.llm_layers, train=args.llm_train, batch=args.batch,
-                                      max_len=args.max_len, dtype=args.dtype)
+                                      max_len=args.max_len, dtype=args.dtype, dropout=args.dropout)
     print(json.dumps(p, indent=2) if args.json else render(p))
     return 0
 
@@ -631,6 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--llm-layers", type=int, help="also size the llm head's user LM (model.head: llm): the bottom "
                     "N blocks of --model (0 = all) over --batch sequences of --max-len items")
     pl.add_argument("--llm-train", default="full", help="llm head: model.llm_train, full | top:K | lora | frozen")
+    pl.add_argument("--dropout", type=float, default=0.2, help="llm head: model.dropout, its input and attention "
+                    "dropout, whose masks training keeps (default 0.2, the default config's)")
     pl.add_argument("--tflops", type=float, help="effective TFLOP/s per device for the time estimate "
                     "(default 100 on GPU, 0.15 on CPU)")
     pl.add_argument("--json", action="store_true", help="print the plan as JSON")

@@ -193,7 +193,7 @@ def test_item_token_trains_and_is_its_final_state(tiny_dataset, tiny_model, tmp_
     assert isinstance(build_model(cfg, 40, 30, entry).tower, ItemTokenTower)  # what training builds
     ids = torch.tensor([1, 2, 3])
     tower(ids).sum().backward()
-    assert tower.item_token.grad is not None and tower.item_token.grad.abs().sum() > 0
+    assert tower.item_token_unit.grad is not None and tower.item_token_unit.grad.abs().sum() > 0
     states = torch.zeros(2, 3, 4)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
     s, m, at = append_token(states, mask, torch.ones(4))
@@ -207,7 +207,42 @@ def test_item_token_one_epoch(tiny_dataset, tiny_model, tmp_path):
     r = loop.train(cfg, tmp_path / "run", progress=False)
     assert np.isfinite(r["history"][0]["loss"])
     best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=False)["model"]
-    assert "tower.item_token" in best
+    assert "tower.item_token_unit" in best and "tower.item_token_scale" in best
+
+
+def test_item_token_starts_at_a_typical_tokens_size_not_the_first_positions_outliers():
+    from types import SimpleNamespace
+
+    from tcf.models.item_token import token_scale
+
+    rng = np.random.default_rng(0)
+    states = rng.normal(size=(5, 4, 8)).astype(np.float32)  # row 0: the padding item
+    states[:, 0] *= 1000  # a decoder's outlier activations at each text's first position
+    mask = np.array([[0, 0, 0, 0]] + [[1, 1, 1, 0]] * 4)
+    scale = token_scale(SimpleNamespace(states=states, mask=mask, dim=8))
+    assert 0.7 < scale < 1.3  # unit-variance tokens: RMS ~1; the plain std over all tokens is ~577
+
+
+def test_item_token_moves_by_about_lr_of_its_size_whatever_the_states_scale(tiny_dataset, tiny_model, tmp_path):
+    """The token is scale * unit with unit trained: Adam's ~lr steps per coordinate are relative to its size, so a
+    layer whose states are in the thousands does not freeze it (a parameter holding the token would move 1e-6)."""
+    from tcf.encoders.extract import extract
+    from tcf.models.item_token import ItemTokenTower
+    from tcf.models.lm_tower import build_lm_tower, cache_spec, param_groups
+
+    cfg = cfg_for(tiny_dataset, tiny_model, tmp_path, "model.head=sasrec", "model.tower=finetune",
+                  "encoder.pooling=item_token", "train.loss=inbatch")
+    entry = extract(tiny_dataset, cache_spec(cfg), root=cfg.cache_root, kind="tokens").entry
+    tower = build_lm_tower(cfg, entry, ItemTokenTower).train()
+    tower.item_token_scale.fill_(1000.0)
+    opt = torch.optim.AdamW(param_groups(tower, cfg.train), lr=1e-3)
+    before = tower.item_token.detach().clone()
+    for _ in range(3):
+        opt.zero_grad()
+        tower(torch.tensor([1, 2, 3])).pow(2).sum().backward()
+        opt.step()
+    moved = (tower.item_token.detach() - before).norm() / before.norm()
+    assert moved > 1e-3, moved
 
 
 @pytest.mark.parametrize("tower", ["frozen", "id+text"])
@@ -275,6 +310,25 @@ def test_planner_sizes_the_user_lm_as_autograd_and_the_model_count(llama64):
     adapted = add_lora(load_bottom_layers(EncoderSpec(model=str(llama64)), N)[0], 4, 8, 0.0)
     assert lora["trainable_params"] - (2 * 16 * 64 + 16 + 64) == \
         sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+    saved = user_lm_saved_bytes(model, B, L)
+    ratio = full["activations"] / saved
+    print("llm head activations: planned", full["activations"], "saved", saved)
+    assert 0.75 < ratio < 1.33, (full["activations"], saved)
+    # with model.dropout, as the study trains: the attention dropout's and the input dropout's masks are kept too
+    dropped = user_lm_saved_bytes(load_bottom_layers(EncoderSpec(model=str(llama64)), N, dropout=0.2)[0].train(),
+                                  B, L, dropout=0.2)
+    planned = llm_head_bytes(config, N, batch=B, max_len=L, dim=16, dropout=0.2)["activations"]
+    print("with dropout 0.2: planned", planned, "saved", dropped)
+    assert dropped > 1.1 * saved and 0.9 < planned / dropped < 1.15, (planned, dropped)
+    # bf16 autocast over fp32 masters: a low-precision copy of every trainable LM weight is kept for backward
+    bf16 = llm_head_bytes(config, N, batch=B, max_len=L, dim=16, dtype="bf16")
+    assert bf16["weight_copies"] == 2 * n_params and full["weight_copies"] == 0
+    assert llm_head_bytes(config, N, dim=16, dtype="bf16", train="frozen")["weight_copies"] == 0
+
+
+def user_lm_saved_bytes(model, B: int, L: int, dropout: float = 0.0) -> int:
+    """What autograd keeps for backward (weights aside) in a training forward of UserLM over [B, L] item vectors,
+    after the head's input dropout."""
     weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved = {}
 
@@ -287,10 +341,8 @@ def test_planner_sizes_the_user_lm_as_autograd_and_the_model_count(llama64):
     keep = torch.ones(B, L, dtype=torch.bool)
     keep[:, :5] = False  # left padding, as training batches have
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        UserLM(model)(x, keep)
-    ratio = full["activations"] / sum(saved.values())
-    print("llm head activations: planned", full["activations"], "saved", sum(saved.values()))
-    assert 0.75 < ratio < 1.33, (full["activations"], sum(saved.values()))
+        UserLM(model)(torch.nn.functional.dropout(x, dropout, training=True), keep)
+    return sum(saved.values())
 
 
 def test_plan_section_for_the_user_lm(llama64):

@@ -242,3 +242,20 @@ def test_a_runs_peak_memory_is_its_own_not_the_largest_before_it_in_the_process(
     out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], capture_output=True, text=True, check=True, timeout=60)
     before, after, start = map(float, out.stdout.split())
     assert before > 400 and after < before - 300 and start <= after
+
+
+def test_a_resumed_run_continues_every_gpus_random_stream(monkeypatch):
+    """Dropout on a GPU draws from the GPU's generator: the checkpoint keeps each device's state and resume restores
+    it (faked devices here: CI has no GPU)."""
+    devices = [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3, 4], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # resumed on fewer GPUs than it was saved on
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [d.clone() for d in devices])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+    saved = loop.rng_states()
+    assert [d.tolist() for d in saved["cuda"]] == [[1, 2], [3, 4]]
+    loop.set_rng_states(saved)
+    assert [d.tolist() for d in restored] == [[1, 2]]
+    loop.set_rng_states({**saved, "cuda": None})  # a CPU run's (or an older) checkpoint
+    assert len(restored) == 1

@@ -438,20 +438,23 @@ class ItemActivations:
     measured: bool  # True: counted running the model's own code on the meta device; False: closed form
 
 
-def item_activations(config, arch: Arch, tokens: int, dtype: str, pooling: str = "mean") -> ItemActivations:
+def item_activations(config, arch: Arch, tokens: int, dtype: str, pooling: str = "mean",
+                     attention_dropout: float | None = None) -> ItemActivations:
     """Per-text activations: measured on the meta device (top_saved_bytes, one text) where the model's code
     runs there, else the closed form (Korthikanti et al.)."""
     block_input = tokens * arch.hidden * DTYPE_BYTES[dtype]
     try:
-        top1 = top_saved_bytes(config, 1, 1, tokens, dtype, pooling)
-        top2 = top_saved_bytes(config, 2, 1, tokens, dtype, pooling) if arch.n_layers > 1 else 2 * top1
+        top1 = top_saved_bytes(config, 1, 1, tokens, dtype, pooling, attention_dropout)
+        top2 = (top_saved_bytes(config, 2, 1, tokens, dtype, pooling, attention_dropout) if arch.n_layers > 1
+                else 2 * top1)
     except Exception:  # noqa: BLE001 - code that does not run on meta, or a model tcf train refuses: closed form
         per_block = training_layer_activation_bytes(arch, 1, tokens) * DTYPE_BYTES[dtype] // 2
         return ItemActivations(per_block, 0, block_input, False)
     return ItemActivations(top2 - top1, 2 * top1 - top2, block_input, True)
 
 
-def top_saved_bytes(config, k: int, items: int, tokens: int, dtype: str, pooling: str = "mean") -> int:
+def top_saved_bytes(config, k: int, items: int, tokens: int, dtype: str, pooling: str = "mean",
+                    attention_dropout: float | None = None) -> int:
     """Bytes autograd saves when the top ``k`` blocks of ``config`` (and what sits above them) run forward in
     training over ``items`` texts of ``tokens`` tokens, then pooling: counted, not estimated.
 
@@ -461,6 +464,8 @@ def top_saved_bytes(config, k: int, items: int, tokens: int, dtype: str, pooling
     is handed over prepared ([items, 1, T, T]) so no mask code needs data.  Checked on an H200
     (bf16, OPT-125m-wide blocks, 770 texts x 32 tokens): 0.98x what a real step saves with sdpa
     attention, 0.92x with eager; tests/test_planner_step_memory.py checks a CPU step.
+    ``attention_dropout``: set on configs that have one (the llm head sets it from ``model.dropout``; its masks
+    are saved too); None keeps the checkpoint's own.
     """
     import torch
 
@@ -468,7 +473,10 @@ def top_saved_bytes(config, k: int, items: int, tokens: int, dtype: str, pooling
     from tcf.encoders.pooling import l2_normalize, pool
 
     n = int(text_config(config).num_hidden_layers)
-    model = meta_model(top_config(config, n, k)).to(torch_dtype(dtype))
+    top = top_config(config, n, k)
+    if attention_dropout is not None and hasattr(text_config(top), "attention_dropout"):
+        text_config(top).attention_dropout = attention_dropout
+    model = meta_model(top).to(torch_dtype(dtype))
     kind = strip_embeddings(model)  # ConfigError: tcf train cannot fine-tune this model
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
@@ -553,38 +561,50 @@ def lora_params(config, n: int, r: int) -> int:
 
 
 def llm_head_bytes(config, n: int, *, train: str = "full", batch: int = 256, max_len: int = 50, dim: int = 64,
-                   dtype: str = "fp32", checkpointing: bool = False, lora_r: int = 8) -> dict:
+                   dtype: str = "fp32", checkpointing: bool = False, lora_r: int = 8, dropout: float = 0.0) -> dict:
     """Memory of one training step of the llm head's user LM (``model.head: llm``), as finetune_bytes sizes the
     item tower's: its weights (frozen ones in ``dtype``, trainable ones fp32 masters with gradients and AdamW
     states), the two projections to and from ``model.dim``, and the activations of ``batch`` sequences of
     ``max_len`` item vectors through all n blocks (the input always wants gradients: the projection and the
-    item tower below train, so frozen blocks keep theirs too).  Per-sequence activations are measured on the
-    meta device as the item tower's per-text ones are (item_activations, tokens = max_len)."""
+    item tower below train, so frozen blocks keep theirs too; an over-estimate for them, since a frozen linear map
+    keeps no input).  Per-sequence activations are measured on the
+    meta device as the item tower's per-text ones are (item_activations, tokens = max_len), with ``dropout``
+    (``model.dropout``) as the blocks' attention dropout, plus the input dropout's mask.  In bf16 / fp16 the
+    trainable weights are fp32 masters under autocast, whose low-precision copies are kept for backward
+    (``weight_copies``, counted in ``activations``; one block's at a time with gradient checkpointing), as
+    finetune_bytes counts them for the item tower."""
     arch = measure(config)
     n = n or arch.n_layers
     params = sum(arch.block_params[:n]) + arch.top_extra_params  # the LM's bottom n blocks and final norm
     lm = llm_trainable(arch, n, train, lora_params(config, n, lora_r) if train == "lora" else 0)
     frozen = params - (0 if train == "lora" else lm)  # LoRA adds its adapters beside the frozen base
     trainable = lm + 2 * dim * arch.hidden + dim + arch.hidden  # + Linear(dim, H) and Linear(H, dim)
-    seq = item_activations(config, arch, max_len, dtype)
+    seq = item_activations(config, arch, max_len, dtype, attention_dropout=dropout)
     if checkpointing:  # each block's input kept, one block recomputed at a time in backward
         acts = batch * (n * seq.block_input + seq.per_block + seq.above)
     else:
         acts = batch * (n * seq.per_block + seq.above)
+    if dropout > 0:  # the input dropout's mask over the projected item vectors, one byte an element
+        acts += batch * max_len * arch.hidden
+    copies = 0
+    if dtype != "fp32":
+        per_block = lm if train == "lora" else max(arch.block_params[:n], default=0)
+        copies = DTYPE_BYTES[dtype] * (min(lm, per_block) if checkpointing else lm)
+    acts += copies
     states = frozen * DTYPE_BYTES[dtype] + trainable * ADAMW_BYTES_PER_PARAM
     return {"blocks": n, "params": params, "trainable_params": trainable, "frozen_weights": frozen * DTYPE_BYTES[dtype],
-            "weights_grads_adamw": trainable * ADAMW_BYTES_PER_PARAM, "activations": acts, "total": states + acts,
-            "activations_measured": seq.measured}
+            "weights_grads_adamw": trainable * ADAMW_BYTES_PER_PARAM, "activations": acts, "weight_copies": copies,
+            "total": states + acts, "activations_measured": seq.measured}
 
 
 def llm_head_plan(model: str, *, layers: int = 0, train: str = "full", batch: int = 256, max_len: int = 50,
-                  dim: int = 64, dtype: str = "fp32", lora_r: int = 8) -> dict:
+                  dim: int = 64, dtype: str = "fp32", lora_r: int = 8, dropout: float = 0.0) -> dict:
     """``tcf plan --llm-layers N``: the llm head's user LM (``model`` as ``model.llm_model``), sized with and
     without gradient checkpointing (see llm_head_bytes)."""
     config, _ = load_config(model)
-    kw = dict(train=train, batch=batch, max_len=max_len, dim=dim, dtype=dtype, lora_r=lora_r)
+    kw = dict(train=train, batch=batch, max_len=max_len, dim=dim, dtype=dtype, lora_r=lora_r, dropout=dropout)
     return {"settings": {"llm_layers": layers, "llm_train": train, "batch": batch, "max_len": max_len, "dim": dim,
-                         "dtype": dtype},
+                         "dtype": dtype, "dropout": dropout},
             "step": llm_head_bytes(config, layers, **kw),
             "step_checkpointing": llm_head_bytes(config, layers, checkpointing=True, **kw)}
 

@@ -8,8 +8,15 @@ to gather into it, where mean / last / cls pooling take a fixed summary.
 
 Only fine-tuned towers (``finetune`` / ``lora``) run blocks over the token; a frozen encoder's
 cached vectors were pooled before any token could be learned, so it is refused there
-(``RunConfig`` says so, and :func:`tcf.encoders.pooling.pool` for extraction).  The token trains at ``train.lr`` with the tower's adapter (it is a
-new parameter, not one of the LM's).
+(``RunConfig`` says so, and :func:`tcf.encoders.pooling.pool` for extraction).
+
+The token is ``scale * unit``: ``unit`` (N(0, 1) at the start) is the parameter, trained at ``train.lr``
+with the tower's adapter (it is a new parameter, not one of the LM's); ``scale`` is a fixed buffer, the
+median RMS of the cached real tokens after each text's first (decoders hold outlier activations there:
+SmolLM2's first states are ~15x the others'), so the token starts at a typical token's size and AdamW's
+steps of about ``lr`` per coordinate move it by about ``lr`` of its size, whatever the layer's scale.  A
+parameter holding the token itself would move by ``lr / scale`` of it: next to nothing where states
+are in the hundreds.
 """
 
 from __future__ import annotations
@@ -35,10 +42,14 @@ def append_token(states: torch.Tensor, mask: torch.Tensor, token: torch.Tensor):
 
 
 def token_scale(tokens, rows: int = 256) -> float:
-    """The spread of the cached states (first ``rows`` items' real tokens): the learned token starts at it."""
-    mask = np.asarray(tokens.mask[1:rows + 1], dtype=bool)
-    states = np.asarray(tokens.states[1:rows + 1], dtype=np.float32)[mask]
-    return float(states.std()) if states.size else 1.0
+    """The size of a typical cached token (first ``rows`` items): the median RMS over their real tokens after
+    each text's first, whose outlier activations in decoders would otherwise set it.  1.0 if there are none."""
+    mask = np.asarray(tokens.mask[1:rows + 1], dtype=bool).copy()
+    mask[:, 0] = False
+    states = np.asarray(tokens.states[1:rows + 1], dtype=np.float32)[mask]  # [n, D]
+    if not states.size:
+        return 1.0
+    return float(np.median(np.sqrt((states ** 2).mean(1))))
 
 
 class ItemTokenTower(LMTower):
@@ -46,7 +57,13 @@ class ItemTokenTower(LMTower):
 
     def __init__(self, lm, tokens, dim: int, **kw):
         super().__init__(lm, tokens, dim, **kw)
-        self.item_token = nn.Parameter(torch.randn(tokens.dim) * token_scale(tokens))  # [D]
+        self.item_token_unit = nn.Parameter(torch.randn(tokens.dim))  # [D], the trained part
+        self.register_buffer("item_token_scale", torch.tensor(token_scale(tokens)))
+
+    @property
+    def item_token(self) -> torch.Tensor:
+        """[D] the token appended to each text."""
+        return self.item_token_scale * self.item_token_unit
 
     def pooled(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """[c, t, D] cached states, [c, t] mask -> [c, D_lm] fp32: the item token's final state."""

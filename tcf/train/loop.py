@@ -185,10 +185,24 @@ def resume_from_last(run: Training) -> dict:
         run.opt.load_state_dict(ck["optimizer"])
     if ck.get("scaler"):
         run.scaler.load_state_dict(ck["scaler"])
-    torch.set_rng_state(ck["rng"]["torch"])
-    np.random.set_state(ck["rng"]["numpy"])
-    random.setstate(ck["rng"]["python"])
+    set_rng_states(ck["rng"])
     return ck["state"]
+
+
+def rng_states() -> dict:
+    """Every generator a resumed run must continue: torch (CPU and, where there is one, each GPU's), NumPy, Python."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_states(rng: dict) -> None:
+    """Restore :func:`rng_states`; GPU states only where the checkpoint has them and this machine has GPUs
+    (a run resumed on fewer GPUs takes the first ones' states; older checkpoints have none)."""
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if rng.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"][:torch.cuda.device_count()])
 
 
 def train_epoch(run: Training, windows: np.ndarray, epoch: int, show: bool) -> list[float]:
@@ -249,8 +263,7 @@ def end_epoch(run: Training, state: dict, losses: list[float], t0: float, show: 
         _save(run.last, {"model": weights, "optimizer": par.optimizer_state(run.opt), "state": state,
                          "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
                          "config": resolved(cfg),
-                         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                                 "python": random.getstate()}})
+                         "rng": rng_states()})
     if show:
         say(f"epoch {epoch}: loss {np.mean(losses):.4f}  valid {SELECT_METRIC} {valid:.4f}  best "
             f"{state['best']:.4f}@{state['best_epoch']}  ({time.perf_counter() - t0:.1f} s"
