@@ -290,12 +290,16 @@ def test_heads_are_compared_on_the_same_item_tower_and_pretraining_against_rando
     run("llm-pre", "llm", 0.20, "pretrained")
     run("llm-rand", "llm", 0.08, "random")
     md = report_text(tmp_path)
-    heads = md.split("**Which user model: does another head beat SASRec on the same item tower?**")[1].split("\n\n**")[0]
+    heads = md.split("**Which user model: does another head beat SASRec (and the LLM head DSSM) on the same item "
+                     "tower?**")[1].split("\n\n**")[0]
     assert "ID: DSSM against SASRec: test ndcg@10 0.0500 vs 0.1000" in heads and "**SASRec beats DSSM**" in heads
     # the LLM head's setting best on validation (pretrained) is the one compared
     assert "ID: LLM head [model.llm_init=pretrained] (of 2 settings; the best on valid) against SASRec: test " \
            "ndcg@10 0.2000 vs 0.1000" in heads and "**LLM head beats SASRec**" in heads
-    assert "Holm-adjusted over 2 tests" in heads
+    # and, beyond SASRec, the LLM head against DSSM on the same tower
+    assert "ID: LLM head [model.llm_init=pretrained] (of 2 settings; the best on valid) against DSSM: test " \
+           "ndcg@10 0.2000 vs 0.0500" in heads and "**LLM head beats DSSM**" in heads
+    assert "Holm-adjusted over 3 tests" in heads and "DSSM against LLM head" not in heads
     pre = md.split("**Does a pretrained user LM (the LLM head) beat the same model at random initialisation?**")[1]
     pre = pre.split("\n\n**")[0]
     assert "pretrained against random initialisation: test ndcg@10 0.2000 vs 0.0800" in pre
@@ -362,7 +366,7 @@ def test_heads_meet_on_a_tower_whatever_settings_vary_among_one_heads_groups(tmp
     run("d-id", "dssm", "id", 0.05)
     run("s-ft1", "sasrec", "finetune", 0.08, layers=1)
     run("s-ft2", "sasrec", "finetune", 0.09, layers=2)
-    heads = report_text(tmp_path).split("does another head beat SASRec on the same item tower?**")[1]
+    heads = report_text(tmp_path).split("(and the LLM head DSSM) on the same item tower?**")[1]
     assert "ID: DSSM against SASRec: test ndcg@10 0.0500 vs 0.1000" in heads.split("\n\n**")[0]
 
 

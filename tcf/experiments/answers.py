@@ -378,31 +378,36 @@ def _tower_key(g: Group) -> tuple:
     return r.tower, r.encoder or "", json.dumps(shaped, sort_keys=True, default=str)
 
 
+REFERENCE_HEADS = ("sasrec", "dssm")  # each head is compared with every reference head before it in this order
+
+
 def head_vs_head(groups: list[Group], s: ReportSettings) -> list[Finding]:
     """On each item tower that more than one head trained: every other head's setting best on validation against
-    SASRec's best on validation (the sequential baseline), one family."""
+    SASRec's best on validation (the sequential baseline), and a head beyond the two classic ones (the LLM head)
+    against DSSM's too; one family."""
     m, out = s.metrics[0], []
     towers: dict[tuple, dict[str, list[Group]]] = {}
     for g in groups:
         towers.setdefault(_tower_key(g), {}).setdefault(g.first.head, []).append(g)
+    rank = {h: k for k, h in enumerate(REFERENCE_HEADS)}
     for key in sorted(towers):
         heads = towers[key]
-        if "sasrec" not in heads:
-            continue
-        base = select(heads["sasrec"], m)
-        for head in sorted(h for h in heads if h != "sasrec"):
-            best = select(heads[head], m)
-            c = (compare(best, base, m, s.split, alpha=s.alpha, pool=groups)
-                 if best is not None and base is not None else None)
-            if c is None:
-                continue
-            extra = f" [{extra_settings(best)}]" if extra_settings(best) else ""
-            before = (f"{group_label(best, False)}: {HEAD_NAMES.get(head, head)}{extra}"
-                      f"{_of(len(heads[head]), 'settings; the best on ' + SELECT_SPLIT)} against SASRec"
-                      f"{_of(len(heads['sasrec']), 'settings; the best on ' + SELECT_SPLIT)}: {s.split} {m} ")
-            name = HEAD_NAMES.get(head, head)
-            out.append(Finding("head vs head", head, best, base, c, before,
-                               (f"{name} beats SASRec", f"SASRec beats {name}")))
+        for ref in (r for r in REFERENCE_HEADS if r in heads):
+            base = select(heads[ref], m)
+            ref_name = HEAD_NAMES.get(ref, ref)
+            for head in sorted(h for h in heads if rank.get(h, len(REFERENCE_HEADS)) > rank[ref]):
+                best = select(heads[head], m)
+                c = (compare(best, base, m, s.split, alpha=s.alpha, pool=groups)
+                     if best is not None and base is not None else None)
+                if c is None:
+                    continue
+                extra = f" [{extra_settings(best)}]" if extra_settings(best) else ""
+                before = (f"{group_label(best, False)}: {HEAD_NAMES.get(head, head)}{extra}"
+                          f"{_of(len(heads[head]), 'settings; the best on ' + SELECT_SPLIT)} against {ref_name}"
+                          f"{_of(len(heads[ref]), 'settings; the best on ' + SELECT_SPLIT)}: {s.split} {m} ")
+                name = HEAD_NAMES.get(head, head)
+                out.append(Finding("head vs head", head, best, base, c, before,
+                                   (f"{name} beats {ref_name}", f"{ref_name} beats {name}")))
     return _family(out)
 
 
@@ -436,8 +441,8 @@ QUESTIONS = {  # finding.question -> (the question answered, what is said withou
                              "encoder)."),
     "largest vs smallest encoder": ("Does a bigger encoder help?",
                                     "not measured (fewer than two encoder sizes for any head and tower)."),
-    "head vs head": ("Which user model: does another head beat SASRec on the same item tower?",
-                     "not measured (no item tower trained with SASRec and another head)."),
+    "head vs head": ("Which user model: does another head beat SASRec (and the LLM head DSSM) on the same item "
+                     "tower?", "not measured (no item tower trained with SASRec or DSSM and another head)."),
     "pretrained vs random user LM": ("Does a pretrained user LM (the LLM head) beat the same model at random "
                                      "initialisation?", "not measured (no LLM-head runs with both model.llm_init)."),
 }
