@@ -413,14 +413,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     if args.dataset is not None and args.items is not None:
         raise ConfigError("give --dataset or --items, not both")
-    p = plan(args.model, hardware(args.gpus, args.cpu_mem), items=args.items, tokens=args.tokens, batch=args.batch,
+    hw = hardware(args.gpus, args.cpu_mem)
+    p = plan(args.model, hw, items=args.items, tokens=args.tokens, batch=args.batch,
              finetune_layers=args.finetune_layers, dtype=args.dtype, dataset=args.dataset, tflops=args.tflops,
              loss=args.loss, max_len=args.max_len)
     if args.llm_layers is not None:  # model.head: llm with this model as model.llm_model
         from tcf.experiments.planner import llm_head_plan
 
         p["llm_head"] = llm_head_plan(args.model, layers=args.llm_layers, train=args.llm_train, batch=args.batch,
-                                      max_len=args.max_len, dtype=args.dtype, dropout=args.dropout)
+                                      max_len=args.max_len, dtype=args.dtype, dropout=args.dropout, hw=hw)
     print(json.dumps(p, indent=2) if args.json else render(p))
     return 0
 

@@ -353,6 +353,33 @@ def test_plan_section_for_the_user_lm(llama64):
     assert h["step"]["frozen_weights"] > 0 and h["settings"]["llm_train"] == "top:1"
     line = " ".join(render_llm_head(h))
     assert f"bottom {N} blocks" in line and "gradient checkpointing" in line
+    assert "job" not in h  # no hardware given: sizes only
+
+
+def test_plan_chooses_how_to_train_the_user_lm_and_prints_a_command_tcf_train_accepts(llama64, tiny_dataset, tmp_path):
+    from tcf.experiments.planner import CPU_RESERVE_BYTES, CPU_USABLE_FRACTION, Hardware, llm_head_plan
+
+    def cpu(budget: int) -> Hardware:
+        """A machine without a GPU whose usable CPU memory is just ``budget`` bytes."""
+        hw = Hardware(0, 0, int((budget + CPU_RESERVE_BYTES) / CPU_USABLE_FRACTION) + 1)
+        assert budget <= hw.cpu_usable <= budget + 2
+        return hw
+
+    kw = dict(layers=N, train="full", batch=16, max_len=20, dtype="bf16", dropout=0.2)
+    sizes = llm_head_plan(str(llama64), **kw)
+    plain, ckpt = sizes["step"]["total"], sizes["step_checkpointing"]["total"]
+    lora = llm_head_plan(str(llama64), **{**kw, "train": "lora"})["step_checkpointing"]["total"]
+    assert lora < ckpt < plain
+    for budget, expect in ((plain, "llm_train=full"), (ckpt, "gradient checkpointing"), (lora, "llm_train=lora")):
+        job = llm_head_plan(str(llama64), hw=cpu(budget), **kw)["job"]  # only this option and cheaper ones fit
+        assert job["chosen"] is not None and expect in job["chosen"], (budget, job["chosen"])
+        sets = job["command"].split("--set ", 1)[1].split()
+        cfg = load_config(None, [f"data.dataset={tiny_dataset.path}", f"cache_root={tmp_path / 'c'}", *sets])
+        assert (cfg.model.head, cfg.model.llm_layers, cfg.train.batch_size, cfg.model.max_len) == ("llm", N, 16, 20)
+        assert cfg.train.grad_checkpointing == ("checkpointing" in job["chosen"])
+        assert cfg.model.llm_train == ("lora" if "lora" in job["chosen"] else "full")
+    job = llm_head_plan(str(llama64), hw=cpu(lora // 2), **kw)["job"]
+    assert job["chosen"] is None and "command" not in job and "cannot be trained" in job["why_not"]
 
 
 # ---------------------------------------------------------------- the report

@@ -598,15 +598,57 @@ def llm_head_bytes(config, n: int, *, train: str = "full", batch: int = 256, max
 
 
 def llm_head_plan(model: str, *, layers: int = 0, train: str = "full", batch: int = 256, max_len: int = 50,
-                  dim: int = 64, dtype: str = "fp32", lora_r: int = 8, dropout: float = 0.0) -> dict:
+                  dim: int = 64, dtype: str = "fp32", lora_r: int = 8, dropout: float = 0.0,
+                  hw: Hardware | None = None) -> dict:
     """``tcf plan --llm-layers N``: the llm head's user LM (``model`` as ``model.llm_model``), sized with and
-    without gradient checkpointing (see llm_head_bytes)."""
+    without gradient checkpointing (see llm_head_bytes); with ``hw``, the ways to train it there, as for the
+    item tower's fine-tuning (``job``)."""
     config, _ = load_config(model)
-    kw = dict(train=train, batch=batch, max_len=max_len, dim=dim, dtype=dtype, lora_r=lora_r, dropout=dropout)
-    return {"settings": {"llm_layers": layers, "llm_train": train, "batch": batch, "max_len": max_len, "dim": dim,
-                         "dtype": dtype, "dropout": dropout},
-            "step": llm_head_bytes(config, layers, **kw),
-            "step_checkpointing": llm_head_bytes(config, layers, checkpointing=True, **kw)}
+    if dtype == "fp16":  # model.llm_dtype has no fp16 (it would need loss scaling): what it would run is bf16
+        dtype = "bf16"
+    kw = dict(batch=batch, max_len=max_len, dim=dim, dtype=dtype, lora_r=lora_r, dropout=dropout)
+    out = {"settings": {"llm_layers": layers, "llm_train": train, "batch": batch, "max_len": max_len, "dim": dim,
+                        "dtype": dtype, "dropout": dropout},
+           "step": llm_head_bytes(config, layers, train=train, **kw),
+           "step_checkpointing": llm_head_bytes(config, layers, train=train, checkpointing=True, **kw)}
+    if hw is not None:
+        out["job"] = _llm_head_job(model, config, hw, layers, train, out, kw)
+    return out
+
+
+def _llm_head_job(model: str, config, hw: Hardware, layers: int, train: str, sized: dict, kw: dict) -> dict:
+    """One device as asked, then with gradient checkpointing, then (for ``full``) LoRA with checkpointing: the
+    first that fits is chosen, with the ``tcf train`` settings that run it.  The user LM trains on one device
+    (several processes under DDP each hold all of it, with ``train.batch_size`` per process)."""
+    n, where = hw.n_gpus, "GPU" if hw.n_gpus else "CPU"
+    cands = [(f"one {where}, llm_train={train}", sized["step"], train, False),
+             (f"one {where}, llm_train={train}, gradient checkpointing", sized["step_checkpointing"], train, True)]
+    if train == "full":
+        cands.append((f"one {where}, llm_train=lora (rank {kw['lora_r']}), gradient checkpointing",
+                      llm_head_bytes(config, layers, train="lora", checkpointing=True, **kw), "lora", True))
+    opts = []
+    for name, need, mode, ckpt in cands:
+        opt = Option(name, need["total"] if n else 0, 0 if n else need["total"], min(n, 1),
+                     "adapters only: not the model that full fine-tuning trains" if mode != train else "", "")
+        opts.append((opt, mode, ckpt))
+    chosen = next(((o, m, c) for o, m, c in opts if fits(o, hw)), None)
+    out = {"job": f"train the llm head's user LM ({model}, bottom {sized['step']['blocks']} blocks, {kw['batch']} "
+                  f"sequences of {kw['max_len']} items per step, {kw['dtype']})",
+           "options": [{"name": o.name, "per_gpu_bytes": o.per_gpu, "cpu_bytes": o.cpu, "fits": fits(o, hw),
+                        "note": o.note} for o, _, _ in opts],
+           "chosen": chosen and chosen[0].name,
+           "note": "the user LM and its two projections only: the item tower below it and the loss's logits are "
+                   "sized by the lines above (CONFIG is the run's experiment file)"}
+    if chosen is None:
+        out["why_not"] = (f"the user LM cannot be trained on {hw.describe()} at --batch {kw['batch']}: lower "
+                          "--batch, --llm-layers or --max-len, or freeze more of it (--llm-train top:K)")
+    else:
+        _, mode, ckpt = chosen
+        sets = ["model.head=llm", f"model.llm_model={model}", f"model.llm_layers={layers}", f"model.llm_train={mode}",
+                f"model.llm_dtype={kw['dtype']}", f"model.max_len={kw['max_len']}", f"model.dropout={kw['dropout']:g}",
+                f"train.batch_size={kw['batch']}"] + (["train.grad_checkpointing=true"] if ckpt else [])
+        out["command"] = f"tcf train --config CONFIG --set {' '.join(sets)}"
+    return out
 
 
 def render_llm_head(h: dict) -> list[str]:
@@ -999,6 +1041,8 @@ def render(p: dict) -> str:
         lines += _render_job(p["finetune"])
     if p.get("llm_head"):
         lines += render_llm_head(p["llm_head"])
+        if p["llm_head"].get("job"):
+            lines += _render_job(p["llm_head"]["job"])
     return "\n".join(lines)
 
 
