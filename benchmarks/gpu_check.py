@@ -173,16 +173,58 @@ def check_int4(ctx: Context) -> dict:
     return {"metric": "cosine to fp32", "value": cosine_to(ctx.fp32_vectors(), vec)}
 
 
-def _train(ctx: Context, name: str, *overrides: str) -> dict:
+def _run(ctx: Context, name: str, *overrides: str, resume: bool = False, device: str = "cuda") -> dict:
+    """A short tcf train run on the check's data and model: its results."""
     from tcf.experiments.config import load_config
     from tcf.train.loop import train
 
     cfg = load_config(None, [f"data.dataset={ctx.dataset.path}", f"encoder.model={ctx.model}", "encoder.max_tokens=32",
-                             f"cache_root={ctx.work / 'cache'}", "model.dim=64", "model.max_len=10", "train.device=cuda",
-                             "train.epochs=2", "train.batch_size=32", "train.loss=inbatch", "eval.bootstrap=0",
-                             f"name={name}", *overrides])
-    r = train(cfg, ctx.work / "runs" / name, progress=False)
+                             f"cache_root={ctx.work / 'cache'}", "model.dim=64", "model.max_len=10",
+                             f"train.device={device}", "train.epochs=2", "train.batch_size=32", "train.loss=inbatch",
+                             "eval.bootstrap=0", f"name={name}", *overrides])
+    return train(cfg, ctx.work / "runs" / name, resume=resume, progress=False)
+
+
+def _train(ctx: Context, name: str, *overrides: str) -> dict:
+    r = _run(ctx, name, *overrides)
     return {"metric": "test ndcg@10", "value": r["metrics"]["test"]["metrics"]["ndcg@10"]["mean"]}
+
+
+class _Cut(Exception):
+    """The stand-in for a run killed after its first epoch's checkpoint."""
+
+
+def check_resume(ctx: Context, device: str = "cuda") -> dict:
+    """A fine-tuned bf16 run with dropout, cut after its first epoch and resumed from last.pt, against the same run
+    straight through: dropout draws from the GPU's generator, whose state must come back from the checkpoint
+    (loaded onto the GPU), and the losses must agree (up to the GPU's non-deterministic kernels)."""
+    import tcf.train.loop as loop
+
+    sets = ("model.tower=finetune", "model.finetune_layers=2", "encoder.dtype=bf16", "model.dropout=0.2",
+            "train.epochs=3", "train.patience=100")
+    straight = _run(ctx, "resume-straight", *sets, device=device)
+    real, calls = loop.train_epoch, []
+
+    def cut_at_the_second(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise _Cut
+        return real(*args, **kw)
+
+    loop.train_epoch = cut_at_the_second
+    try:
+        _run(ctx, "resume-cut", *sets, device=device)
+    except _Cut:
+        pass
+    finally:
+        loop.train_epoch = real
+    if len(calls) != 2:
+        raise AssertionError(f"the run was not cut after its first epoch ({len(calls)} epochs started)")
+    resumed = _run(ctx, "resume-cut", *sets, resume=True, device=device)
+    gap = max(abs(a["loss"] - b["loss"]) for a, b in zip(straight["history"], resumed["history"], strict=True))
+    if gap > 1e-3:
+        raise AssertionError(f"resumed losses differ from the straight run's by {gap:.2e} (> 1e-3)")
+    return {"metric": "max |loss difference|, resumed after epoch 1 vs straight, 3 epochs", "value": gap}
 
 
 def check_finetune_bf16(ctx: Context) -> dict:
@@ -313,6 +355,7 @@ CHECKS: dict[str, Callable[[Context], dict]] = {
     "fine-tune top-2 bf16": check_finetune_bf16,
     "fine-tune top-2 fp16": check_finetune_fp16,
     "DeepSpeed ZeRO-3, 1 GPU": check_deepspeed,
+    "resume a fine-tuned run from its checkpoint": check_resume,
     "faiss-gpu": check_faiss_gpu,
     "vLLM embeddings": check_vllm,
     "planner memory vs a real step": check_planner_memory,

@@ -53,3 +53,26 @@ def test_deepspeed_rejects_quantization():
     with pytest.raises(ConfigError, match="zero_stage"):
         build_encoder(EncoderSpec(backend="deepspeed", zero_stage=2))
     assert np  # numpy imported for the child's sake
+
+
+def test_a_process_without_a_launcher_rendezvouses_on_a_free_port(monkeypatch):
+    """Two single-process DeepSpeed encoders on one machine (two pytest workers, two sweeps) once both took port
+    29571, and the second failed with EADDRINUSE."""
+    import os
+    import socket
+
+    from tcf.encoders.ds import _ensure_dist_env
+
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    with socket.socket() as busy:
+        try:
+            busy.bind(("127.0.0.1", 29571))  # the old fixed port, held by "the other process"
+        except OSError:
+            pass  # something holds it already: as good
+        _ensure_dist_env()
+        with socket.socket() as mine:
+            mine.bind(("127.0.0.1", int(os.environ["MASTER_PORT"])))  # free now: EADDRINUSE on the old code
+    monkeypatch.setenv("MASTER_PORT", "1234")
+    _ensure_dist_env()
+    assert os.environ["MASTER_PORT"] == "1234"  # a launcher's port is kept

@@ -320,6 +320,13 @@ def test_planner_sizes_the_user_lm_as_autograd_and_the_model_count(llama64):
     planned = llm_head_bytes(config, N, batch=B, max_len=L, dim=16, dropout=0.2)["activations"]
     print("with dropout 0.2: planned", planned, "saved", dropped)
     assert dropped > 1.1 * saved and 0.9 < planned / dropped < 1.15, (planned, dropped)
+    # LoRA (the planner's fallback): the adapters' dropout keeps a mask and the dropped input of every adapted map
+    adapted = add_lora(load_bottom_layers(EncoderSpec(model=str(llama64)), N, dropout=0.2)[0], 4, 8, 0.05).train()
+    lora_saved = user_lm_saved_bytes(adapted, B, L, dropout=0.2)
+    lora_planned = llm_head_bytes(config, N, batch=B, max_len=L, dim=16, dropout=0.2, train="lora", lora_r=4,
+                                  lora_alpha=8, lora_dropout=0.05)["activations"]
+    print("lora, dropout 0.2 and 0.05: planned", lora_planned, "saved", lora_saved)
+    assert 0.9 < lora_planned / lora_saved < 1.15, (lora_planned, lora_saved)
     # bf16 autocast over fp32 masters: a low-precision copy of every trainable LM weight is kept for backward
     bf16 = llm_head_bytes(config, N, batch=B, max_len=L, dim=16, dtype="bf16")
     assert bf16["weight_copies"] == 2 * n_params and full["weight_copies"] == 0
@@ -377,7 +384,8 @@ def test_plan_chooses_how_to_train_the_user_lm_and_prints_a_command_tcf_train_ac
         cfg = load_config(None, [f"data.dataset={tiny_dataset.path}", f"cache_root={tmp_path / 'c'}", *sets])
         assert (cfg.model.head, cfg.model.llm_layers, cfg.train.batch_size, cfg.model.max_len) == ("llm", N, 16, 20)
         assert cfg.train.grad_checkpointing == ("checkpointing" in job["chosen"])
-        assert cfg.model.llm_train == ("lora" if "lora" in job["chosen"] else "full")
+        assert cfg.model.llm_train == ("lora" if "lora" in job["chosen"] else "full") and cfg.model.dropout == 0.2
+        assert cfg.model.dim == 64 and (cfg.model.lora_r, cfg.model.lora_dropout) == (8, 0.05)
     job = llm_head_plan(str(llama64), hw=cpu(lora // 2), **kw)["job"]
     assert job["chosen"] is None and "command" not in job and "cannot be trained" in job["why_not"]
 

@@ -244,18 +244,26 @@ def test_a_runs_peak_memory_is_its_own_not_the_largest_before_it_in_the_process(
     assert before > 400 and after < before - 300 and start <= after
 
 
-def test_a_resumed_run_continues_every_gpus_random_stream(monkeypatch):
-    """Dropout on a GPU draws from the GPU's generator: the checkpoint keeps each device's state and resume restores
-    it (faked devices here: CI has no GPU)."""
-    devices = [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3, 4], dtype=torch.uint8)]
-    restored = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # resumed on fewer GPUs than it was saved on
-    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [d.clone() for d in devices])
-    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
-    saved = loop.rng_states()
-    assert [d.tolist() for d in saved["cuda"]] == [[1, 2], [3, 4]]
-    loop.set_rng_states(saved)
-    assert [d.tolist() for d in restored] == [[1, 2]]
-    loop.set_rng_states({**saved, "cuda": None})  # a CPU run's (or an older) checkpoint
+def test_a_resumed_run_continues_its_gpus_random_stream_from_a_checkpoint_loaded_onto_it(monkeypatch):
+    """Dropout on a GPU draws from that GPU's generator: the checkpoint keeps its state, and resume restores it
+    as a CPU byte tensor (torch.load's map_location had moved every state onto the GPU, which the generators
+    refuse: every GPU resume failed).  CI has no GPU: the device and the moved tensors are faked."""
+    class OnDevice:  # a state tensor torch.load moved onto a GPU: usable only after .cpu()
+        def __init__(self, t):
+            self.t = t
+
+        def cpu(self):
+            return self.t
+
+    gpu = torch.device("cuda", 1)
+    state, restored = torch.tensor([1, 2], dtype=torch.uint8), []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: state.clone() if device == gpu else None)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda t, device: restored.append((t.tolist(), device)))
+    saved = loop.rng_states(gpu)
+    assert saved["cuda"].tolist() == [1, 2] and loop.rng_states(torch.device("cpu"))["cuda"] is None
+    cpu_state = torch.get_rng_state()
+    loop.set_rng_states({**saved, "torch": OnDevice(saved["torch"]), "cuda": OnDevice(saved["cuda"])}, gpu)
+    assert restored == [([1, 2], gpu)] and torch.equal(torch.get_rng_state(), cpu_state)
+    loop.set_rng_states({**saved, "cuda": None}, gpu)  # an older checkpoint
+    loop.set_rng_states(saved, torch.device("cpu"))  # resumed on CPU: no GPU generator to set
     assert len(restored) == 1

@@ -33,12 +33,23 @@ def zero3_config(offload: bool) -> dict:
 
 
 def _ensure_dist_env() -> None:
-    """A single process (no launcher) still needs the rendezvous variables DeepSpeed reads."""
+    """A single process (no launcher) still needs the rendezvous variables DeepSpeed reads; its port is one the
+    system has free (a fixed one would fail for the second of two such processes on one machine)."""
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29571")
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(free_port())
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (bound to port 0, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class DeepSpeedEncoder(HFEncoder):

@@ -439,13 +439,13 @@ class ItemActivations:
 
 
 def item_activations(config, arch: Arch, tokens: int, dtype: str, pooling: str = "mean",
-                     attention_dropout: float | None = None) -> ItemActivations:
+                     attention_dropout: float | None = None, lora: tuple | None = None) -> ItemActivations:
     """Per-text activations: measured on the meta device (top_saved_bytes, one text) where the model's code
     runs there, else the closed form (Korthikanti et al.)."""
     block_input = tokens * arch.hidden * DTYPE_BYTES[dtype]
     try:
-        top1 = top_saved_bytes(config, 1, 1, tokens, dtype, pooling, attention_dropout)
-        top2 = (top_saved_bytes(config, 2, 1, tokens, dtype, pooling, attention_dropout) if arch.n_layers > 1
+        top1 = top_saved_bytes(config, 1, 1, tokens, dtype, pooling, attention_dropout, lora)
+        top2 = (top_saved_bytes(config, 2, 1, tokens, dtype, pooling, attention_dropout, lora) if arch.n_layers > 1
                 else 2 * top1)
     except Exception:  # noqa: BLE001 - code that does not run on meta, or a model tcf train refuses: closed form
         per_block = training_layer_activation_bytes(arch, 1, tokens) * DTYPE_BYTES[dtype] // 2
@@ -454,7 +454,7 @@ def item_activations(config, arch: Arch, tokens: int, dtype: str, pooling: str =
 
 
 def top_saved_bytes(config, k: int, items: int, tokens: int, dtype: str, pooling: str = "mean",
-                    attention_dropout: float | None = None) -> int:
+                    attention_dropout: float | None = None, lora: tuple | None = None) -> int:
     """Bytes autograd saves when the top ``k`` blocks of ``config`` (and what sits above them) run forward in
     training over ``items`` texts of ``tokens`` tokens, then pooling: counted, not estimated.
 
@@ -465,7 +465,9 @@ def top_saved_bytes(config, k: int, items: int, tokens: int, dtype: str, pooling
     (bf16, OPT-125m-wide blocks, 770 texts x 32 tokens): 0.98x what a real step saves with sdpa
     attention, 0.92x with eager; tests/test_planner_step_memory.py checks a CPU step.
     ``attention_dropout``: set on configs that have one (the llm head sets it from ``model.dropout``; its masks
-    are saved too); None keeps the checkpoint's own.
+    are saved too); None keeps the checkpoint's own.  ``lora``: (rank, alpha, dropout) adapters on every linear
+    map of the blocks, the base frozen (``model.llm_train: lora``): the adapters' dropped inputs and dropout
+    masks are counted, the frozen maps' inputs are not.
     """
     import torch
 
@@ -478,6 +480,11 @@ def top_saved_bytes(config, k: int, items: int, tokens: int, dtype: str, pooling
         text_config(top).attention_dropout = attention_dropout
     model = meta_model(top).to(torch_dtype(dtype))
     kind = strip_embeddings(model)  # ConfigError: tcf train cannot fine-tune this model
+    if lora is not None:
+        from tcf.models.lm_tower import add_lora
+
+        with torch.device("meta"):
+            add_lora(model, *lora)  # fp32 adapters beside the frozen base, as tcf train builds them
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
     model.train()
@@ -561,7 +568,8 @@ def lora_params(config, n: int, r: int) -> int:
 
 
 def llm_head_bytes(config, n: int, *, train: str = "full", batch: int = 256, max_len: int = 50, dim: int = 64,
-                   dtype: str = "fp32", checkpointing: bool = False, lora_r: int = 8, dropout: float = 0.0) -> dict:
+                   dtype: str = "fp32", checkpointing: bool = False, lora_r: int = 8, lora_alpha: int = 16,
+                   lora_dropout: float = 0.05, dropout: float = 0.0) -> dict:
     """Memory of one training step of the llm head's user LM (``model.head: llm``), as finetune_bytes sizes the
     item tower's: its weights (frozen ones in ``dtype``, trainable ones fp32 masters with gradients and AdamW
     states), the two projections to and from ``model.dim``, and the activations of ``batch`` sequences of
@@ -579,7 +587,8 @@ def llm_head_bytes(config, n: int, *, train: str = "full", batch: int = 256, max
     lm = llm_trainable(arch, n, train, lora_params(config, n, lora_r) if train == "lora" else 0)
     frozen = params - (0 if train == "lora" else lm)  # LoRA adds its adapters beside the frozen base
     trainable = lm + 2 * dim * arch.hidden + dim + arch.hidden  # + Linear(dim, H) and Linear(H, dim)
-    seq = item_activations(config, arch, max_len, dtype, attention_dropout=dropout)
+    seq = item_activations(config, arch, max_len, dtype, attention_dropout=dropout,
+                           lora=(lora_r, lora_alpha, lora_dropout) if train == "lora" else None)
     if checkpointing:  # each block's input kept, one block recomputed at a time in backward
         acts = batch * (n * seq.block_input + seq.per_block + seq.above)
     else:
@@ -598,15 +607,16 @@ def llm_head_bytes(config, n: int, *, train: str = "full", batch: int = 256, max
 
 
 def llm_head_plan(model: str, *, layers: int = 0, train: str = "full", batch: int = 256, max_len: int = 50,
-                  dim: int = 64, dtype: str = "fp32", lora_r: int = 8, dropout: float = 0.0,
-                  hw: Hardware | None = None) -> dict:
+                  dim: int = 64, dtype: str = "fp32", lora_r: int = 8, lora_alpha: int = 16,
+                  lora_dropout: float = 0.05, dropout: float = 0.0, hw: Hardware | None = None) -> dict:
     """``tcf plan --llm-layers N``: the llm head's user LM (``model`` as ``model.llm_model``), sized with and
     without gradient checkpointing (see llm_head_bytes); with ``hw``, the ways to train it there, as for the
     item tower's fine-tuning (``job``)."""
     config, _ = load_config(model)
     if dtype == "fp16":  # model.llm_dtype has no fp16 (it would need loss scaling): what it would run is bf16
         dtype = "bf16"
-    kw = dict(batch=batch, max_len=max_len, dim=dim, dtype=dtype, lora_r=lora_r, dropout=dropout)
+    kw = dict(batch=batch, max_len=max_len, dim=dim, dtype=dtype, lora_r=lora_r, lora_alpha=lora_alpha,
+              lora_dropout=lora_dropout, dropout=dropout)
     out = {"settings": {"llm_layers": layers, "llm_train": train, "batch": batch, "max_len": max_len, "dim": dim,
                         "dtype": dtype, "dropout": dropout},
            "step": llm_head_bytes(config, layers, train=train, **kw),
@@ -645,9 +655,15 @@ def _llm_head_job(model: str, config, hw: Hardware, layers: int, train: str, siz
     else:
         _, mode, ckpt = chosen
         sets = ["model.head=llm", f"model.llm_model={model}", f"model.llm_layers={layers}", f"model.llm_train={mode}",
-                f"model.llm_dtype={kw['dtype']}", f"model.max_len={kw['max_len']}", f"model.dropout={kw['dropout']:g}",
-                f"train.batch_size={kw['batch']}"] + (["train.grad_checkpointing=true"] if ckpt else [])
+                f"model.llm_dtype={kw['dtype']}", f"model.dim={kw['dim']}", f"model.max_len={kw['max_len']}",
+                f"model.dropout={kw['dropout']:g}", f"train.batch_size={kw['batch']}",
+                f"train.grad_checkpointing={str(ckpt).lower()}"]
+        if mode == "lora":
+            sets += [f"model.lora_r={kw['lora_r']}", f"model.lora_alpha={kw['lora_alpha']}",
+                     f"model.lora_dropout={kw['lora_dropout']:g}"]
         out["command"] = f"tcf train --config CONFIG --set {' '.join(sets)}"
+        out["command_note"] = ("model.dropout, model.lora_* and train.grad_checkpointing also act on a fine-tuned or "
+                               "LoRA item tower, sized by the lines above")
     return out
 
 
@@ -1058,6 +1074,8 @@ def _render_job(e: dict) -> list[str]:
         lines.append(f"  NOT POSSIBLE: {e.get('why_not')}")
     if "command" in e:
         lines.append(f"  run: {e['command']}")
+    if "command_note" in e:
+        lines.append(f"  note: {e['command_note']}")
     if "time" in e:
         t = e["time"]
         lines.append(f"  time (estimate): {t['flops']:.3g} FLOPs over at most {t['tokens_upper_bound']:,} tokens, "

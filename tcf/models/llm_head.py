@@ -155,7 +155,9 @@ class UserLM(nn.Module):
         mask = keep.long()
         positions = (mask.cumsum(-1) - 1).clamp_min(0)  # 0 at each user's first real item
         low = self.compute_dtype not in (None, torch.float32)
-        with torch.autocast(x.device.type, dtype=self.compute_dtype, enabled=low):
+        # no cache of cast weights: under gradient checkpointing it would hold every block's copy to the end of
+        # the forward (tcf.models.lm_tower.LMTower._autocast)
+        with torch.autocast(x.device.type, dtype=self.compute_dtype, enabled=low, cache_enabled=False):
             out = self.model(inputs_embeds=x, attention_mask=mask, position_ids=positions).last_hidden_state
         return out.float()
 

@@ -162,9 +162,12 @@ class LMTower(nn.Module):
         return self.compute_dtype or next(self.lm.parameters()).dtype
 
     def _autocast(self):
-        """Mixed precision for the LM layers: matmuls in ``compute_dtype``, weights and their updates in fp32."""
+        """Mixed precision for the LM layers: matmuls in ``compute_dtype``, weights and their updates in fp32.
+        Autocast's cache of cast weights is off: each weight is cast once per forward anyway, and the cache
+        would keep every block's copy alive until the region ends, which under gradient checkpointing is
+        more than the one block's copies a recomputed backward needs (the planner counts one block's)."""
         low = self.compute_dtype not in (None, torch.float32)
-        return torch.autocast(self._device.type, dtype=self.compute_dtype, enabled=low)
+        return torch.autocast(self._device.type, dtype=self.compute_dtype, enabled=low, cache_enabled=False)
 
     @property
     def _device(self) -> torch.device:

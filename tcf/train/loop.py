@@ -185,24 +185,27 @@ def resume_from_last(run: Training) -> dict:
         run.opt.load_state_dict(ck["optimizer"])
     if ck.get("scaler"):
         run.scaler.load_state_dict(ck["scaler"])
-    set_rng_states(ck["rng"])
+    set_rng_states(ck["rng"], run.device)
     return ck["state"]
 
 
-def rng_states() -> dict:
-    """Every generator a resumed run must continue: torch (CPU and, where there is one, each GPU's), NumPy, Python."""
+def rng_states(device: torch.device) -> dict:
+    """Every generator a resumed run must continue: torch's CPU one and, on a GPU, the run's device's; NumPy;
+    Python.  Under DDP each rank's streams are reseeded per epoch (distributed.seed_epoch), so the main rank's
+    are all a checkpoint needs."""
     return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
-def set_rng_states(rng: dict) -> None:
-    """Restore :func:`rng_states`; GPU states only where the checkpoint has them and this machine has GPUs
-    (a run resumed on fewer GPUs takes the first ones' states; older checkpoints have none)."""
-    torch.set_rng_state(rng["torch"])
+def set_rng_states(rng: dict, device: torch.device) -> None:
+    """Restore :func:`rng_states`.  The states go back as CPU byte tensors, whatever device the checkpoint was
+    loaded onto (``map_location`` moves them with the weights; the generators take CPU tensors only); the GPU
+    state only where the checkpoint has one and the run is on a GPU (older checkpoints and CPU runs have none)."""
+    torch.set_rng_state(rng["torch"].cpu())
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
-    if rng.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"][:torch.cuda.device_count()])
+    if rng.get("cuda") is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"].cpu(), device)
 
 
 def train_epoch(run: Training, windows: np.ndarray, epoch: int, show: bool) -> list[float]:
@@ -263,7 +266,7 @@ def end_epoch(run: Training, state: dict, losses: list[float], t0: float, show: 
         _save(run.last, {"model": weights, "optimizer": par.optimizer_state(run.opt), "state": state,
                          "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
                          "config": resolved(cfg),
-                         "rng": rng_states()})
+                         "rng": rng_states(run.device)})
     if show:
         say(f"epoch {epoch}: loss {np.mean(losses):.4f}  valid {SELECT_METRIC} {valid:.4f}  best "
             f"{state['best']:.4f}@{state['best_epoch']}  ({time.perf_counter() - t0:.1f} s"
