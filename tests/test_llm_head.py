@@ -221,6 +221,8 @@ def test_item_token_starts_at_a_typical_tokens_size_not_the_first_positions_outl
     mask = np.array([[0, 0, 0, 0]] + [[1, 1, 1, 0]] * 4)
     scale = token_scale(SimpleNamespace(states=states, mask=mask, dim=8))
     assert 0.7 < scale < 1.3  # unit-variance tokens: RMS ~1; the plain std over all tokens is ~577
+    one_token = np.array([[0, 0, 0, 0]] + [[1, 0, 0, 0]] * 4)  # every text a single token: its size, not 1.0
+    assert 700 < token_scale(SimpleNamespace(states=states, mask=one_token, dim=8)) < 1300
 
 
 def test_item_token_moves_by_about_lr_of_its_size_whatever_the_states_scale(tiny_dataset, tiny_model, tmp_path):

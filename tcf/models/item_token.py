@@ -43,13 +43,16 @@ def append_token(states: torch.Tensor, mask: torch.Tensor, token: torch.Tensor):
 
 def token_scale(tokens, rows: int = 256) -> float:
     """The size of a typical cached token (first ``rows`` items): the median RMS over their real tokens after
-    each text's first, whose outlier activations in decoders would otherwise set it.  1.0 if there are none."""
-    mask = np.asarray(tokens.mask[1:rows + 1], dtype=bool).copy()
-    mask[:, 0] = False
-    states = np.asarray(tokens.states[1:rows + 1], dtype=np.float32)[mask]  # [n, D]
-    if not states.size:
+    each text's first, whose outlier activations in decoders would otherwise set it; over the first tokens
+    where no text has a second; 1.0 if there are no real tokens at all."""
+    real = np.asarray(tokens.mask[1:rows + 1], dtype=bool)
+    later = real.copy()
+    later[:, 0] = False
+    states = np.asarray(tokens.states[1:rows + 1], dtype=np.float32)
+    picked = states[later] if later.any() else states[real]  # [n, D]
+    if not picked.size:
         return 1.0
-    return float(np.median(np.sqrt((states ** 2).mean(1))))
+    return float(np.median(np.sqrt((picked ** 2).mean(1))))
 
 
 class ItemTokenTower(LMTower):
