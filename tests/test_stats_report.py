@@ -413,3 +413,22 @@ def test_a_side_without_seed_noise_of_its_own_borrows_the_other_sides_not_none(t
     assert c.test == "t-test over users and seeds" and len(c.noise) == 2
     assert "assumed for LLM head too" in c.noise[0].where and c.noise[0].var == c.noise[1].var
     assert c.p_value > 0.05  # a 1-seed shift of -0.022 against SASRec's seed sd ~0.01
+
+
+def test_a_head_with_two_seeds_still_borrows_until_its_own_seed_noise_is_testable(tmp_path):
+    """A new head's second seed gives its pool 1 seed deviation, too few to test with: the test assumes the other
+    side's seed noise, as it did with one seed, instead of turning "testable" into "not testable" for a seed more."""
+    rng = np.random.default_rng(5)
+    base = rng.random(N_USERS) * 0.3
+    for k, o in enumerate((0.01, -0.012, 0.002, -0.004)):
+        put(tmp_path, f"id-s{k}", seed=k, per_user=base + o + rng.normal(0, 0.02, N_USERS))
+    for k, o in enumerate((-0.012, -0.02)):
+        folder = put(tmp_path, f"llm-s{k}", seed=k, per_user=base + o + rng.normal(0, 0.02, N_USERS))
+        res = json.loads((folder / "results.json").read_text())
+        res["config"]["model"]["head"] = "llm"
+        (folder / "results.json").write_text(json.dumps(res))
+    groups = {g.first.head: g for g in group_runs(load_runs(tmp_path)[0])}
+    c = compare(groups["llm"], groups["sasrec"], "ndcg@10", "test", pool=list(groups.values()))
+    assert c.test == "t-test over users and seeds" and c.p_value is not None, c.reason
+    assert "assumed for LLM head too (its own rests on 1 seed deviation)" in c.noise[0].where
+    assert c.noise[0].var == c.noise[1].var

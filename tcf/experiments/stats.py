@@ -14,7 +14,8 @@ effects of two configurations are taken as independent although both use the sam
 2021, ...): where a seed helps every configuration alike the test is conservative, where it helps one and
 hurts another, liberal.  A paired test over users alone treats each checkpoint as fixed: on ml-100k it
 called two seeds of one configuration different in 8 of 19 pairs.  Where one side's head has no 2-seed
-configuration, the other side's seed noise is assumed for it; where neither has, the paired permutation
+configuration, or its seed noise rests on fewer than MIN_SEED_DF deviations while the other side's does
+not, the other side's seed noise is assumed for it; where neither has any, the paired permutation
 test over users is the fallback and says that it treats checkpoints as fixed.  Only where
 per-user records are missing does a comparison fall back further, saying so: a Welch t-test over seed
 means when both have several seeds, or an unpaired z-test from two bootstrap CIs over users.  Intervals of
@@ -330,12 +331,20 @@ def _noise(pool, a: Group, b: Group, metric: str, split: str, users=None):
     nb = seed_noise(pool, *kb, metric, split, users)
     if na is not None and nb is not None and na.where == nb.where:  # one pool read twice: one component
         nb = na
-    if (na is None) != (nb is None):  # one side's seed noise unknown: assume the other's, not none (fixed)
-        known, lacking = (na, b) if na is not None else (nb, a)
+    def lacks(n: SeedNoise | None) -> bool:
+        return n is None or n.seed_df < MIN_SEED_DF
+
+    # one side's seed noise unknown, or resting on too few deviations to test with, where the other's is measured:
+    # assume the other's (not none, which would treat its checkpoints as fixed); the same while a new head's
+    # second seed is in but not its third, so that one more seed never turns a test into "not testable"
+    if lacks(na) != lacks(nb) or (na is None) != (nb is None):
+        known, lacking, own = (na, b, nb) if (not lacks(na) or nb is None) and na is not None else (nb, a, na)
+        why = ("it has no 2-seed configuration" if own is None else
+               f"its own rests on {own.seed_df} seed deviation{'s' if own.seed_df != 1 else ''}")
         stand_in = SeedNoise(known.var, known.df, known.configs, known.seed_df,
                              f"{known.where}, assumed for {HEAD_NAMES.get(lacking.first.head, lacking.first.head)} "
-                             "too (it has no 2-seed configuration)")
-        na, nb = (na, stand_in) if na is not None else (stand_in, nb)
+                             f"too ({why})")
+        na, nb = (na, stand_in) if known is na else (stand_in, nb)
     return na, nb
 
 
