@@ -474,11 +474,12 @@ def method_note(s: ReportSettings) -> str:
             "share already in the users' part, pooled over the configurations of the same head and tower kind with "
             "two or more seeds, or borrowed from the head's other towers where that kind has seen fewer than "
             f"{MIN_SEED_DF} seed deviations (the line names the pool, its seed sd and df; fewer than {MIN_SEED_DF} "
-            "in all: not testable). Student's t, Welch–Satterthwaite degrees of freedom; two configurations' seed "
+            "on both sides, or on the only side that has any: not testable). Student's t, Welch–Satterthwaite degrees of freedom; two configurations' seed "
             "effects are taken as independent. The bracket after a difference is its 95% CI from the same test, "
             "not adjusted for multiplicity (the verdict is). Where one side's head has no 2-seed configuration, "
             f"or its seed noise rests on fewer than {MIN_SEED_DF} deviations while the other side's does not, "
-            f"the other side's seed noise is assumed for it (the line says so); where neither has any, a {PAIRED} "
+            "the other side's seed noise is assumed for it, counted once (its own set aside; equal seed noise "
+            f"assumed, so liberal if its own is larger; the line says so); where neither has any, a {PAIRED} "
             f"({PAIRED_RESAMPLES} sign flips; bootstrap CI over users), which treats each checkpoint as fixed "
             f"and says so. Fallbacks, named where used: {WELCH}; {Z_FROM_CI}. Each line names its test.")
     if s.split == SELECT_SPLIT:
