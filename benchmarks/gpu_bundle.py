@@ -478,15 +478,16 @@ def main(argv: list[str] | None = None) -> int:
         if m is not None:
             folders.append(m)
     for f in folders:
-        print(f"  {f.name:<80} {folder_bytes(f) / MiB:6.1f} MiB")
-        if folder_bytes(f) > limit and (f / "model.safetensors").is_file():
+        size = folder_bytes(f)
+        print(f"  {f.name:<80} {size / MiB:6.1f} MiB")
+        if size > limit and (f / "model.safetensors").is_file():
             pieces = split_model(f, limit, models / "split")
             for k, d in enumerate(pieces, 1):
                 items.append(Item(f"{f.name} (piece {k} of {len(pieces)})", "model", folder_bytes(d), d))
             print(f"    over the {limit / MiB:.1f} MiB a call carries: split into {len(pieces)} pieces of "
                   + ", ".join(f"{folder_bytes(d) / MiB:.1f}" for d in pieces) + " MiB (safetensors shards)")
         else:
-            items.append(Item(f.name, "model", folder_bytes(f), f))
+            items.append(Item(f.name, "model", size, f))
 
     parts = pack(items, limit)
     reasons = not_carried(limit, args.offline)

@@ -16,8 +16,8 @@ hurts another, liberal.  A paired test over users alone treats each checkpoint a
 called two seeds of one configuration different in 8 of 19 pairs.  Where one side's head has no 2-seed
 configuration, or its seed noise rests on fewer than MIN_SEED_DF deviations while the other side's does
 not, the other side's seed noise is assumed for it (one estimate: one variance component, its df counted
-once); where neither has any, the paired permutation
-test over users is the fallback and says that it treats checkpoints as fixed.  Only where
+once); where neither has any, the paired permutation test over users is the fallback and says that it
+treats checkpoints as fixed.  Only where
 per-user records are missing does a comparison fall back further, saying so: a Welch t-test over seed
 means when both have several seeds, or an unpaired z-test from two bootstrap CIs over users.  Intervals of
 different kinds are not combined.  A statistic that is not finite is no test, never a significant one.
@@ -332,14 +332,15 @@ def _noise(pool, a: Group, b: Group, metric: str, split: str, users=None):
     nb = seed_noise(pool, *kb, metric, split, users)
     if na is not None and nb is not None and na.where == nb.where:  # one pool read twice: one component
         nb = na
-    def lacks(n: SeedNoise | None) -> bool:
-        return n is None or n.seed_df < MIN_SEED_DF
 
-    # one side's seed noise unknown, or resting on too few deviations to test with, where the other's is measured:
-    # assume the other's (not none, which would treat its checkpoints as fixed); the same while a new head's
-    # second seed is in but not its third, so that one more seed never turns a test into "not testable"
-    if lacks(na) != lacks(nb) or (na is None) != (nb is None):
-        known, lacking, own = (na, b, nb) if (not lacks(na) or nb is None) and na is not None else (nb, a, na)
+    def rank(n: SeedNoise | None) -> int:  # 0: no estimate; 1: too few deviations to test with; 2: testable
+        return 0 if n is None else 1 if n.seed_df < MIN_SEED_DF else 2
+
+    # one side's seed noise unknown, or resting on too few deviations to test with, where the other's is better
+    # measured: assume the other's (not none, which would treat its checkpoints as fixed); the same while a new
+    # head's second seed is in but not its third, so that one more seed never turns a test into "not testable"
+    if rank(na) != rank(nb):
+        known, own, lacking = (na, nb, b) if rank(na) > rank(nb) else (nb, na, a)
         why = ("it has no 2-seed configuration" if own is None else
                f"its own rests on {own.seed_df} seed deviation{'s' if own.seed_df != 1 else ''}")
         # one estimate for both sides, so one component of the variance and of the df: two copies of it would
