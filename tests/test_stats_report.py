@@ -436,4 +436,11 @@ def test_a_head_with_two_seeds_still_borrows_until_its_own_seed_noise_is_testabl
     groups = {g.first.head: g for g in group_runs(load_runs(tmp_path)[0])}
     c = compare(groups["llm"], groups["sasrec"], "ndcg@10", "test", pool=list(groups.values()))
     assert c.test == "t-test over users and seeds" and c.p_value is not None, c.reason
-    assert "assumed for LLM head too (its own rests on 1 seed deviation" in c.noise[0].where and len(c.noise) == 1
+    n = c.noise[0]
+    assert "pooled with LLM head's own 1 seed deviation (equal seed noise assumed" in n.where and len(c.noise) == 1
+    # the pooled variance of a two-sample t-test: both heads' seed deviations in one estimate, not its own set aside
+    from tcf.experiments.stats import _tables, noise_from_tables, seed_noise
+
+    both = noise_from_tables(_tables(list(groups.values()), "ndcg@10", "test", None))
+    sasrec = seed_noise(list(groups.values()), "sasrec", "id", "ndcg@10", "test")
+    assert (n.var, n.df, n.seed_df) == (both.var, both.df, sasrec.seed_df + 1) and n.var != sasrec.var

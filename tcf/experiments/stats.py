@@ -15,8 +15,8 @@ effects of two configurations are taken as independent although both use the sam
 hurts another, liberal.  A paired test over users alone treats each checkpoint as fixed: on ml-100k it
 called two seeds of one configuration different in 8 of 19 pairs.  Where one side's head has no 2-seed
 configuration, or its seed noise rests on fewer than MIN_SEED_DF deviations while the other side's does
-not, the other side's seed noise is assumed for it (one estimate: one variance component, its df counted
-once); where neither has any, the paired permutation test over users is the fallback and says that it
+not, the other side's seed noise is assumed for it, pooled with its own deviations where it has any (one
+estimate: one variance component, its df counted once); where neither has any, the paired permutation test over users is the fallback and says that it
 treats checkpoints as fixed.  Only where
 per-user records are missing does a comparison fall back further, saying so: a Welch t-test over seed
 means when both have several seeds, or an unpaired z-test from two bootstrap CIs over users.  Intervals of
@@ -212,14 +212,20 @@ def seed_noise(pool: list[Group] | None, head: str, tower: str, metric: str, spl
     than MIN_SEED_DF seed deviations (one configuration of 3 seeds has 2), over all the head's towers, and
     ``where`` says it is borrowed.  On ``users`` alone (a slice) when given.  None when no group of the head
     has 2 seeds with per-user records."""
+    return _seed_tables(pool, head, tower, metric, split, users)[1]
+
+
+def _seed_tables(pool, head, tower, metric, split, users) -> tuple[list[np.ndarray], SeedNoise | None]:
+    """:func:`seed_noise` and the tables it rests on."""
     same = [g for g in pool or () if g.first.head == head]
     name, kind = HEAD_NAMES.get(head, head), TOWER_NAMES.get(tower, tower)
-    own = noise_from_tables(_tables([g for g in same if g.first.tower == tower], metric, split, users),
-                            f"{name} {kind}")
+    own_t = _tables([g for g in same if g.first.tower == tower], metric, split, users)
+    own = noise_from_tables(own_t, f"{name} {kind}")
     if own is not None and own.seed_df >= MIN_SEED_DF:
-        return own
-    wide = noise_from_tables(_tables(same, metric, split, users), f"{name}, all towers (borrowed)")
-    return wide if wide is not None and (own is None or wide.seed_df > own.seed_df) else own
+        return own_t, own
+    wide_t = _tables(same, metric, split, users)
+    wide = noise_from_tables(wide_t, f"{name}, all towers (borrowed)")
+    return (wide_t, wide) if wide is not None and (own is None or wide.seed_df > own.seed_df) else (own_t, own)
 
 
 def t_quantile(df: float, level: float = 0.95) -> float:
@@ -328,8 +334,8 @@ def compare(a: Group, b: Group, metric: str, split: str, alpha: float = 0.05,
 
 def _noise(pool, a: Group, b: Group, metric: str, split: str, users=None):
     ka, kb = (a.first.head, a.first.tower), (b.first.head, b.first.tower)
-    na = seed_noise(pool, *ka, metric, split, users)
-    nb = seed_noise(pool, *kb, metric, split, users)
+    ta, na = _seed_tables(pool, *ka, metric, split, users)
+    tb, nb = _seed_tables(pool, *kb, metric, split, users)
     if na is not None and nb is not None and na.where == nb.where:  # one pool read twice: one component
         nb = na
 
@@ -337,17 +343,21 @@ def _noise(pool, a: Group, b: Group, metric: str, split: str, users=None):
         return 0 if n is None else 1 if n.seed_df < MIN_SEED_DF else 2
 
     # one side's seed noise unknown, or resting on too few deviations to test with, where the other's is better
-    # measured: assume the other's (not none, which would treat its checkpoints as fixed); the same while a new
-    # head's second seed is in but not its third, so that one more seed never turns a test into "not testable"
+    # measured: equal seed noise is assumed, so the other side's estimate serves both, pooled with the lacking
+    # side's own 1-2 deviations where it has any (the pooled variance of a two-sample t-test), not none, which
+    # would treat its checkpoints as fixed; so one more seed of a new head never turns "testable" into "not
+    # testable".  One estimate for both sides: one component of the variance and of the df (two copies of it
+    # would count its df twice: a review simulated 7-9.5% false positives at 5% that way).
     if rank(na) != rank(nb):
-        known, own, lacking = (na, nb, b) if rank(na) > rank(nb) else (nb, na, a)
-        why = ("it has no 2-seed configuration" if own is None else
-               f"its own rests on {own.seed_df} seed deviation{'s' if own.seed_df != 1 else ''}")
-        # one estimate for both sides, so one component of the variance and of the df: two copies of it would
-        # count its degrees of freedom twice (a review simulated 7-9.5% false positives at 5% that way)
-        shared = SeedNoise(known.var, known.df, known.configs, known.seed_df,
-                           f"{known.where}, assumed for {HEAD_NAMES.get(lacking.first.head, lacking.first.head)} "
-                           f"too ({why}; equal seed noise assumed: liberal if its own is larger)")
+        (known, tk), (own, to), lacking = ((na, ta), (nb, tb), b) if rank(na) > rank(nb) else ((nb, tb), (na, ta), a)
+        who = HEAD_NAMES.get(lacking.first.head, lacking.first.head)
+        assume = "equal seed noise assumed: liberal if its own is larger"
+        if own is None:
+            shared = SeedNoise(known.var, known.df, known.configs, known.seed_df,
+                               f"{known.where}, assumed for {who} too (it has no 2-seed configuration; {assume})")
+        else:
+            dev = f"{own.seed_df} seed deviation{'s' if own.seed_df != 1 else ''}"
+            shared = noise_from_tables(tk + to, f"{known.where}, pooled with {who}'s own {dev} ({assume})")
         na = nb = shared
     return na, nb
 
