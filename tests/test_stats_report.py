@@ -416,7 +416,8 @@ def test_a_side_without_seed_noise_of_its_own_borrows_the_other_sides_not_none(t
 
     a, b, _ = on_shared_seeds(groups["llm"], groups["sasrec"])  # seed 0, the one both have
     n, d = c.noise[0], a.user_values("ndcg@10", "test")[1] - b.user_values("ndcg@10", "test")[1]
-    v_users, v_seeds = d.var(ddof=1) / len(d), n.var * (1 / len(a.runs) + 1 / len(b.runs))
+    assert n.factors == (4.0, 1.0)  # the LLM head's share counts 4x: its sd doubled, in case a new head is noisier
+    v_users, v_seeds = d.var(ddof=1) / len(d), n.var * (4 / len(a.runs) + 1 / len(b.runs))
     assert c.df == pytest.approx((v_users + v_seeds) ** 2 / (v_users ** 2 / (len(d) - 1) + v_seeds ** 2 / n.df))
     assert c.p_value > 0.05  # a 1-seed shift of -0.022 against SASRec's seed sd ~0.01
 
@@ -437,10 +438,54 @@ def test_a_head_with_two_seeds_still_borrows_until_its_own_seed_noise_is_testabl
     c = compare(groups["llm"], groups["sasrec"], "ndcg@10", "test", pool=list(groups.values()))
     assert c.test == "t-test over users and seeds" and c.p_value is not None, c.reason
     n = c.noise[0]
-    assert "pooled with LLM head's own 1 seed deviation (equal seed noise assumed" in n.where and len(c.noise) == 1
+    assert "pooled with LLM head ID: 1 seed deviation (equal seed noise assumed" in n.where and len(c.noise) == 1
     # the pooled variance of a two-sample t-test: both heads' seed deviations in one estimate, not its own set aside
     from tcf.experiments.stats import _tables, noise_from_tables, seed_noise
 
     both = noise_from_tables(_tables(list(groups.values()), "ndcg@10", "test", None))
     sasrec = seed_noise(list(groups.values()), "sasrec", "id", "ndcg@10", "test")
     assert (n.var, n.df, n.seed_df) == (both.var, both.df, sasrec.seed_df + 1) and n.var != sasrec.var
+
+
+def _as_head(folder: Path, head: str, tower: str | None = None) -> None:
+    res = json.loads((folder / "results.json").read_text())
+    res["config"]["model"]["head"] = head
+    if tower:
+        res["config"]["model"]["tower"] = tower
+    (folder / "results.json").write_text(json.dumps(res))
+
+
+def test_an_assumed_seed_noise_counts_4x_on_the_lacking_side_whichever_side_it_is(tmp_path):
+    """Equal seed noise cannot be checked on a new head's 1-2 deviations and a new head may be the noisier (a
+    review simulated 11-13% false positives at 5% with twice the sd): its share counts 4x, on its own side."""
+    from tcf.experiments.stats import _noise
+
+    rng = np.random.default_rng(7)
+    base = rng.random(N_USERS) * 0.3
+    for k, o in enumerate((0.01, -0.012, 0.002, -0.004)):
+        put(tmp_path, f"id-s{k}", seed=k, per_user=base + o + rng.normal(0, 0.02, N_USERS))
+    _as_head(put(tmp_path, "llm", seed=0, per_user=base + rng.normal(0, 0.02, N_USERS)), "llm")
+    groups = {g.first.head: g for g in group_runs(load_runs(tmp_path)[0])}
+    pool = list(groups.values())
+    ab, ba = _noise(pool, groups["llm"], groups["sasrec"], "ndcg@10", "test"), \
+        _noise(pool, groups["sasrec"], groups["llm"], "ndcg@10", "test")
+    assert ab[0] is ab[1] and ab[0].factors == (4.0, 1.0) and ba[0].factors == (1.0, 4.0)
+    assert "assumed for LLM head too (it has no 2-seed configuration; equal seed noise assumed, and LLM head's " \
+           "share of it counted 4x" in ab[0].where
+
+
+def test_a_pooled_estimate_names_where_the_lacking_sides_deviations_came_from(tmp_path):
+    """The LLM head's only seed deviation is of another tower kind: the line says so, not "its own"."""
+    from tcf.experiments.stats import _noise
+
+    rng = np.random.default_rng(8)
+    base = rng.random(N_USERS) * 0.3
+    for k, o in enumerate((0.01, -0.012, 0.002, -0.004)):
+        put(tmp_path, f"id-s{k}", seed=k, per_user=base + o + rng.normal(0, 0.02, N_USERS))
+    _as_head(put(tmp_path, "llm-id", seed=0, per_user=base + rng.normal(0, 0.02, N_USERS)), "llm")
+    for k in range(2):
+        _as_head(put(tmp_path, f"llm-frozen-s{k}", tower="frozen", seed=k,
+                     per_user=base + rng.normal(0, 0.02, N_USERS)), "llm")
+    groups = {(g.first.head, g.first.tower): g for g in group_runs(load_runs(tmp_path)[0])}
+    na, _ = _noise(list(groups.values()), groups["llm", "id"], groups["sasrec", "id"], "ndcg@10", "test")
+    assert "pooled with LLM head, all towers (borrowed): 1 seed deviation" in na.where, na.where

@@ -479,7 +479,8 @@ def method_note(s: ReportSettings) -> str:
             "not adjusted for multiplicity (the verdict is). Where one side's head has no 2-seed configuration, "
             f"or its seed noise rests on fewer than {MIN_SEED_DF} deviations while the other side's does not, "
             "the other side's seed noise is assumed for it, pooled with its own deviations where it has any and "
-            "counted once (equal seed noise assumed, so liberal if its own is larger; the line says so); where "
+            "counted once, its share counted 4x (its sd doubled, in case a new head is the noisier, which 1-2 "
+            "deviations cannot show; conservative where the noise is equal; the line says so); where "
             f"neither has any, a {PAIRED} "
             f"({PAIRED_RESAMPLES} sign flips; bootstrap CI over users), which treats each checkpoint as fixed "
             f"and says so. Fallbacks, named where used: {WELCH}; {Z_FROM_CI}. Each line names its test.")
