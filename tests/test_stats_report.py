@@ -417,6 +417,7 @@ def test_a_side_without_seed_noise_of_its_own_borrows_the_other_sides_not_none(t
     a, b, _ = on_shared_seeds(groups["llm"], groups["sasrec"])  # seed 0, the one both have
     n, d = c.noise[0], a.user_values("ndcg@10", "test")[1] - b.user_values("ndcg@10", "test")[1]
     assert n.factors == (4.0, 1.0)  # the LLM head's share counts 4x: its sd doubled, in case a new head is noisier
+    assert c.record()["seed_noise"][0]["factors"] == [4.0, 1.0]  # and report.json says so
     v_users, v_seeds = d.var(ddof=1) / len(d), n.var * (4 / len(a.runs) + 1 / len(b.runs))
     assert c.df == pytest.approx((v_users + v_seeds) ** 2 / (v_users ** 2 / (len(d) - 1) + v_seeds ** 2 / n.df))
     assert c.p_value > 0.05  # a 1-seed shift of -0.022 against SASRec's seed sd ~0.01

@@ -114,7 +114,8 @@ class Comparison:
                 **({"shared_seeds": list(self.shared), "of_seeds": list(self.of_seeds)} if self.shared is not None
                    else {}),
                 **({"df": self.df, "seed_noise": [{"sd": math.sqrt(n.var), "df": n.df, "configs": n.configs,
-                                                   "from": n.where} for n in self.noise]}
+                                                   "from": n.where, "factors": list(n.factors)}
+                                                  for n in self.noise]}
                    if self.noise is not None else {}),
                 **({"no_test": self.reason} if self.p_value is None else {})}
 
