@@ -147,7 +147,10 @@ def test_kill_9_mid_training_then_resume_equals_uninterrupted(tiny_dataset, tiny
     clean = loop.train(cfg, tmp_path / "clean", progress=False)
     assert resumed["epochs_run"] == 6 and len(resumed["history"]) == 6
     assert [h["valid_ndcg@10"] for h in resumed["history"]] == [h["valid_ndcg@10"] for h in clean["history"]]
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in clean["history"]]
     assert resumed["metrics"]["test"]["metrics"] == clean["metrics"]["test"]["metrics"]
+    a, b = (torch.load(r / "checkpoints" / "best.pt", weights_only=False)["model"] for r in (run, tmp_path / "clean"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the chosen weights, bit for bit
 
 
 @pytest.mark.slow
