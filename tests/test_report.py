@@ -269,10 +269,14 @@ def test_cost_of_the_runs_is_summed_from_their_records(tmp_path):
     md = report_text(tmp_path)
     assert ("Cost of the 3 finished runs, from their records: 1.5 h of training epochs and 0.0 h of zero-shot "
             "generation") in md
-    assert ("1.0 h of wall clock in the runs' last sittings; the largest peak memory of one run 2.00 GiB (measured "
-            "from its start by 1 of 3 runs); 1 older records give their process's peak so far instead (a sweep "
-            "process runs many runs, so it may be an earlier run's), at most 4.00 GiB; runs that ran side by side "
-            "add up.") in md
+    # a's last sitting (1800 s) is shorter than its training (3600 s): resumed, so its wall clock is left out and
+    # its peak says it covers the last sitting only
+    assert ("(summed over runs, some of which ran side by side; 1 runs were resumed after a stop, their training "
+            "time accumulated over sittings); 0.5 h of wall clock summed over the 2 runs never resumed; the largest "
+            "peak memory of one run 2.00 GiB (measured by 1 of 3 runs from the start of their last sitting, which "
+            "for the 1 of them that were resumed leaves their earlier sittings out); 1 older records give their "
+            "process's peak so far instead (a sweep process runs many runs, so it may be an earlier run's), at most "
+            "4.00 GiB; 1 records give no peak; runs that ran side by side add up.") in md
     assert json.loads((tmp_path / "report" / "report.json").read_text())["cost"]["train_seconds"] == 5400.0
 
 

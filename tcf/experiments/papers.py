@@ -174,8 +174,9 @@ def against_papers(found: list[Finding], zs: list[dict], s: ReportSettings, grou
                         f"{m.evidence} | {verdict(claim.expect, m)} |")
     return ["These papers ran other datasets, encoder sizes and budgets: a row says whether the *direction* of "
             "their finding holds in this experiment, with this report's own test (a = the first-named side). "
-            "*Not shown at this scale* means the difference here is not significant after correction (Holm within "
-            "each claim's rows); it neither confirms nor contradicts the paper. *Not contradicted* (for a claim of "
+            "*Not shown at this scale* means the difference here is not significant after correction (the Holm "
+            "family its evidence names: the report answer's its test comes from, or the table's own); it neither "
+            "confirms nor contradicts the paper. *Not contradicted* (for a claim of "
             "\"comparable or better\") is no "
             "evidence of equivalence either: the CI shows which differences the data leave open. Verdicts from "
             "groups with fewer seeds than planned are provisional (the test names the seeds averaged).", "", *rows]

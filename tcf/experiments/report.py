@@ -100,18 +100,31 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
 
 def cost(runs: list[RunResult]) -> dict:
     """What the finished runs cost, from their records: training seconds (epochs, accumulated over resumed
-    sittings), generation seconds (zero-shot), wall seconds of each run's last sitting, and the largest peak
-    memory of one run (records with ``peak_rss_scope: run``, counted from the run's start) apart from the
-    older records' peak of their process so far (a sweep process runs many runs: a run's or an earlier one's)."""
+    sittings), generation seconds (zero-shot), and the largest peak memory of one run (records with
+    ``peak_rss_scope: run``, counted from the start of the run's last sitting) apart from the older records' peak
+    of their process so far (a sweep process runs many runs: a run's or an earlier one's).  A run whose last
+    sitting's wall clock is shorter than its accumulated training time was resumed: its peak and wall clock cover
+    the last sitting only, so wall clock is summed over the runs never resumed alone."""
     t = [r.record.timings for r in runs]
-    own = [x["peak_rss_mb"] for x in t if x.get("peak_rss_mb") is not None and x.get("peak_rss_scope") == "run"]
+
+    def resumed(x: dict) -> bool:
+        return (x.get("wall_seconds") is not None and (x.get("train_seconds") or 0.0) > 0
+                and x["wall_seconds"] < x["train_seconds"])
+
+    own = [x for x in t if x.get("peak_rss_mb") is not None and x.get("peak_rss_scope") == "run"]
     old = [x["peak_rss_mb"] for x in t if x.get("peak_rss_mb") is not None and x.get("peak_rss_scope") != "run"]
+    start = [x["start_rss_mb"] for x in own if x.get("start_rss_mb") is not None]
+    whole = [x for x in t if not resumed(x)]
     return {"runs": len(runs), "train_seconds": sum(x.get("train_seconds") or 0.0 for x in t),
             "generate_seconds": sum(x.get("generate_seconds") or 0.0 for x in t),
-            "wall_seconds": sum(x.get("wall_seconds") or 0.0 for x in t),
-            "peak_rss_mb": max(own) if own else None, "runs_with_peak": len(own),
-            "start_rss_mb": max((x["start_rss_mb"] for x in t if x.get("start_rss_mb") is not None), default=None),
-            "process_peak_rss_mb": max(old) if old else None, "runs_with_process_peak": len(old)}
+            "resumed": sum(map(resumed, t)),
+            "wall_seconds_not_resumed": sum(x.get("wall_seconds") or 0.0 for x in whole),
+            "runs_not_resumed": len(whole),
+            "peak_rss_mb": max(x["peak_rss_mb"] for x in own) if own else None, "runs_with_peak": len(own),
+            "runs_with_peak_resumed": sum(map(resumed, own)),
+            "start_rss_mb": max(start, default=None), "runs_with_start_rss": len(start),
+            "process_peak_rss_mb": max(old) if old else None, "runs_with_process_peak": len(old),
+            "runs_without_peak": len(runs) - len(own) - len(old)}
 
 
 def cost_line(c: dict) -> str:
@@ -120,19 +133,26 @@ def cost_line(c: dict) -> str:
     parts = []
     if c.get("peak_rss_mb") is not None:
         held = (f"; a run's peak includes what its process still held when it began, at most "
-                f"{c['start_rss_mb'] / 1024:.2f} GiB" if c.get("start_rss_mb") is not None else "")
-        parts.append(f"the largest peak memory of one run {c['peak_rss_mb'] / 1024:.2f} GiB (measured from its "
-                     f"start by {c['runs_with_peak']} of {c['runs']} runs{held})")
+                f"{c['start_rss_mb'] / 1024:.2f} GiB on the {c['runs_with_start_rss']} records that give it"
+                if c.get("start_rss_mb") is not None else "")
+        again = (f", which for the {c['runs_with_peak_resumed']} of them that were resumed leaves their earlier "
+                 "sittings out" if c.get("runs_with_peak_resumed") else "")
+        parts.append(f"the largest peak memory of one run {c['peak_rss_mb'] / 1024:.2f} GiB (measured by "
+                     f"{c['runs_with_peak']} of {c['runs']} runs from the start of their last sitting{again}{held})")
     if c.get("process_peak_rss_mb") is not None:
         parts.append(f"{c['runs_with_process_peak']} older records give their process's peak so far instead (a "
                      "sweep process runs many runs, so it may be an earlier run's), at most "
                      f"{c['process_peak_rss_mb'] / 1024:.2f} GiB")
+    if parts and c.get("runs_without_peak"):
+        parts.append(f"{c['runs_without_peak']} records give no peak")
     peak = ("; " + "; ".join(parts) + "; runs that ran side by side add up" if parts
             else "; peak memory not recorded by these runs")
+    again = (f"; {c['resumed']} runs were resumed after a stop, their training time accumulated over sittings"
+             if c.get("resumed") else "")
     return (f"Cost of the {c['runs']} finished runs, from their records: {c['train_seconds'] / 3600:.1f} h of "
             f"training epochs and {c['generate_seconds'] / 3600:.1f} h of zero-shot generation (summed over runs, "
-            f"some of which ran side by side), {c['wall_seconds'] / 3600:.1f} h of wall clock in the runs' last "
-            f"sittings{peak}.")
+            f"some of which ran side by side{again}); {c['wall_seconds_not_resumed'] / 3600:.1f} h of wall clock "
+            f"summed over the {c['runs_not_resumed']} runs never resumed{peak}.")
 
 
 def _controls(s: ReportSettings) -> tuple[list[str], list[dict]]:

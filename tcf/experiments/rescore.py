@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from tcf.eval.metrics import holm, paired_test
-from tcf.experiments.answers import HEAD_NAMES, TOWER_NAMES, ReportSettings, select
+from tcf.experiments.answers import HEAD_NAMES, TOWER_NAMES, ReportSettings, extra_settings, select
 from tcf.experiments.derived import derived
 from tcf.experiments.results import Group, RunResult
 from tcf.experiments.stats import PAIRED, PAIRED_RESAMPLES
@@ -64,8 +64,10 @@ def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings
             continue
         seed = (f"; its seed {best.first.config.get('seed')} of {len(best.runs)}" if len(best.runs) > 1
                 else f"; seed {best.first.config.get('seed')}")
+        extra = extra_settings(best)  # which setting was chosen (the LLM head's init), not only which tower
         name = (f"trained {HEAD_NAMES.get(head, head)} ({TOWER_NAMES.get(best.first.tower, best.first.tower)}"
-                + (f", {best.first.encoder}" if best.first.encoder else "") + f"{seed})")  # one checkpoint scored
+                + (f", {best.first.encoder}" if best.first.encoder else "") + (f", {extra}" if extra else "")
+                + f"{seed})")  # one checkpoint scored
         if hard is not None and is_hard_run(best.first, hard):
             if notes is not None:
                 notes.append(f"{name} not scored: it is the hard_run (`{best.first.folder.name}`) whose top items "
