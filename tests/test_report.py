@@ -258,6 +258,15 @@ def test_positive_controls_are_answered_inside_the_main_report(tmp_path):
     assert record["path"] == str(control) and record["comparisons"][0]["significant"] is True
 
 
+def test_two_sizes_get_no_rank_correlation(tmp_path):
+    """Two sizes give rho = +-1 and an exact p of 1 whatever they hold: the size line gives no trend statistic."""
+    put(tmp_path, "sid", ndcg=0.02)
+    put(tmp_path, "smini", tower="frozen", params=22_713_216, ndcg=0.030)
+    put(tmp_path, "ssmol", tower="frozen", encoder="smollm2-135m", params=134_515_008, ndcg=0.040)
+    line = next(x for x in report_text(tmp_path).splitlines() if x.startswith("- SASRec frozen text: ndcg@10"))
+    assert "0.0300 (22.7M) → 0.0400 (134.5M)" in line and "Spearman" not in line
+
+
 def test_cost_of_the_runs_is_summed_from_their_records(tmp_path):
     for name, t in (("a", {"train_seconds": 3600.0, "wall_seconds": 1800.0, "peak_rss_mb": 2048.0,
                            "peak_rss_scope": "run"}),

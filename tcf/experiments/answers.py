@@ -322,16 +322,25 @@ def spearman_exact_p(x: list[float], y: list[float]) -> float | None:
 def _walk(pts: list, metric: str, split: str) -> tuple[list[float], str]:
     """Each size's mean on the seeds every size has (a 1-seed point against 3-seed ones would put seed noise in
     the trend), with a note naming them; each its own mean when they share none or all have the same seeds."""
+    cut, note = on_common_seeds(pts)
+    if not note:
+        return [st.mean for _, st, _ in pts], ""
+    means = []
+    for (_, st, _), g in zip(pts, cut):
+        vals = [m[0] for r in g.runs for m in [r.metric(metric, split)] if m is not None]
+        means.append(float(np.mean(vals)) if vals else st.mean)
+    return means, note
+
+
+def on_common_seeds(pts: list) -> tuple[list[Group], str]:
+    """A series' groups cut to the seeds every size has (what :func:`_walk` averages; for the scaling plot), with
+    the same note; the groups as they are when they share none or all have the same seeds."""
     sets = [set(map(str, g.seeds)) for _, _, g in pts]
     common = set.intersection(*sets)
     if not common or all(x == common for x in sets):
-        return [st.mean for _, st, _ in pts], ""
-    means = []
-    for _, st, g in pts:
-        vals = [m[0] for r in g.runs if str(r.config.get("seed")) in common
-                for m in [r.metric(metric, split)] if m is not None]
-        means.append(float(np.mean(vals)) if vals else st.mean)
-    return means, f" (on the seed{'s' if len(common) > 1 else ''} all sizes have: {', '.join(sorted(common))})"
+        return [g for _, _, g in pts], ""
+    cut = [Group([r for r in g.runs if str(r.config.get("seed")) in common], g.settings) for _, _, g in pts]
+    return cut, f" (on the seed{'s' if len(common) > 1 else ''} all sizes have: {', '.join(sorted(common))})"
 
 
 def largest_vs_smallest(groups: list[Group], s: ReportSettings) -> list[Finding]:
@@ -343,9 +352,12 @@ def largest_vs_smallest(groups: list[Group], s: ReportSettings) -> list[Finding]
         means, on = _walk(pts, m, s.split)
         walk = " → ".join(f"{v:.4f} ({params_text(p)})" for (p, _, _), v in zip(pts, means))
         sizes = [p for p, _, _ in pts]
-        rho, p_rho = _spearman(sizes, means), spearman_exact_p(sizes, means)
-        rho_p = f", exact permutation p = {p_rho:.2g} over {len(pts)} sizes" if p_rho is not None else ""
-        before = f"{label}: {m} {walk}{on}; Spearman ρ(size, {m}) = {rho:.2f}{rho_p}; largest vs smallest "
+        rho_text = ""
+        if len(set(sizes)) >= 3:  # two sizes give rho = +-1 and p = 1 whatever they hold: no trend statistic
+            rho, p_rho = _spearman(sizes, means), spearman_exact_p(sizes, means)
+            rho_p = f", exact permutation p = {p_rho:.2g} over {len(pts)} sizes" if p_rho is not None else ""
+            rho_text = f"; Spearman ρ(size, {m}) = {rho:.2f}{rho_p}"
+        before = f"{label}: {m} {walk}{on}{rho_text}; largest vs smallest "
         out.append(Finding("largest vs smallest encoder", pts[0][2].first.head, pts[-1][2], pts[0][2],
                            compare(pts[-1][2], pts[0][2], m, s.split, alpha=s.alpha, pool=groups), before,
                            ("yes, the largest beats the smallest", "no, the largest is worse than the smallest"),

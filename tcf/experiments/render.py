@@ -19,6 +19,7 @@ from tcf.experiments.answers import (
     extra_settings,
     group_label,
     method_note,
+    on_common_seeds,
     order_key,
     params_text,
     scaling_series,
@@ -130,9 +131,12 @@ def plot_scaling(groups: list[Group], s: ReportSettings, path: Path, title: str)
         for label, pts in series.items():
             r = pts[0][2].first
             ls, marker = TOWER_STYLE.get(r.tower, ("-", "o"))
-            err = np.array([_err(st) for _, st, _ in pts]).T
-            ax.errorbar([p for p, _, _ in pts], [st.mean for _, st, _ in pts], yerr=err, ls=ls, marker=marker,
-                        capsize=3, color=color[r.head], label=label)
+            cut, on = on_common_seeds(pts)  # the seeds every size has, as the size answer's text uses
+            stats = [g.stat(metric, s.split) for g in cut]
+            keep = [(p, st) for (p, _, _), st in zip(pts, stats) if st is not None]
+            err = np.array([_err(st) for _, st in keep]).T
+            ax.errorbar([p for p, _ in keep], [st.mean for _, st in keep], yerr=err, ls=ls, marker=marker,
+                        capsize=3, color=color[r.head], label=label + on)
         for head, c in color.items():
             base = select([g for g in groups if g.first.head == head and g.first.tower == "id"], s.metrics[0])
             st = base.stat(metric, s.split) if base else None
