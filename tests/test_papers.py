@@ -132,3 +132,15 @@ def test_the_size_claim_is_tested_only_within_one_model_family(tmp_path, small, 
     md = write_report(tmp_path, settings={"papers": True}).read_text()
     row = next(line for line in md.splitlines() if "a bigger item encoder helps" in line)
     assert row.rstrip(" |").split("| ")[-1].startswith(want), row
+
+
+def test_a_verdict_on_one_trained_checkpoint_says_so():
+    """Zero-shot against a trained model scored on one seed's checkpoint: the direction is that checkpoint's."""
+    from tcf.experiments.papers import Measured, verdict
+
+    one = Measured("zs vs trained", -0.2, True, "paired permutation test over users", [-0.25, -0.15],
+                   one_checkpoint=True)
+    assert verdict("<", one) == "**same direction** (one checkpoint)"
+    assert verdict(">", one) == "**opposite** (one checkpoint)"
+    assert verdict("<", Measured("x", -0.2, False, "", None, one_checkpoint=True)).startswith("not shown")
+    assert verdict("<", Measured("x", -0.2, True, "", None)) == "**same direction**"

@@ -31,7 +31,7 @@ from tcf.experiments.answers import (
     select,
     signed,
 )
-from tcf.experiments.rescore import zs_evidence
+from tcf.experiments.rescore import ONE_CHECKPOINT, zs_evidence
 from tcf.experiments.results import Group
 from tcf.experiments.stats import Comparison, compare, holm_family
 
@@ -71,11 +71,18 @@ class Measured:
     evidence: str  # test and p-values
     ci: list | None = None  # 95% CI of the difference, when the test gave one
     untested: str = ""  # why this comparison does not test the claim (the verdict then says so)
+    one_checkpoint: bool = False  # a trained side of one checkpoint, treated as fixed: the verdict says so
 
 
 def verdict(expect: str, m: Measured) -> str:
     if m.untested:
         return m.untested
+    text = _verdict(expect, m)
+    # a direction seen on one trained checkpoint is that checkpoint's, not yet its configuration's
+    return text + " (one checkpoint)" if m.one_checkpoint and text.startswith("**") else text
+
+
+def _verdict(expect: str, m: Measured) -> str:
     up = m.diff > 0
     if expect in (">=", "<="):
         if not m.significant:
@@ -147,7 +154,8 @@ def _from_zeroshot(zs: list[dict], claim: Claim) -> list[Measured]:
             if not t["baseline"].startswith(want) or t["p_value"] is None:
                 continue
             what = f"{row['model']} ({row['protocol']}) vs {t['label']}"
-            out.append(Measured(what, t["diff"], bool(t["significant"]), zs_evidence(t), t.get("ci95")))
+            out.append(Measured(what, t["diff"], bool(t["significant"]), zs_evidence(t), t.get("ci95"),
+                                one_checkpoint=ONE_CHECKPOINT in (t.get("test") or "")))
     return out
 
 
@@ -179,4 +187,6 @@ def against_papers(found: list[Finding], zs: list[dict], s: ReportSettings, grou
             "confirms nor contradicts the paper. *Not contradicted* (for a claim of "
             "\"comparable or better\") is no "
             "evidence of equivalence either: the CI shows which differences the data leave open. Verdicts from "
-            "groups with fewer seeds than planned are provisional (the test names the seeds averaged).", "", *rows]
+            "groups with fewer seeds than planned are provisional (the test names the seeds averaged); *(one "
+            "checkpoint)*: the trained side is one seed's checkpoint, treated as fixed, so the direction is that "
+            "checkpoint's, not yet its configuration's.", "", *rows]
