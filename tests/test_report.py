@@ -258,6 +258,17 @@ def test_positive_controls_are_answered_inside_the_main_report(tmp_path):
     assert record["path"] == str(control) and record["comparisons"][0]["significant"] is True
 
 
+def test_a_choice_on_fewer_seeds_than_a_candidate_has_names_them(tmp_path):
+    """select() scores candidates on the seeds they all have; the line says which, since its test may use more."""
+    for k in (0, 1):
+        put(tmp_path, f"sid{k}", seed=k, ndcg=0.02)
+        put(tmp_path, f"smini{k}", tower="frozen", params=22_713_216, seed=k, ndcg=0.03)
+    put(tmp_path, "ssmol0", tower="frozen", encoder="smollm2-135m", params=134_515_008, seed=0, ndcg=0.04)
+    line = next(x for x in report_text(tmp_path).splitlines() if x.startswith("- SASRec: the text tower best"))
+    assert "(of 2 towers; chosen on seed 0, which all have)" in line
+    assert "against the ID setting best on valid: " in line  # one ID setting: no choice, no note
+
+
 def test_two_sizes_get_no_rank_correlation(tmp_path):
     """Two sizes give rho = +-1 and an exact p of 1 whatever they hold: the size line gives no trend statistic."""
     put(tmp_path, "sid", ndcg=0.02)

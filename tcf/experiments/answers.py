@@ -120,9 +120,7 @@ def select(groups: list[Group], metric: str) -> Group | None:
     is noisier than a 3-seed one's, so the maximum over mixed seed counts would favour a lucky single seed."""
     if len(groups) <= 1:
         return groups[0] if groups else None
-    scored_seeds = [{str(r.config.get("seed")) for r in g.runs if r.metric(metric, SELECT_SPLIT) is not None}
-                    for g in groups]  # a run without the validation metric does not count as a seed here
-    common = set.intersection(*[x for x in scored_seeds if x]) if any(scored_seeds) else set()
+    common = _selection_seeds(groups, metric)[0]
 
     def score(g: Group) -> float | None:
         if not common:
@@ -134,6 +132,25 @@ def select(groups: list[Group], metric: str) -> Group | None:
 
     scored = [(v, g) for v, g in ((score(g), g) for g in groups) if v is not None]
     return max(scored, key=lambda t: t[0])[1] if scored else None
+
+
+def _selection_seeds(groups: list[Group], metric: str) -> tuple[set[str], list[set[str]]]:
+    """The seeds :func:`select` scores candidates on (those they all have with the validation metric; a run
+    without it does not count as a seed), and each candidate's."""
+    scored = [{str(r.config.get("seed")) for r in g.runs if r.metric(metric, SELECT_SPLIT) is not None}
+              for g in groups]
+    return (set.intersection(*[x for x in scored if x]) if any(scored) else set()), scored
+
+
+def chosen_on(groups: list[Group], metric: str) -> str:
+    """"; chosen on seed 2020, which all have" where :func:`select` chose on fewer seeds than a candidate has
+    (the line's test may then be on other seeds than the choice); "" where it used every seed."""
+    if len(groups) <= 1:
+        return ""
+    common, scored = _selection_seeds(groups, metric)
+    if not common or all(x == common for x in scored if x):
+        return ""
+    return f"; chosen on seed{'s' if len(common) > 1 else ''} {', '.join(sorted(common))}, which all have"
 
 
 @dataclass
@@ -177,8 +194,8 @@ def _family(found: list[Finding]) -> list[Finding]:
 COLD = "text vs ID (cold items)"
 
 
-def _of(n: int, what: str) -> str:
-    return f" (of {n} {what})" if n > 1 else ""
+def _of(n: int, what: str, on: str = "") -> str:
+    return f" (of {n} {what}{on})" if n > 1 else ""
 
 
 ID_TOWERS = ("id", "id+text")  # towers with learned item-ID embeddings
@@ -201,8 +218,8 @@ def text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
             continue
         name = HEAD_NAMES.get(head, head)
         before = (f"{name}: the text tower best on {SELECT_SPLIT} {m}"
-                  f"{_of(len(texts), 'towers')}, {labelled(best)}, against the ID setting best on "
-                  f"{SELECT_SPLIT}{_of(len(ids), 'settings')}: {s.split} {m} ")
+                  f"{_of(len(texts), 'towers', chosen_on(texts, m))}, {labelled(best)}, against the ID setting best on "
+                  f"{SELECT_SPLIT}{_of(len(ids), 'settings', chosen_on(ids, m))}: {s.split} {m} ")
         out.append(Finding("text vs ID", head, best, base, c, before, ("text beats ID", "ID beats text")))
         cold += _cold_finding(COLD, head, best, base, s, "towers",
                               ("text beats ID on cold items", "ID beats text on cold items"), groups)
@@ -222,8 +239,9 @@ def id_text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
         if c is None:
             continue
         name = HEAD_NAMES.get(head, head)
-        before = (f"{name}: {labelled(best)}{_of(len(both), 'settings; the best on ' + SELECT_SPLIT)} "
-                  f"against ID{_of(len(ids), 'settings; the best on ' + SELECT_SPLIT)}: {s.split} {m} ")
+        best_of = 'settings; the best on ' + SELECT_SPLIT
+        before = (f"{name}: {labelled(best)}{_of(len(both), best_of, chosen_on(both, m))} "
+                  f"against ID{_of(len(ids), best_of, chosen_on(ids, m))}: {s.split} {m} ")
         out.append(Finding("ID + text vs ID", head, best, base, c, before,
                            ("adding text helps", "adding text hurts")))
         cold += _cold_finding("ID + text vs ID (cold items)", head, best, base, s, "settings",
@@ -265,7 +283,7 @@ def fine_tuned_vs_frozen(groups: list[Group], s: ReportSettings) -> list[Finding
             continue
         extra = f" [{extra_settings(tuned)}]" if extra_settings(tuned) else ""
         before = (f"{HEAD_NAMES.get(r.head, r.head)} with {r.encoder}: {TOWER_NAMES[r.tower]}{extra} against frozen"
-                  f"{_of(len(peers), 'frozen settings; the best on ' + SELECT_SPLIT)}: {m} ")
+                  f"{_of(len(peers), 'frozen settings; the best on ' + SELECT_SPLIT, chosen_on(peers, m))}: {m} ")
         out.append(Finding("fine-tuned vs frozen", r.head, tuned, base, c, before,
                            ("fine-tuning helps", "fine-tuning hurts")))
     return _family(out)
@@ -415,8 +433,10 @@ def head_vs_head(groups: list[Group], s: ReportSettings) -> list[Finding]:
                     continue
                 extra = f" [{extra_settings(best)}]" if extra_settings(best) else ""
                 before = (f"{group_label(best, False)}: {HEAD_NAMES.get(head, head)}{extra}"
-                          f"{_of(len(heads[head]), 'settings; the best on ' + SELECT_SPLIT)} against {ref_name}"
-                          f"{_of(len(heads[ref]), 'settings; the best on ' + SELECT_SPLIT)}: {s.split} {m} ")
+                          f"{_of(len(heads[head]), 'settings; the best on ' + SELECT_SPLIT, chosen_on(heads[head], m))}"
+                          f" against {ref_name}"
+                          f"{_of(len(heads[ref]), 'settings; the best on ' + SELECT_SPLIT, chosen_on(heads[ref], m))}: "
+                          f"{s.split} {m} ")
                 name = HEAD_NAMES.get(head, head)
                 out.append(Finding("head vs head", head, best, base, c, before,
                                    (f"{name} beats {ref_name}", f"{ref_name} beats {name}")))
