@@ -246,12 +246,14 @@ def test_positive_controls_are_answered_inside_the_main_report(tmp_path):
     control = tmp_path / "control"
     put(control, "id", tower="id", ndcg=0.05, per_user=np.full(40, 0.05))
     put(control, "text", tower="frozen", ndcg=0.2, per_user=np.full(40, 0.2))
-    (control / "experiment.json").write_text(json.dumps({"name": "ctl", "report": {"title": "The control"}}))
+    (control / "experiment.json").write_text(json.dumps({"name": "ctl", "report": {
+        "title": "The control", "caveats": ["Its seed noise is 0."]}}))
     main_dir = tmp_path / "main"
     put(main_dir, "id", tower="id", ndcg=0.1)
     md = report_text(main_dir, controls=[str(control)])
     section = md.split("## Positive controls")[1].split("\n## ")[0]
     assert "### The control" in section and f"`{control}` (2 runs; its own report:" in section
+    assert "Its caveats:\n\n- Its seed noise is 0." in section  # a control's limits travel with its answers
     assert "SASRec: the text tower best on valid ndcg@10, frozen text (minilm-l6)" in section
     assert "**text beats ID**" in section
     record = json.loads((main_dir / "report" / "report.json").read_text())["controls"][0]

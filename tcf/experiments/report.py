@@ -175,6 +175,7 @@ def _controls(s: ReportSettings) -> tuple[list[str], list[dict]]:
         done = f"{len(runs)} of {planned} planned runs finished" if planned else f"{len(runs)} runs"
         md += [f"### {cs.title or plan.get('name') or folder.name}", "",
                f"`{folder}` ({done}; its own report: `{folder}/report/report.md`).", "",
+               *(["Its caveats:", "", *[f"- {c.strip()}" for c in cs.caveats], ""] if cs.caveats else []),
                *answer_lines(finding_answers(found, cs))]
         records.append({"path": str(folder), "runs": len(runs), "planned": planned,
                         "comparisons": [f.record(cs) for f in found]})
