@@ -17,8 +17,8 @@ called two seeds of one configuration different in 8 of 19 pairs.  Where one sid
 configuration, or its seed noise rests on fewer than MIN_SEED_DF deviations while the other side's does
 not, the other side's seed noise is assumed for it, pooled with its own deviations where it has any (one
 estimate: one variance component, its df counted once), and the lacking side's share counts 4x (its sd
-doubled: a new head may be the noisier, which 1-2 deviations cannot show); where neither has any, the paired permutation test over users is the fallback and says that it
-treats checkpoints as fixed.  Only where
+doubled: a new head may be the noisier, which 1-2 deviations cannot show); where neither has any, the
+paired permutation test over users is the fallback and says that it treats checkpoints as fixed.  Only where
 per-user records are missing does a comparison fall back further, saying so: a Welch t-test over seed
 means when both have several seeds, or an unpaired z-test from two bootstrap CIs over users.  Intervals of
 different kinds are not combined.  A statistic that is not finite is no test, never a significant one.
