@@ -109,3 +109,98 @@ def test_popularity_is_tested_on_a_metric_the_run_did_not_test(tiny_dataset, tmp
     own = np.load(runs / "zs" / "per_user_test.npy")[record["per_user_columns"].index("ndcg@5")]
     assert pop["p_value"] == pytest.approx(paired_test(own, by_hand, n=2000)["p_value"])
     assert pop["test"] == "paired permutation test over users"
+
+
+def test_zero_shot_is_tested_against_every_seed_of_the_trained_configuration(tiny_dataset, tmp_path):
+    """A trained configuration of several seeds is scored on the candidate lists checkpoint by checkpoint, each
+    user's value averaged over its seeds, and tested by the t-test over users and seeds with the seed noise
+    measured on those same lists (two-way ANOVA over the head's multi-seed configurations, by hand here); the
+    zero-shot run has no training seed.  Once stored, the scores regenerate without the checkpoints."""
+    import math
+    import shutil
+
+    from tcf.eval.metrics import t_pvalue
+    from tcf.experiments.config import load_config
+    from tcf.experiments.report import write_report
+    from tcf.train.loop import train
+    from tcf.zeroshot import run_zeroshot
+
+    runs = tmp_path / "runs"
+    common = [f"data.dataset={tiny_dataset.path}", f"cache_root={tmp_path / 'cache'}", "eval.bootstrap=20",
+              "model.max_len=8", "train.epochs=2", "train.batch_size=16"]
+    folders = {}
+    for dim, seeds in ((16, (2020, 2021, 2022)), (8, (2020, 2021))):
+        for seed in seeds:
+            folder = runs / f"sasrec-id-d{dim}-s{seed}"
+            train(load_config(None, [*common, f"model.dim={dim}", f"seed={seed}"]), folder, progress=False)
+            folders.setdefault(dim, []).append(folder)
+    zs = load_config(None, [f"data.dataset={tiny_dataset.path}", f"cache_root={tmp_path / 'cache'}",
+                            "task=zeroshot", "zeroshot.protocol=rank", "zeroshot.n_candidates=5", "zeroshot.limit=20",
+                            "zeroshot.history_len=4", "zeroshot.use_cache=false"])
+    run_zeroshot(zs, runs / "zs", progress=False, backend=ReverseRanker())
+
+    def by_hand(folder):
+        import torch
+
+        from tcf.eval.metrics import metrics_from_scores
+        from tcf.eval.ranking import score_users
+        from tcf.train.trained import load_trained
+        from tcf.zeroshot.candidates import Candidates
+
+        cands = Candidates.load(json.loads((runs / "zs" / "results.json").read_text())["candidates"]["path"])
+        t = load_trained(folder)
+        with torch.no_grad():
+            scores, _ = score_users(t.model, t.data, cands.users, "test", max_len=8, mask_history="none",
+                                    device="cpu")
+        got = metrics_from_scores(scores.gather(1, torch.as_tensor(cands.lists[:, 0, :])),
+                                  torch.as_tensor(cands.target_pos[:, 0]))["ndcg@10"]
+        return np.asarray(cands.users), np.asarray(got, np.float64)
+
+    write_report(runs)
+    report = json.loads((runs / "report" / "report.json").read_text())
+    trained = [t for t in report["zeroshot"][0]["tests"] if t["baseline"].startswith("trained")]
+    assert len(trained) == 1 and "; " in trained[0]["baseline"]
+    t = trained[0]
+    chosen = 16 if "3 seeds)" in t["baseline"] else 8
+    assert t["baseline"].endswith(f"; {len(folders[chosen])} seeds)")
+    assert t["test"].startswith("t-test over users and seeds (the zero-shot run has no training seed")
+
+    users, own = np.load(runs / "zs" / "per_user_test.npy")[[0, json.loads(
+        (runs / "zs" / "results.json").read_text())["per_user_columns"].index("ndcg@10")]]
+    tables = {dim: np.stack([by_hand(f)[1] for f in fs]) for dim, fs in folders.items()}
+    cand_users = by_hand(folders[16][0])[0]
+    assert np.array_equal(np.sort(cand_users), np.sort(users.astype(np.int64)))
+    order = np.argsort(cand_users)
+    mine = own[np.argsort(users)]
+    trained_mean = tables[chosen][:, order].mean(0)
+    assert t["b_mean"] == pytest.approx(trained_mean.mean())
+    # seed noise on the candidate lists: spread of seed means less the user-by-seed residual's share
+    ss_m = df_m = ss_r = df_r = 0.0
+    for y in tables.values():
+        n, u = y.shape
+        m = y.mean(1)
+        ss_m += ((m - m.mean()) ** 2).sum()
+        df_m += n - 1
+        ss_r += ((y - m[:, None] - y.mean(0)[None, :] + y.mean()) ** 2).sum()
+        df_r += (n - 1) * (u - 1)
+    ms_m, ms_r, u = ss_m / df_m, ss_r / df_r, tables[16].shape[1]
+    var_b = max(0.0, ms_m - ms_r / u)
+    assert var_b > 0  # the seed term is exercised (tiny runs differ by seed)
+    d = mine - trained_mean
+    k = len(folders[chosen])
+    v_users, v_seeds = d.var(ddof=1) / len(d), var_b / k
+    df_b = var_b ** 2 / (ms_m ** 2 / df_m + (ms_r / u) ** 2 / df_r) if var_b > 0 else df_m
+    df_b = min(df_b, df_m)
+    parts = [(v_users, len(d) - 1)] + ([(v_seeds, df_b)] if v_seeds > 0 else [])
+    total = sum(v for v, _ in parts)
+    df = total ** 2 / sum(v ** 2 / k_ for v, k_ in parts)
+    assert t["diff"] == pytest.approx(d.mean())
+    assert t["p_value"] == pytest.approx(t_pvalue(d.mean() / math.sqrt(total), df), rel=1e-6)
+
+    # the scores are stored with the zero-shot run: without any checkpoint the report is the same
+    before = (runs / "report" / "report.md").read_text()
+    for fs in folders.values():
+        for f in fs:
+            shutil.rmtree(f / "checkpoints")
+    write_report(runs)
+    assert (runs / "report" / "report.md").read_text() == before

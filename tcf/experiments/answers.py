@@ -515,7 +515,11 @@ def method_note(s: ReportSettings) -> str:
             "deviations cannot show; conservative where the noise is equal; the line says so); where "
             f"neither has any, a {PAIRED} "
             f"({PAIRED_RESAMPLES} sign flips; bootstrap CI over users), which treats each checkpoint as fixed "
-            f"and says so. Fallbacks, named where used: {WELCH}; {Z_FROM_CI}. Each line names its test.")
+            f"and says so. Fallbacks, named where used: {WELCH}; {Z_FROM_CI}. Zero-shot runs: against random and "
+            "popularity by the paired permutation test over users; against the trained configuration of each head "
+            "best on validation, every seed's checkpoint scored on the run's own candidate lists, by the same "
+            "t-test over users and seeds with the seed noise measured on those lists (the same pools, each "
+            "configuration scored there too; the zero-shot run has no training seed). Each line names its test.")
     if s.split == SELECT_SPLIT:
         note += f" The report's split is the selection split: the selected towers' {s.split} numbers are optimistic."
     return note

@@ -25,13 +25,21 @@ def path_of(run_folder: str | Path, name: str) -> Path:
     return Path(run_folder) / FOLDER / f"{name}.json"
 
 
-def derived(run_folder: str | Path, name: str, key: dict, compute: Callable[[], Any] | None) -> Any | None:
-    """``compute()`` when given (its inputs are here), stored under the run with ``key``; otherwise the value
-    stored for the same ``key``, or None.  A stored file is rewritten only when its content changes."""
+def stored(run_folder: str | Path, name: str, key: dict) -> Any | None:
+    """The value stored under ``name`` for this ``key``, or None (none stored, another key, unreadable)."""
+    return derived(run_folder, name, key, None)
+
+
+def derived(run_folder: str | Path, name: str, key: dict, compute: Callable[[], Any] | None,
+            compact: bool = False) -> Any | None:
+    """``compute()`` when given (its inputs are here), stored under the run with ``key`` (on one line when
+    ``compact``: long per-user lists); otherwise the value stored for the same ``key``, or None.  A stored file
+    is rewritten only when its content changes."""
     path = path_of(run_folder, name)
     if compute is not None:
         value = compute()
-        text = json.dumps({"key": key, "value": value}, indent=1, sort_keys=True, allow_nan=True) + "\n"
+        text = json.dumps({"key": key, "value": value}, indent=None if compact else 1,
+                          separators=(",", ":") if compact else None, sort_keys=True, allow_nan=True) + "\n"
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
             atomic_write_text(path, text)
         return value

@@ -31,7 +31,7 @@ from tcf.experiments.answers import (
     select,
     signed,
 )
-from tcf.experiments.rescore import ONE_CHECKPOINT, zs_evidence
+from tcf.experiments.rescore import CHECKPOINTS_FIXED, ONE_CHECKPOINT, zs_evidence
 from tcf.experiments.results import Group
 from tcf.experiments.stats import Comparison, compare, holm_family
 
@@ -72,6 +72,7 @@ class Measured:
     ci: list | None = None  # 95% CI of the difference, when the test gave one
     untested: str = ""  # why this comparison does not test the claim (the verdict then says so)
     one_checkpoint: bool = False  # a trained side of one checkpoint, treated as fixed: the verdict says so
+    fixed: bool = False  # a trained side of several checkpoints treated as fixed (no seed noise measured)
 
 
 def verdict(expect: str, m: Measured) -> str:
@@ -79,7 +80,9 @@ def verdict(expect: str, m: Measured) -> str:
         return m.untested
     text = _verdict(expect, m)
     # a direction seen on one trained checkpoint is that checkpoint's, not yet its configuration's
-    return text + " (one checkpoint)" if m.one_checkpoint and text.startswith("**") else text
+    if not text.startswith("**"):
+        return text
+    return text + " (one checkpoint)" if m.one_checkpoint else text + " (checkpoints fixed)" if m.fixed else text
 
 
 def _verdict(expect: str, m: Measured) -> str:
@@ -155,7 +158,8 @@ def _from_zeroshot(zs: list[dict], claim: Claim) -> list[Measured]:
                 continue
             what = f"{row['model']} ({row['protocol']}) vs {t['label']}"
             out.append(Measured(what, t["diff"], bool(t["significant"]), zs_evidence(t), t.get("ci95"),
-                                one_checkpoint=ONE_CHECKPOINT in (t.get("test") or "")))
+                                one_checkpoint=ONE_CHECKPOINT in (t.get("test") or ""),
+                                fixed=CHECKPOINTS_FIXED in (t.get("test") or "")))
     return out
 
 

@@ -1,10 +1,15 @@
 """Zero-shot runs against their baselines on the run's own candidate lists.
 
-Random (each user's exact expectation), popularity (the zero-shot run's stored paired test, or
-re-scored here from the training counts for a metric it did not test) and
-the validation-best trained model of each head, re-scored here on the same lists with the history
-of the split the candidate file was built for: paired tests over the run's users, one
-Holm–Bonferroni family per zero-shot run.
+Random (each user's exact expectation) and popularity (the zero-shot run's stored paired test, or
+re-scored here from the training counts for a metric it did not test): paired tests over the run's users.
+The validation-best trained configuration of each head: every seed's checkpoint re-scored here on the same
+lists with the history of the split the candidate file was built for, each user's value averaged over the
+seeds, and tested by the report's t-test over users and seeds, its seed noise measured on these same lists
+(a seed's spread on a 20-item list is not its spread over the full catalogue, so it is not borrowed from the
+full-ranking pools; the same pools are scored here instead); the zero-shot run has no training seed.  A
+configuration of one seed is one checkpoint, tested as fixed, and the line says so.  One Holm–Bonferroni
+family per zero-shot run.  Scores are stored with the zero-shot run (derived/) and read back, so a report
+without checkpoints regenerates the same lines.
 """
 
 from __future__ import annotations
@@ -13,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tcf.eval.metrics import holm, paired_test
-from tcf.experiments.answers import HEAD_NAMES, TOWER_NAMES, ReportSettings, extra_settings, select
-from tcf.experiments.derived import derived
-from tcf.experiments.results import Group, RunResult
-from tcf.experiments.stats import PAIRED, PAIRED_RESAMPLES
+from tcf.eval.metrics import holm, metrics_from_ranks, paired_test, target_ranks
+from tcf.experiments.answers import ReportSettings, extra_settings, select
+from tcf.experiments.derived import derived, stored
+from tcf.experiments.results import HEAD_NAMES, TOWER_NAMES, Group, RunResult, Stat, _seed_average
+from tcf.experiments.stats import PAIRED, PAIRED_RESAMPLES, USERS_AND_SEEDS, _seed_tables, users_and_seeds
 
 
 def zeroshot_rows(runs: list[RunResult], trained: list[Group], s: ReportSettings) -> list[dict]:
@@ -43,48 +48,85 @@ def zeroshot_rows(runs: list[RunResult], trained: list[Group], s: ReportSettings
     return rows
 
 
+SCORER = 2  # in a stored score's key: raise it whenever score_on_candidates changes what it returns
+CAND_KS = (1, 5, 10, 20)  # the cut-offs a candidate list is scored at
+
+
 def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings,
                           notes: list[str] | None = None) -> dict[str, dict]:
-    """The trained run of each head (same dataset) best on validation, scored on the zero-shot run's
-    candidate lists: name -> ``score_on_candidates``'s {metrics, users, per_user}.  The run whose top items
-    are the lists' hard negatives (``zeroshot.hard_run``) is left out, said in ``notes``: its rank of the
-    target among them equals its full-catalogue rank, and the lists were made hard for it alone, so it is no
-    baseline there."""
+    """The trained configuration of each head (same dataset) best on validation, every seed's checkpoint scored
+    on the zero-shot run's candidate lists: name -> {metrics, users, per_user (each user's value averaged over
+    the seeds scored), seeds (those scored), noise}.  ``noise`` is the seed noise *on these lists*
+    (:class:`SeedNoise` of s.metrics[0], from the pool :func:`tcf.experiments.stats.seed_noise` reads: the
+    head's configurations of that tower kind with 2+ seeds, else all its towers, each scored here too), so that
+    the zero-shot run is tested against the configuration rather than one checkpoint; None for one seed.
+    The run whose top items are the lists' hard negatives (``zeroshot.hard_run``) is left out, said in
+    ``notes``: its rank of the target among them equals its full-catalogue rank, and the lists were made hard
+    for it alone, so it is no baseline there (nor a measure of seed noise on them)."""
     cand = zs.record.section("candidates", {})
     path, fingerprint = cand.get("path"), zs.record.dataset.get("fingerprint")
     if not path and not cand.get("key"):
         return {}
-    hard = hard_run_of(zs)
+    hard, m = hard_run_of(zs), s.metrics[0]
+    memo: dict[str, tuple[dict | None, str]] = {}
+
+    def score(run: RunResult) -> tuple[dict | None, str]:
+        if str(run.folder) not in memo:
+            memo[str(run.folder)] = _stored_score(zs, run, cand)
+        return memo[str(run.folder)]
+
+    def per_user(run: RunResult, metric: str):
+        got = score(run)[0]
+        return None if got is None or metric not in got["per_user"] else (got["users"], got["per_user"][metric])
+
     out = {}
     for head in sorted({g.first.head for g in trained}):
         same = [g for g in trained if g.first.head == head
                 and g.first.record.dataset.get("fingerprint") == fingerprint]
-        best = select(same, s.metrics[0])
+        best = select(same, m)
         if best is None:
             continue
-        seed = (f"; its seed {best.first.config.get('seed')} of {len(best.runs)}" if len(best.runs) > 1
-                else f"; seed {best.first.config.get('seed')}")
-        extra = extra_settings(best)  # which setting was chosen (the LLM head's init), not only which tower
-        name = (f"trained {HEAD_NAMES.get(head, head)} ({TOWER_NAMES.get(best.first.tower, best.first.tower)}"
-                + (f", {best.first.encoder}" if best.first.encoder else "") + (f", {extra}" if extra else "")
-                + f"{seed})")  # one checkpoint scored
-        if hard is not None and is_hard_run(best.first, hard):
+        label = (f"trained {HEAD_NAMES.get(head, head)} ({TOWER_NAMES.get(best.first.tower, best.first.tower)}"
+                 + (f", {best.first.encoder}" if best.first.encoder else "")
+                 + (f", {extra}" if (extra := extra_settings(best)) else ""))  # the chosen setting, not only tower
+        one = len(best.runs) == 1
+        whole = label + (f"; seed {best.first.config.get('seed')})" if one else f"; {len(best.runs)} seeds)")
+        if hard is not None and (h := next((r for r in best.runs if is_hard_run(r, hard)), None)) is not None:
             if notes is not None:
-                notes.append(f"{name} not scored: it is the hard_run (`{best.first.folder.name}`) whose top items "
-                             "are the negatives, so its rank among them is its full-catalogue rank")
+                notes.append(f"{whole} not scored: {'it' if one else 'its seed ' + str(h.config.get('seed'))} is the "
+                             f"hard_run (`{h.folder.name}`) whose top items are the negatives, so its rank among them "
+                             "is its full-catalogue rank")
             continue
-        scored, why = _stored_score(zs, best.first, cand)
-        if scored is not None:
-            out[name] = scored
-        elif notes is not None:
-            notes.append(f"{name} not scored on these lists: {why}")
+        got = {str(r.folder): score(r) for r in best.runs}
+        done = [r for r in best.runs if got[str(r.folder)][0] is not None]
+        if notes is not None:
+            notes.extend(f"{whole}{'' if one else ': its seed ' + str(r.config.get('seed'))} not scored on these "
+                         f"lists: {got[str(r.folder)][1]}" for r in best.runs if got[str(r.folder)][0] is None)
+        if not done:
+            continue
+        seeds = [str(r.config.get("seed")) for r in done]
+        name = whole if len(done) == len(best.runs) else label + f"; {len(done)} of its {len(best.runs)} seeds: " \
+            f"{', '.join(seeds)})"
+        first = got[str(done[0].folder)][0]
+        avg = {k: _seed_average([(got[str(r.folder)][0]["users"], got[str(r.folder)][0]["per_user"].get(k))
+                                 if k in got[str(r.folder)][0]["per_user"] else None for r in done])
+               for k in first["per_user"]}
+        users = avg[m][0] if avg.get(m) is not None else first["users"]
+        noise = None
+        if len(done) > 1:
+            pool = [g for g in same if hard is None or not any(is_hard_run(r, hard) for r in g.runs)]
+            noise = _seed_tables(pool, head, best.first.tower, m, None, None, per_user)[1]
+        out[name] = {"metrics": {k: {"mean": float(v[1].mean())} for k, v in avg.items() if v is not None},
+                     "users": users, "per_user": {k: v[1] for k, v in avg.items() if v is not None},
+                     "seeds": seeds, "noise": noise}
     return out
 
 
 def _stored_score(zs: RunResult, run: RunResult, cand: dict) -> tuple[dict | None, str]:
-    """``score_on_candidates`` where the checkpoint and the candidate file are here and are the ones the records
-    name (stored under the zero-shot run, derived/), else what was stored for the same run, checkpoint and
-    lists; (None, why) when neither."""
+    """``score_on_candidates`` of ``run``'s best checkpoint on the zero-shot run's lists, as stored under the
+    zero-shot run (derived/) for the same run, checkpoint (as its record names it), lists and scorer; computed
+    and stored where none is and the checkpoint and the candidate file are here and are the ones the records
+    name; (None, why) when neither."""
     from tcf.encoders.zoo import file_hash
     from tcf.zeroshot.candidates import Candidates
     from tcf.zeroshot.candidates import key_hash as cand_key_hash
@@ -92,27 +134,30 @@ def _stored_score(zs: RunResult, run: RunResult, cand: dict) -> tuple[dict | Non
     path, best = Path(cand.get("path") or ""), Path(run.folder) / "checkpoints" / "best.pt"
     recorded = run.record.section("checkpoint", {}).get("best_sha256")
     key = {"trained_run": Path(run.folder).name, "checkpoint": recorded,
-           "candidates": cand_key_hash(cand.get("key") or {})}
+           "candidates": cand_key_hash(cand.get("key") or {}), "scorer": SCORER}
     name, compute, why = f"trained-{Path(run.folder).name}", None, ""
-    if not (path.is_file() and best.is_file()):
-        why = "its checkpoint or the candidate file is not here"
-    elif recorded and file_hash(best)[:16] != recorded:
-        why = f"{best} is not the checkpoint its results came from"
-    elif cand.get("key") and cand_key_hash(Candidates.load(path).key) != key["candidates"]:
-        why = f"{path} holds other lists than the run's"
-    else:
-        def compute():
-            got = score_on_candidates(run, path, zs.config.get("zeroshot.split"))
-            return {"metrics": got["metrics"], "users": np.asarray(got["users"]).tolist(),
-                    "per_user": {m: np.asarray(v, dtype=np.float64).tolist() for m, v in got["per_user"].items()}}
-    try:
-        value = derived(zs.folder, name, key, compute)
-    except Exception as e:  # noqa: BLE001 - reported, not fatal, and never replaced by an older stored score
-        return None, f"re-scoring failed ({type(e).__name__}: {e})"
+    value = stored(zs.folder, name, key) if recorded else None  # a checkpoint without a hash: always re-scored
+    if value is None:
+        if not (path.is_file() and best.is_file()):
+            why = "its checkpoint or the candidate file is not here"
+        elif recorded and file_hash(best)[:16] != recorded:
+            why = f"{best} is not the checkpoint its results came from"
+        elif cand.get("key") and cand_key_hash(Candidates.load(path).key) != key["candidates"]:
+            why = f"{path} holds other lists than the run's"
+        else:
+            def compute():  # the target's rank on each list (items above it, ties): every metric follows
+                got = score_on_candidates(run, path, zs.config.get("zeroshot.split"))
+                return {"users": np.asarray(got["users"]).tolist(), "greater": np.asarray(got["greater"]).tolist(),
+                        "ties": np.asarray(got["ties"]).tolist()}
+        try:
+            value = derived(zs.folder, name, key, compute, compact=True)
+        except Exception as e:  # noqa: BLE001 - reported, not fatal, and never replaced by an older stored score
+            return None, f"re-scoring failed ({type(e).__name__}: {e})"
     if value is None:
         return None, why + " and no score is stored for them"
-    return {"metrics": value["metrics"], "users": np.asarray(value["users"], dtype=np.int64),
-            "per_user": {m: np.asarray(v, dtype=np.float64) for m, v in value["per_user"].items()}}, ""
+    per_user = metrics_from_ranks(value["greater"], value["ties"], ks=CAND_KS)
+    return {"metrics": {m: {"mean": float(np.mean(v))} for m, v in per_user.items()},
+            "users": np.asarray(value["users"], dtype=np.int64), "per_user": per_user}, ""
 
 
 def hard_run_of(zs: RunResult) -> dict | None:
@@ -142,10 +187,10 @@ def is_hard_run(run: RunResult, hard: dict) -> bool:
 def score_on_candidates(run: RunResult, path: Path, split: str | None = None) -> dict:
     """A trained run's best checkpoint ranking each user's zero-shot candidates (first round), with the history
     of the split the candidate file was built for (its key's ``split``; ``split`` only for a file without one)
-    -> {"metrics": {name: {"mean"}}, "users": [U], "per_user": {name: [U]}} in the file's user order."""
+    -> {"metrics": {name: {"mean"}}, "users": [U], "per_user": {name: [U]}, "greater": [U], "ties": [U]} in the
+    file's user order (greater, ties: the target's rank, :func:`tcf.eval.metrics.target_ranks`)."""
     import torch
 
-    from tcf.eval.metrics import metrics_from_scores
     from tcf.eval.ranking import score_users
     from tcf.train.trained import load_trained
     from tcf.zeroshot.candidates import Candidates
@@ -158,9 +203,10 @@ def score_on_candidates(run: RunResult, path: Path, split: str | None = None) ->
     with torch.no_grad():
         scores, _ = score_users(model, data, cands.users, split, max_len=cfg.model.max_len, mask_history="none",
                                 device="cpu")
-    per_user = metrics_from_scores(scores.gather(1, lists), torch.as_tensor(cands.target_pos[:, 0]), ks=(1, 5, 10, 20))
+    greater, ties = target_ranks(scores.gather(1, lists), torch.as_tensor(cands.target_pos[:, 0]))
+    per_user = metrics_from_ranks(greater, ties, ks=CAND_KS)
     return {"metrics": {k: {"mean": float(np.mean(v))} for k, v in per_user.items()},
-            "users": np.asarray(cands.users, dtype=np.int64), "per_user": per_user}
+            "users": np.asarray(cands.users, dtype=np.int64), "per_user": per_user, "greater": greater, "ties": ties}
 
 
 def metric_mean(m: dict, name: str) -> float | None:
@@ -179,21 +225,52 @@ def _zs_test(name: str, label: str, b_mean: float | None, diff: float | None, ci
 
 
 ONE_CHECKPOINT = " (one trained checkpoint, treated as fixed: a claim about its configuration also needs seeds)"
+CHECKPOINTS_FIXED = (" (its trained checkpoints averaged, treated as fixed: no seed-noise estimate on these lists, "
+                     "a claim about its configuration needs one)")
+
+
+def _aligned(own, users: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | str:
+    """The zero-shot run's per-user values and a baseline's, matched by user id; or why they cannot be."""
+    if own is None:
+        return "no test: the zero-shot run has no per-user records"
+    common, ia, ib = np.intersect1d(own[0], users, return_indices=True)
+    if len(common) != len(own[0]):
+        return "no test: the baseline was not scored on every user"
+    return np.asarray(own[1], np.float64)[ia], np.asarray(values, np.float64)[ib]
 
 
 def _paired_zs(name: str, label: str, own, users: np.ndarray, values: np.ndarray, b_mean: float | None,
-               trained: bool = False) -> dict:
+               trained: int = 0) -> dict:
     """The zero-shot run's per-user values against a baseline's on the same users (matched by id); a trained
-    model's test says that it is about that one checkpoint (popularity and random have no training seed)."""
-    if own is None:
-        return _zs_test(name, label, b_mean, None, None, None, "", "no test: the zero-shot run has no per-user records")
-    common, ia, ib = np.intersect1d(own[0], users, return_indices=True)
-    if len(common) != len(own[0]):
-        return _zs_test(name, label, b_mean, None, None, None, "", "no test: the baseline was not scored on every user")
-    r = paired_test(own[1][ia], np.asarray(values, np.float64)[ib], n=PAIRED_RESAMPLES)
+    model's test (``trained``: its checkpoints scored) says that it treats them as fixed (popularity and random
+    have no training seed)."""
+    pair = _aligned(own, users, values)
+    if isinstance(pair, str):
+        return _zs_test(name, label, b_mean, None, None, None, "", pair)
+    r = paired_test(*pair, n=PAIRED_RESAMPLES)
     why = "no test: a per-user value is not a finite number"
-    return _zs_test(name, label, b_mean, r["mean_diff"], r["ci95"], r["p_value"],
-                    PAIRED + (ONE_CHECKPOINT if trained else ""), why)
+    fixed = ONE_CHECKPOINT if trained == 1 else CHECKPOINTS_FIXED if trained > 1 else ""
+    return _zs_test(name, label, b_mean, r["mean_diff"], r["ci95"], r["p_value"], PAIRED + fixed, why)
+
+
+def _seeded_zs(name: str, label: str, own, v: dict, m: str, b_mean: float | None) -> dict:
+    """The zero-shot run against a trained configuration's checkpoints (each user's value averaged over its
+    seeds) by the report's t-test over users and seeds: the users' part from the paired differences, the seeds'
+    part sigma_b^2 / seeds from the seed noise measured on these same lists (``v["noise"]``); the zero-shot run
+    has no training seed and adds none."""
+    pair = _aligned(own, v["users"], v["per_user"][m])
+    if isinstance(pair, str):
+        return _zs_test(name, label, b_mean, None, None, None, "", pair)
+    a, b = pair
+    k = len(v["seeds"])
+    c = users_and_seeds(Stat(float(a.mean()), None, None, 1, "users"), Stat(float(b.mean()), None, None, k, "users"),
+                        a, b, (1, k), None, v["noise"])
+    n = v["noise"]
+    test = (f"{USERS_AND_SEEDS} (the zero-shot run has no training seed; {len(a)} users, each user's trained value "
+            f"averaged over {k} seeds; seed sd on these lists {n.var ** 0.5:.4f} ({n.where}, {n.configs} "
+            f"configuration{'s' if n.configs > 1 else ''}, {n.df:.3g} df))")
+    return _zs_test(name, label, b_mean, c.diff if c.p_value is not None else None, c.diff_ci, c.p_value, test,
+                    c.reason)
 
 
 def pop_on_candidates(zs: RunResult) -> tuple[np.ndarray, dict] | None:
@@ -255,7 +332,11 @@ def zeroshot_tests(run: RunResult, row: dict, scored: dict, s: ReportSettings) -
     for name, v in scored.items():
         if m in v["per_user"]:
             b_mean = metric_mean(v["metrics"], m)
-            tests.append(_paired_zs(name, f"the {name}", own, v["users"], v["per_user"][m], b_mean, trained=True))
+            if v.get("noise") is not None:
+                tests.append(_seeded_zs(name, f"the {name}", own, v, m, b_mean))
+            else:
+                tests.append(_paired_zs(name, f"the {name}", own, v["users"], v["per_user"][m], b_mean,
+                                        trained=len(v.get("seeds") or [0])))
     adjusted = holm([t["p_value"] for t in tests])
     family = sum(p is not None for p in adjusted)
     for t, p in zip(tests, adjusted):

@@ -193,12 +193,16 @@ def noise_from_tables(tables: list[np.ndarray], where: str = "") -> SeedNoise | 
     return SeedNoise(var, min(df, df_m), k, int(df_m), where)
 
 
-def _tables(groups: list[Group], metric: str, split: str, users: np.ndarray | None) -> list[np.ndarray]:
+def _tables(groups: list[Group], metric: str, split: str, users: np.ndarray | None,
+            per_user=None) -> list[np.ndarray]:
+    """One [seeds, users] table per group of 2+ seeds whose runs all have per-user values on the same users:
+    ``run.per_user(metric, split)``, or ``per_user(run, metric)`` (the same (ids, values) or None) for values
+    scored elsewhere (a zero-shot run's candidate lists)."""
     out = []
     for g in groups:
         if len(g.runs) < 2:
             continue
-        per = [r.per_user(metric, split) for r in g.runs]
+        per = [r.per_user(metric, split) if per_user is None else per_user(r, metric) for r in g.runs]
         if any(x is None for x in per) or any(not np.array_equal(per[0][0], x[0]) for x in per):
             continue
         sel = np.ones(len(per[0][0]), bool) if users is None else np.isin(per[0][0], users)
@@ -218,15 +222,15 @@ def seed_noise(pool: list[Group] | None, head: str, tower: str, metric: str, spl
     return _seed_tables(pool, head, tower, metric, split, users)[1]
 
 
-def _seed_tables(pool, head, tower, metric, split, users) -> tuple[list[np.ndarray], SeedNoise | None]:
-    """:func:`seed_noise` and the tables it rests on."""
+def _seed_tables(pool, head, tower, metric, split, users, per_user=None) -> tuple[list[np.ndarray], SeedNoise | None]:
+    """:func:`seed_noise` and the tables it rests on (``per_user``: see :func:`_tables`)."""
     same = [g for g in pool or () if g.first.head == head]
     name, kind = HEAD_NAMES.get(head, head), TOWER_NAMES.get(tower, tower)
-    own_t = _tables([g for g in same if g.first.tower == tower], metric, split, users)
+    own_t = _tables([g for g in same if g.first.tower == tower], metric, split, users, per_user)
     own = noise_from_tables(own_t, f"{name} {kind}")
     if own is not None and own.seed_df >= MIN_SEED_DF:
         return own_t, own
-    wide_t = _tables(same, metric, split, users)
+    wide_t = _tables(same, metric, split, users, per_user)
     wide = noise_from_tables(wide_t, f"{name}, all towers (borrowed)")
     return (wide_t, wide) if wide is not None and (own is None or wide.seed_df > own.seed_df) else (own_t, own)
 
@@ -269,16 +273,17 @@ def paired(sa: Stat, sb: Stat, ua: np.ndarray, ub: np.ndarray, seeds: tuple[int,
 
 
 def users_and_seeds(sa: Stat, sb: Stat, ua: np.ndarray, ub: np.ndarray, seeds: tuple[int, int],
-                    na: SeedNoise, nb: SeedNoise) -> Comparison:
+                    na: SeedNoise | None, nb: SeedNoise | None) -> Comparison:
     """var(D) = var(d_u) / U + sigma_b^2 (f_a/n_a + f_b/n_b) (one pool; f the factors, 1 but where assumed for a
-    side) or sigma_a^2/n_a + sigma_b^2/n_b (two);
+    side) or sigma_a^2/n_a + sigma_b^2/n_b (two; a side given None has no training seed, a zero-shot run, and
+    adds no seed term);
     Student's t with the Welch-Satterthwaite df.  Not testable where a side's seed noise rests on fewer than
     MIN_SEED_DF seed deviations: simulated under the model, 2 gave 7-8% false positives at 5%, 3 and more
     4-5.5%."""
     d = np.asarray(ua, np.float64) - np.asarray(ub, np.float64)
     if not np.isfinite(d).all():
         return Comparison(sa, sb, None, reason=NOT_FINITE, n_users=len(d), seeds=seeds)
-    noises = (na,) if na is nb else (na, nb)
+    noises = (na,) if na is nb else tuple(n for n in (na, nb) if n is not None)
     few = [n for n in noises if n.seed_df < MIN_SEED_DF]
     if few:
         return Comparison(sa, sb, None, n_users=len(d), seeds=seeds,
@@ -287,7 +292,7 @@ def users_and_seeds(sa: Stat, sb: Stat, ua: np.ndarray, ub: np.ndarray, seeds: t
                                  "with fewer it called 7-8% of equal configurations different at 5%)")
     v_users = float(d.var(ddof=1)) / len(d)
     parts = ([(na.var * (na.factors[0] / seeds[0] + na.factors[1] / seeds[1]), na.df)] if na is nb
-             else [(na.var / seeds[0], na.df), (nb.var / seeds[1], nb.df)])
+             else [(n.var / k, n.df) for n, k in zip((na, nb), seeds) if n is not None])
     parts = [(v, k) for v, k in parts if v > 0]
     total = v_users + sum(v for v, _ in parts)
     diff = float(d.mean())
@@ -299,7 +304,7 @@ def users_and_seeds(sa: Stat, sb: Stat, ua: np.ndarray, ub: np.ndarray, seeds: t
         p = t_pvalue(diff / math.sqrt(total), df)
         half = t_quantile(df) * math.sqrt(total)
     c = Comparison(sa, sb, p, USERS_AND_SEEDS, n_users=len(d), seeds=seeds, diff_ci=[diff - half, diff + half],
-                   df=df, noise=(na,) if na is nb else (na, nb))
+                   df=df, noise=noises)
     if c.p_value is None:
         c.test, c.reason = "", NOT_FINITE
     return c
