@@ -164,6 +164,9 @@ def test_zero_shot_is_tested_against_every_seed_of_the_trained_configuration(tin
     chosen = 16 if "3 seeds)" in t["baseline"] else 8
     assert t["baseline"].endswith(f"; {len(folders[chosen])} seeds)")
     assert t["test"].startswith("t-test over users and seeds (the zero-shot run has no training seed")
+    # the most seeds a group has are the plan here (no experiment.json): a configuration of fewer is provisional
+    answer = (runs / "report" / "report.md").read_text().split("**How far is zero-shot prompting")[1]
+    assert ("** (provisional: on 2 of 3 seeds)" in answer) == (chosen == 8)
 
     users, own = np.load(runs / "zs" / "per_user_test.npy")[[0, json.loads(
         (runs / "zs" / "results.json").read_text())["per_user_columns"].index("ndcg@10")]]

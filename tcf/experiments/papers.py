@@ -31,7 +31,7 @@ from tcf.experiments.answers import (
     select,
     signed,
 )
-from tcf.experiments.rescore import CHECKPOINTS_FIXED, ONE_CHECKPOINT, zs_evidence
+from tcf.experiments.rescore import CHECKPOINTS_FIXED, ONE_CHECKPOINT, zs_evidence, zs_provisional
 from tcf.experiments.results import Group
 from tcf.experiments.stats import Comparison, compare, holm_family
 
@@ -157,7 +157,9 @@ def _from_zeroshot(zs: list[dict], claim: Claim) -> list[Measured]:
             if not t["baseline"].startswith(want) or t["p_value"] is None:
                 continue
             what = f"{row['model']} ({row['protocol']}) vs {t['label']}"
-            out.append(Measured(what, t["diff"], bool(t["significant"]), zs_evidence(t), t.get("ci95"),
+            provisional = zs_provisional(t).strip(" ()")
+            out.append(Measured(what, t["diff"], bool(t["significant"]),
+                                zs_evidence(t) + (f"; {provisional}" if provisional else ""), t.get("ci95"),
                                 one_checkpoint=ONE_CHECKPOINT in (t.get("test") or ""),
                                 fixed=CHECKPOINTS_FIXED in (t.get("test") or "")))
     return out

@@ -27,7 +27,7 @@ from tcf.experiments.answers import (
     signed,
 )
 from tcf.experiments.derived import derived
-from tcf.experiments.rescore import metric_mean, zs_evidence
+from tcf.experiments.rescore import metric_mean, zs_evidence, zs_provisional
 from tcf.experiments.results import Group, RunResult, Stat, planned_ids
 
 # ---------------------------------------------------------------- zero-shot answers
@@ -38,13 +38,13 @@ def _zs_clause(t: dict) -> str:
     where = " on the same candidates" if t["baseline"].startswith("trained") else ""
     head = f"against {label}{where} {b:.4f}: " if b is not None else f"against {label}{where}: "
     if t["p_value"] is None:
-        return head + f"{t['no_test']} — **no clear difference from {label}**"
+        return head + f"{t['no_test']} — **no clear difference from {label}**{zs_provisional(t)}"
     ci = t["ci95"]
     ci = f" [{signed(ci[0])}, {signed(ci[1])}]" if ci and None not in ci and all(map(math.isfinite, ci)) else ""
     evidence = zs_evidence(t)
     verdict = (f"no clear difference from {label}" if not t["significant"]
                else f"{'above' if t['diff'] > 0 else 'below'} {label}")
-    return head + f"{signed(t['diff'])}{ci} ({evidence}) — **{verdict}**"
+    return head + f"{signed(t['diff'])}{ci} ({evidence}) — **{verdict}**{zs_provisional(t)}"
 
 
 def answer_zeroshot(rows: list[dict], s: ReportSettings) -> list[str]:

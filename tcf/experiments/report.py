@@ -79,7 +79,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
     runs = [r for r in runs if out not in r.folder.parents and r.folder != out]
     runs, failed, foreign = _in_plan(plan, runs, failed)
     trained = group_runs([r for r in runs if r.task == "train"])
-    zs = zeroshot_rows(runs, trained, s)
+    zs = zeroshot_rows(runs, trained, s, planned_seeds(plan))
     title = s.title or f"{plan.get('name') or runs_dir.name}: {len(runs)} run(s)"
     out.mkdir(parents=True, exist_ok=True)
     figures = {name: fn(data, s, out / f"{name}.png", title) if data else False

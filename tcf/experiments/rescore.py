@@ -25,9 +25,12 @@ from tcf.experiments.results import HEAD_NAMES, TOWER_NAMES, Group, RunResult, S
 from tcf.experiments.stats import PAIRED, PAIRED_RESAMPLES, USERS_AND_SEEDS, _seed_tables, users_and_seeds
 
 
-def zeroshot_rows(runs: list[RunResult], trained: list[Group], s: ReportSettings) -> list[dict]:
+def zeroshot_rows(runs: list[RunResult], trained: list[Group], s: ReportSettings,
+                  planned: int | None = None) -> list[dict]:
     """One row per zero-shot run: its metrics, compliance, and the baselines on its own candidate lists
-    (popularity and random from the run; the best trained model of each head, scored here)."""
+    (popularity and random from the run; the best trained model of each head, scored here).  ``planned``: the
+    seeds experiment.json plans (else the most any trained group has); a test against fewer is provisional."""
+    planned = planned or max((len(g.runs) for g in trained), default=1)
     rows = []
     for r in runs:
         if r.task != "zeroshot":
@@ -43,7 +46,7 @@ def zeroshot_rows(runs: list[RunResult], trained: list[Group], s: ReportSettings
         row["ci95"] = (split.get("metrics", {}).get(s.metrics[0]) or {}).get("ci95")
         scored = trained_on_candidates(r, trained, s, notes=row["notes"])
         row["baselines"].update({name: v["metrics"] for name, v in scored.items()})
-        row["tests"] = zeroshot_tests(r, row, scored, s)
+        row["tests"] = zeroshot_tests(r, row, scored, s, planned)
         rows.append(row)
     return rows
 
@@ -311,10 +314,17 @@ def zs_evidence(t: dict) -> str:
     return text
 
 
-def zeroshot_tests(run: RunResult, row: dict, scored: dict, s: ReportSettings) -> list[dict]:
+def zs_provisional(t: dict) -> str:
+    """" (provisional: on 2 of 3 seeds)" for a test against a trained configuration with fewer seeds scored
+    than planned; "" otherwise."""
+    k, planned = t.get("seeds"), t.get("planned")
+    return f" (provisional: on {k} of {planned} seeds)" if k and planned and k < planned else ""
+
+
+def zeroshot_tests(run: RunResult, row: dict, scored: dict, s: ReportSettings, planned: int = 1) -> list[dict]:
     """One Holm family per zero-shot run: paired tests over its users against random (each user's exact
-    expectation), popularity (the run's own stored test, else re-scored) and each trained model on the same
-    candidate lists."""
+    expectation), popularity (the run's own stored test, else re-scored) and each trained configuration on the
+    same candidate lists (its ``seeds`` scored, of ``planned``: fewer make the verdict provisional)."""
     m, tests = s.metrics[0], []
     own = run.per_user(m, s.split)
     rand = metric_mean(row["baselines"].get("random", {}), m)
@@ -337,6 +347,7 @@ def zeroshot_tests(run: RunResult, row: dict, scored: dict, s: ReportSettings) -
             else:
                 tests.append(_paired_zs(name, f"the {name}", own, v["users"], v["per_user"][m], b_mean,
                                         trained=len(v.get("seeds") or [0])))
+            tests[-1].update(seeds=len(v.get("seeds") or [0]), planned=planned)
     adjusted = holm([t["p_value"] for t in tests])
     family = sum(p is not None for p in adjusted)
     for t, p in zip(tests, adjusted):
