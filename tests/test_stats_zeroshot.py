@@ -161,8 +161,13 @@ def test_zero_shot_is_tested_against_every_seed_of_the_trained_configuration(tin
     trained = [t for t in report["zeroshot"][0]["tests"] if t["baseline"].startswith("trained")]
     assert len(trained) == 1 and "; " in trained[0]["baseline"]
     t = trained[0]
-    chosen = 16 if "3 seeds)" in t["baseline"] else 8
-    assert t["baseline"].endswith(f"; {len(folders[chosen])} seeds)")
+    chosen = 16 if "3 seeds" in t["baseline"] else 8
+    # chosen on validation, on the seeds both configurations have (2020, 2021), before any test list is seen
+    valid = {dim: np.mean([json.loads((f / "results.json").read_text())["metrics"]["valid"]["metrics"]["ndcg@10"]["mean"]
+                           for f in fs[:2]]) for dim, fs in folders.items()}
+    assert chosen == max(valid, key=valid.get)
+    assert "; chosen on seeds 2020, 2021, which all have)" in t["baseline"]
+    assert f"; {len(folders[chosen])} seeds; chosen on" in t["baseline"]
     assert t["test"].startswith("t-test over users and seeds (the zero-shot run has no training seed")
     # the most seeds a group has are the plan here (no experiment.json): a configuration of fewer is provisional
     answer = (runs / "report" / "report.md").read_text().split("**How far is zero-shot prompting")[1]
@@ -199,6 +204,11 @@ def test_zero_shot_is_tested_against_every_seed_of_the_trained_configuration(tin
     df = total ** 2 / sum(v ** 2 / k_ for v, k_ in parts)
     assert t["diff"] == pytest.approx(d.mean())
     assert t["p_value"] == pytest.approx(t_pvalue(d.mean() / math.sqrt(total), df), rel=1e-6)
+    assert t["df"] == pytest.approx(df)
+    from tcf.experiments.stats import t_quantile
+
+    half = t_quantile(df) * math.sqrt(total)
+    assert t["ci95"] == pytest.approx([d.mean() - half, d.mean() + half])
 
     # the scores are stored with the zero-shot run: without any checkpoint the report is the same
     before = (runs / "report" / "report.md").read_text()
@@ -207,3 +217,12 @@ def test_zero_shot_is_tested_against_every_seed_of_the_trained_configuration(tin
             shutil.rmtree(f / "checkpoints")
     write_report(runs)
     assert (runs / "report" / "report.md").read_text() == before
+
+    # one configuration of 3 seeds alone: its seed noise rests on 2 deviations, too few to test with (as for any
+    # comparison in the report): the line and the papers table say "not testable", never "no clear difference"
+    for f in folders[8]:
+        shutil.rmtree(f)
+    md = write_report(runs).read_text()
+    answer = md.split("**How far is zero-shot prompting")[1].split("## ")[0]
+    assert "rests on 2 seed deviations" in answer and "— **not testable**" in answer
+    assert "no clear difference from the trained" not in answer

@@ -519,7 +519,8 @@ def method_note(s: ReportSettings) -> str:
             "popularity by the paired permutation test over users; against the trained configuration of each head "
             "best on validation, every seed's checkpoint scored on the run's own candidate lists, by the same "
             "t-test over users and seeds with the seed noise measured on those lists (the same pools, each "
-            "configuration scored there too; the zero-shot run has no training seed). Each line names its test.")
+            "configuration with every seed scored there too, a configuration missing one left out; the zero-shot run "
+            "has no training seed). Each line names its test.")
     if s.split == SELECT_SPLIT:
         note += f" The report's split is the selection split: the selected towers' {s.split} numbers are optimistic."
     return note

@@ -25,11 +25,6 @@ def path_of(run_folder: str | Path, name: str) -> Path:
     return Path(run_folder) / FOLDER / f"{name}.json"
 
 
-def stored(run_folder: str | Path, name: str, key: dict) -> Any | None:
-    """The value stored under ``name`` for this ``key``, or None (none stored, another key, unreadable)."""
-    return derived(run_folder, name, key, None)
-
-
 def derived(run_folder: str | Path, name: str, key: dict, compute: Callable[[], Any] | None,
             compact: bool = False) -> Any | None:
     """``compute()`` when given (its inputs are here), stored under the run with ``key`` (on one line when
@@ -41,13 +36,26 @@ def derived(run_folder: str | Path, name: str, key: dict, compute: Callable[[], 
         text = json.dumps({"key": key, "value": value}, indent=None if compact else 1,
                           separators=(",", ":") if compact else None, sort_keys=True, allow_nan=True) + "\n"
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            old = _read(path)
+            same = json.dumps(old.get("value"), sort_keys=True) == json.dumps(json.loads(text)["value"], sort_keys=True)
+            if old.get("key") == key and not same:  # the same inputs gave another value: the deriving code changed
+                print(f"tcf report: {path}: computed anew from the same inputs, it differs from the value stored "
+                      "there; replaced")
             atomic_write_text(path, text)
         return value
     if not path.is_file():
         return None
+    stored = _read(path, loud=True)
+    return stored.get("value") if stored.get("key") == key else None
+
+
+def _read(path: Path, loud: bool = False) -> dict:
+    if not path.is_file():
+        return {}
     try:
         stored = json.loads(path.read_text(encoding="utf-8"))
+        return stored if isinstance(stored, dict) else {}
     except (OSError, json.JSONDecodeError) as e:
-        print(f"tcf report: {path} is unreadable ({type(e).__name__}); not used")
-        return None
-    return stored.get("value") if stored.get("key") == key else None
+        if loud:
+            print(f"tcf report: {path} is unreadable ({type(e).__name__}); not used")
+        return {}

@@ -154,9 +154,13 @@ def _from_zeroshot(zs: list[dict], claim: Claim) -> list[Measured]:
     out = []
     for row in zs:
         for t in row.get("tests", []):
-            if not t["baseline"].startswith(want) or t["p_value"] is None:
+            untestable = t["p_value"] is None and str(t.get("no_test", "")).startswith("not testable")
+            if not t["baseline"].startswith(want) or (t["p_value"] is None and not untestable):
                 continue
             what = f"{row['model']} ({row['protocol']}) vs {t['label']}"
+            if untestable:
+                out.append(Measured(what, t.get("diff") or 0.0, False, t["no_test"], None, untested="not testable"))
+                continue
             provisional = zs_provisional(t).strip(" ()")
             out.append(Measured(what, t["diff"], bool(t["significant"]),
                                 zs_evidence(t) + (f"; {provisional}" if provisional else ""), t.get("ci95"),

@@ -38,6 +38,9 @@ def _zs_clause(t: dict) -> str:
     where = " on the same candidates" if t["baseline"].startswith("trained") else ""
     head = f"against {label}{where} {b:.4f}: " if b is not None else f"against {label}{where}: "
     if t["p_value"] is None:
+        if t["no_test"].startswith("not testable"):
+            diff = f"{signed(t['diff'])} (" if t.get("diff") is not None else ""
+            return head + f"{diff}{t['no_test']}{')' if diff else ''} — **not testable**{zs_provisional(t)}"
         return head + f"{t['no_test']} — **no clear difference from {label}**{zs_provisional(t)}"
     ci = t["ci95"]
     ci = f" [{signed(ci[0])}, {signed(ci[1])}]" if ci and None not in ci and all(map(math.isfinite, ci)) else ""

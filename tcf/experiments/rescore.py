@@ -8,8 +8,8 @@ seeds, and tested by the report's t-test over users and seeds, its seed noise me
 (a seed's spread on a 20-item list is not its spread over the full catalogue, so it is not borrowed from the
 full-ranking pools; the same pools are scored here instead); the zero-shot run has no training seed.  A
 configuration of one seed is one checkpoint, tested as fixed, and the line says so.  One Holm–Bonferroni
-family per zero-shot run.  Scores are stored with the zero-shot run (derived/) and read back, so a report
-without checkpoints regenerates the same lines.
+family per zero-shot run.  Scores are stored with the zero-shot run (derived/) and read back where the
+checkpoints are gone, so a report without them regenerates the same lines.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from tcf.eval.metrics import holm, metrics_from_ranks, paired_test, target_ranks
-from tcf.experiments.answers import ReportSettings, extra_settings, select
-from tcf.experiments.derived import derived, stored
+from tcf.experiments.answers import ReportSettings, chosen_on, extra_settings, select
+from tcf.experiments.derived import derived
 from tcf.experiments.results import HEAD_NAMES, TOWER_NAMES, Group, RunResult, Stat, _seed_average
 from tcf.experiments.stats import PAIRED, PAIRED_RESAMPLES, USERS_AND_SEEDS, _seed_tables, users_and_seeds
 
@@ -92,8 +92,8 @@ def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings
         label = (f"trained {HEAD_NAMES.get(head, head)} ({TOWER_NAMES.get(best.first.tower, best.first.tower)}"
                  + (f", {best.first.encoder}" if best.first.encoder else "")
                  + (f", {extra}" if (extra := extra_settings(best)) else ""))  # the chosen setting, not only tower
-        one = len(best.runs) == 1
-        whole = label + (f"; seed {best.first.config.get('seed')})" if one else f"; {len(best.runs)} seeds)")
+        one, on = len(best.runs) == 1, chosen_on(same, m)  # on: "; chosen on seed 2020, which all have" or ""
+        whole = label + (f"; seed {best.first.config.get('seed')}" if one else f"; {len(best.runs)} seeds") + on + ")"
         if hard is not None and (h := next((r for r in best.runs if is_hard_run(r, hard)), None)) is not None:
             if notes is not None:
                 notes.append(f"{whole} not scored: {'it' if one else 'its seed ' + str(h.config.get('seed'))} is the "
@@ -109,7 +109,7 @@ def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings
             continue
         seeds = [str(r.config.get("seed")) for r in done]
         name = whole if len(done) == len(best.runs) else label + f"; {len(done)} of its {len(best.runs)} seeds: " \
-            f"{', '.join(seeds)})"
+            f"{', '.join(seeds)}{on})"
         first = got[str(done[0].folder)][0]
         avg = {k: _seed_average([(got[str(r.folder)][0]["users"], got[str(r.folder)][0]["per_user"].get(k))
                                  if k in got[str(r.folder)][0]["per_user"] else None for r in done])
@@ -126,10 +126,10 @@ def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings
 
 
 def _stored_score(zs: RunResult, run: RunResult, cand: dict) -> tuple[dict | None, str]:
-    """``score_on_candidates`` of ``run``'s best checkpoint on the zero-shot run's lists, as stored under the
-    zero-shot run (derived/) for the same run, checkpoint (as its record names it), lists and scorer; computed
-    and stored where none is and the checkpoint and the candidate file are here and are the ones the records
-    name; (None, why) when neither."""
+    """``score_on_candidates`` of ``run``'s best checkpoint on the zero-shot run's lists: computed (and stored
+    under the zero-shot run, derived/) where the checkpoint and the candidate file are here and are the ones the
+    records name, else what was stored for the same run, checkpoint (as its record names it), lists and scorer;
+    (None, why) when neither."""
     from tcf.encoders.zoo import file_hash
     from tcf.zeroshot.candidates import Candidates
     from tcf.zeroshot.candidates import key_hash as cand_key_hash
@@ -139,23 +139,21 @@ def _stored_score(zs: RunResult, run: RunResult, cand: dict) -> tuple[dict | Non
     key = {"trained_run": Path(run.folder).name, "checkpoint": recorded,
            "candidates": cand_key_hash(cand.get("key") or {}), "scorer": SCORER}
     name, compute, why = f"trained-{Path(run.folder).name}", None, ""
-    value = stored(zs.folder, name, key) if recorded else None  # a checkpoint without a hash: always re-scored
-    if value is None:
-        if not (path.is_file() and best.is_file()):
-            why = "its checkpoint or the candidate file is not here"
-        elif recorded and file_hash(best)[:16] != recorded:
-            why = f"{best} is not the checkpoint its results came from"
-        elif cand.get("key") and cand_key_hash(Candidates.load(path).key) != key["candidates"]:
-            why = f"{path} holds other lists than the run's"
-        else:
-            def compute():  # the target's rank on each list (items above it, ties): every metric follows
-                got = score_on_candidates(run, path, zs.config.get("zeroshot.split"))
-                return {"users": np.asarray(got["users"]).tolist(), "greater": np.asarray(got["greater"]).tolist(),
-                        "ties": np.asarray(got["ties"]).tolist()}
-        try:
-            value = derived(zs.folder, name, key, compute, compact=True)
-        except Exception as e:  # noqa: BLE001 - reported, not fatal, and never replaced by an older stored score
-            return None, f"re-scoring failed ({type(e).__name__}: {e})"
+    if not (path.is_file() and best.is_file()):
+        why = "its checkpoint or the candidate file is not here"
+    elif recorded and file_hash(best)[:16] != recorded:
+        why = f"{best} is not the checkpoint its results came from"
+    elif cand.get("key") and cand_key_hash(Candidates.load(path).key) != key["candidates"]:
+        why = f"{path} holds other lists than the run's"
+    else:  # the inputs are here: scored afresh, so a change in the scoring code or the lists shows (derived warns)
+        def compute():  # the target's rank on each list (items above it, ties): every metric follows
+            got = score_on_candidates(run, path, zs.config.get("zeroshot.split"))
+            return {"users": np.asarray(got["users"]).tolist(), "greater": np.asarray(got["greater"]).tolist(),
+                    "ties": np.asarray(got["ties"]).tolist()}
+    try:
+        value = derived(zs.folder, name, key, compute, compact=True)
+    except Exception as e:  # noqa: BLE001 - reported, not fatal, and never replaced by an older stored score
+        return None, f"re-scoring failed ({type(e).__name__}: {e})"
     if value is None:
         return None, why + " and no score is stored for them"
     per_user = metrics_from_ranks(value["greater"], value["ties"], ks=CAND_KS)
@@ -265,15 +263,19 @@ def _seeded_zs(name: str, label: str, own, v: dict, m: str, b_mean: float | None
     if isinstance(pair, str):
         return _zs_test(name, label, b_mean, None, None, None, "", pair)
     a, b = pair
-    k = len(v["seeds"])
+    k, n = len(v["seeds"]), v["noise"]
     c = users_and_seeds(Stat(float(a.mean()), None, None, 1, "users"), Stat(float(b.mean()), None, None, k, "users"),
-                        a, b, (1, k), None, v["noise"])
-    n = v["noise"]
+                        a, b, (1, k), None, n)
+    pool = f"{n.where}, {n.configs} configuration{'s' if n.configs > 1 else ''}"
+    sd = (f"seed sd on these lists {n.var ** 0.5:.4f} ({pool}, {n.df:.3g} df)" if n.var > 0 else
+          f"seed sd on these lists estimated at 0 ({pool}, {n.seed_df} seed deviations: their seed means spread no "
+          "more than the user-by-seed interaction gives), so the seed term drops out and the checkpoints are in "
+          "effect treated as fixed")
     test = (f"{USERS_AND_SEEDS} (the zero-shot run has no training seed; {len(a)} users, each user's trained value "
-            f"averaged over {k} seeds; seed sd on these lists {n.var ** 0.5:.4f} ({n.where}, {n.configs} "
-            f"configuration{'s' if n.configs > 1 else ''}, {n.df:.3g} df))")
-    return _zs_test(name, label, b_mean, c.diff if c.p_value is not None else None, c.diff_ci, c.p_value, test,
-                    c.reason)
+            f"averaged over {k} seeds; {sd}" + (f"; {c.df:.3g} df" if c.df is not None else "") + ")")
+    out = _zs_test(name, label, b_mean, c.diff if c.p_value is not None else None, c.diff_ci, c.p_value, test,
+                   c.reason)
+    return {**out, "df": c.df, **({"diff": c.diff} if c.reason.startswith("not testable") else {})}
 
 
 def pop_on_candidates(zs: RunResult) -> tuple[np.ndarray, dict] | None:
