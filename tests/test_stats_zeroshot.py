@@ -111,7 +111,7 @@ def test_popularity_is_tested_on_a_metric_the_run_did_not_test(tiny_dataset, tmp
     assert pop["test"] == "paired permutation test over users"
 
 
-def test_zero_shot_is_tested_against_every_seed_of_the_trained_configuration(tiny_dataset, tmp_path):
+def test_zero_shot_is_tested_against_every_seed_of_the_trained_configuration(tiny_dataset, tmp_path, monkeypatch):
     """A trained configuration of several seeds is scored on the candidate lists checkpoint by checkpoint, each
     user's value averaged over its seeds, and tested by the t-test over users and seeds with the seed noise
     measured on those same lists (two-way ANOVA over the head's multi-seed configurations, by hand here); the
@@ -210,8 +210,16 @@ def test_zero_shot_is_tested_against_every_seed_of_the_trained_configuration(tin
     half = t_quantile(df) * math.sqrt(total)
     assert t["ci95"] == pytest.approx([d.mean() - half, d.mean() + half])
 
-    # the scores are stored with the zero-shot run: without any checkpoint the report is the same
+    # the scores are stored with the zero-shot run: where re-scoring fails (a fine-tuned run's encoder not here)
+    # or no checkpoint is left, the report is the same
     before = (runs / "report" / "report.md").read_text()
+
+    def fails(*a, **k):
+        raise OSError("the encoder is not here")
+
+    with monkeypatch.context() as mp:
+        mp.setattr("tcf.experiments.rescore.score_on_candidates", fails)
+        assert write_report(runs).read_text() == before
     for fs in folders.values():
         for f in fs:
             shutil.rmtree(f / "checkpoints")

@@ -152,8 +152,10 @@ def _stored_score(zs: RunResult, run: RunResult, cand: dict) -> tuple[dict | Non
                     "ties": np.asarray(got["ties"]).tolist()}
     try:
         value = derived(zs.folder, name, key, compute, compact=True)
-    except Exception as e:  # noqa: BLE001 - reported, not fatal, and never replaced by an older stored score
-        return None, f"re-scoring failed ({type(e).__name__}: {e})"
+    except Exception as e:  # noqa: BLE001 - not fatal: the score stored for these very inputs, else reported
+        value = derived(zs.folder, name, key, None)  # e.g. the encoder a fine-tuned run needs is not here
+        if value is None:
+            return None, f"re-scoring failed ({type(e).__name__}: {e})"
     if value is None:
         return None, why + " and no score is stored for them"
     per_user = metrics_from_ranks(value["greater"], value["ties"], ks=CAND_KS)
