@@ -234,3 +234,31 @@ def test_zero_shot_is_tested_against_every_seed_of_the_trained_configuration(tin
     answer = md.split("**How far is zero-shot prompting")[1].split("## ")[0]
     assert "rests on 2 seed deviations" in answer and "— **not testable**" in answer
     assert "no clear difference from the trained" not in answer
+
+
+@pytest.mark.parametrize("sigma_b", [0.0, 0.02])
+def test_the_test_against_a_configuration_holds_its_level_with_a_fixed_zero_shot_side(sigma_b):
+    """Calibration, not a copy of the formula: a zero-shot run whose expected score equals the configuration's
+    (averaged over training seeds), the configuration's 3 seeds and 3 more configurations' scored on the same
+    lists (y_us = a_u + b_s + e_us), the zero-shot side with no seed term: about 5% of reps called different at
+    0.05; a t-test over users against one checkpoint, which treats it as fixed, calls many more once seeds matter."""
+    import math
+
+    from tcf.eval.metrics import t_pvalue
+    from tcf.experiments.results import Stat
+    from tcf.experiments.stats import noise_from_tables, users_and_seeds
+
+    rng = np.random.default_rng(5)
+    reps, users, new, one = 300, 200, 0, 0
+    for _ in range(reps):
+        a = rng.normal(0, 0.25, users)
+        tables = [0.7 + a + rng.normal(0, sigma_b, (3, 1)) + rng.normal(0, 0.1, (3, users)) for _ in range(4)]
+        z = 0.7 + a + rng.normal(0, 0.2, users)
+        c = users_and_seeds(Stat(0.0, None, None, 1, "users"), Stat(0.0, None, None, 3, "users"), z,
+                            tables[0].mean(0), (1, 3), None, noise_from_tables(tables, "pool"))
+        new += c.p_value < 0.05
+        d = z - tables[0][0]
+        one += t_pvalue(d.mean() / (d.std(ddof=1) / math.sqrt(users)), users - 1) < 0.05
+    assert 0.02 <= new / reps <= 0.09, new / reps
+    if sigma_b:
+        assert one / reps > 0.12, one / reps  # 0.20 here: four times the level
