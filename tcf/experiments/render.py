@@ -27,6 +27,7 @@ from tcf.experiments.answers import (
     signed,
 )
 from tcf.experiments.derived import derived
+from tcf.experiments.diagnostics import diagnostics
 from tcf.experiments.rescore import metric_mean, zs_evidence, zs_provisional
 from tcf.experiments.results import Group, RunResult, Stat, planned_ids
 
@@ -329,8 +330,10 @@ def markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s, cont
            "fallback where per-user records are missing: a t-based 95% CI over seed means, which reflects training "
            "randomness only, not which users were sampled.", ""]
     md += ["## Answers", "", method_note(s), ""]
-    if s.caveats:
-        md += ["Read the answers with these limits of the design:", "", *[f"- {c.strip()}" for c in s.caveats], ""]
+    computed = diagnostics(trained, s.metrics[0], s.split)  # measured on these runs, so never stale
+    if s.caveats or computed:
+        md += ["Read the answers with these limits of the design:", "",
+               *[f"- {c.strip()}" for c in [*s.caveats, *computed]], ""]
     answers = finding_answers(found, s)
     answers.append(("How far is zero-shot prompting from trained models?", answer_zeroshot(zs, s)))
     md += answer_lines(answers)
