@@ -14,13 +14,14 @@ from tcf.experiments.results import group_runs, load_runs
 
 
 def put(root: Path, name: str, history: list[float], *, seed=0, tower="id", valid=None, test=None,
-        patience=3, epochs=50) -> Path:
+        patience=5, epochs=50, head="sasrec", encoder=None) -> Path:
     folder = root / name
     folder.mkdir(parents=True)
     valid = max(history) if valid is None else valid
     test = valid if test is None else test
-    res = {"config": {"name": name, "seed": seed, "model": {"head": "sasrec", "tower": tower},
-                      "train": {"patience": patience, "epochs": epochs}},
+    res = {"config": {"name": name, "seed": seed, "model": {"head": head, "tower": tower},
+                      "train": {"patience": patience, "epochs": epochs},
+                      **({"encoder": {"model": encoder}} if encoder else {})},
            "metrics": {split: {"metrics": {"ndcg@10": {"mean": v, "ci95": [v - 0.01, v + 0.01]}}}
                        for split, v in (("valid", valid), ("test", test))},
            "history": [{"epoch": k + 1, "loss": 1.0, "valid_ndcg@10": v} for k, v in enumerate(history)]}
@@ -32,43 +33,61 @@ def runs_of(root: Path):
     return [r for r in load_runs(root)[0] if r.task == "train"]
 
 
-def test_the_longest_survived_plateau_and_what_leaving_it_gained(tmp_path):
-    # patience 3: epochs 3-4 without a better score (2 epochs: 1 from stopping), then better at 5 and 6;
-    # a tie is not better (the trainer's rule); the final 3 bad epochs are the stop, not a survived plateau
-    put(tmp_path, "a", [0.1, 0.2, 0.2, 0.15, 0.25, 0.3, 0.3, 0.3, 0.3])
-    put(tmp_path, "b", [0.1, 0.2, 0.3, 0.3, 0.3, 0.3])  # never a survived plateau
+def test_plateaus_survived_and_where_a_shorter_patience_would_have_stopped(tmp_path):
+    # patience 5: epochs 3-4 without a better score (a tie is not better: the trainer's rule), then better at 5
+    # and 6; the last 5 bad epochs are the stop, not a survived plateau.  A patience 3 shorter (2) would have
+    # stopped after epoch 4 at 0.2, 0.1 below the best; run b would have stopped on its last plateau, at its best
+    put(tmp_path, "a", [0.1, 0.2, 0.2, 0.15, 0.25, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3])
+    put(tmp_path, "b", [0.1, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3])
     a, b = sorted(runs_of(tmp_path), key=lambda r: r.folder.name)
     x = stopping(a)
-    assert (x.longest, x.at, x.margin, x.capped) == (2, (3, 4), 1, False)
-    assert abs(x.gain - 0.1) < 1e-12  # 0.3 best, 0.2 before the plateau
-    assert stopping(b).longest == 0
+    assert (x.longest, x.margin, x.capped, x.shorter[:2]) == (2, 3, False, (3, 4))
+    assert abs(x.shorter[2] - 0.1) < 1e-12
+    assert stopping(b).longest == 0 and stopping(b).shorter is None
     line = stopping_line([a, b])
-    assert "of 2 trained runs, 1 came within 3 epochs of stopping" in line
-    assert "`a` 1 epoch from stopping (epochs 3-4 without a better one), then +0.1000 to its best" in line
+    # a margin of exactly 3 counts as within 3, not within 2
+    assert "of 2 trained runs, 0 came within 1 epoch, 0 came within 2 epochs, 1 came within 3 epochs" in line
+    assert ("With a patience 3 epochs shorter, 1 would have stopped earlier, at a best validation score lower by "
+            "median 0.1000 (largest: `a` +0.1000 (stopped after epochs 3-4))") in line
     assert "every run was stopped by patience" in line
+
+
+def test_the_first_plateau_long_enough_is_where_a_shorter_patience_stops(tmp_path):
+    # patience 6 (shorter: 3): a 3-epoch plateau at 0.2 (epochs 3-5), later a 4-epoch one at 0.3 (7-10): the
+    # shorter patience stops at the first, missing 0.4 - 0.2, not at the longest
+    put(tmp_path, "c", [0.1, 0.2, 0.2, 0.2, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3, 0.4] + [0.4] * 6, patience=6)
+    x = stopping(runs_of(tmp_path)[0])
+    assert x.longest == 4 and x.shorter[:2] == (3, 5) and abs(x.shorter[2] - 0.2) < 1e-12
 
 
 def test_a_run_cut_off_by_train_epochs_is_named_as_not_converged(tmp_path):
     put(tmp_path, "capped", [0.1, 0.2, 0.3, 0.4], epochs=4)
-    put(tmp_path, "stopped", [0.1, 0.2, 0.2, 0.2, 0.2], epochs=5)  # 3 bad epochs at the end: patience stopped it
+    put(tmp_path, "stopped", [0.1, 0.2] + [0.2] * 5, epochs=50)
     line = stopping_line(runs_of(tmp_path))
     assert "1 ended at train.epochs before patience stopped them, so are not converged" in line
     assert "`capped`" in line and "`stopped`" not in line.split("not converged")[1]
 
 
-def test_seed_luck_is_the_correlation_of_seed_deviations_across_valid_and_test(tmp_path):
+def test_seed_luck_is_the_relation_of_seed_deviations_across_valid_and_test(tmp_path):
     rng = np.random.default_rng(0)
     dv_all, dt_all = [], []
-    for tower, base in (("id", 0.3), ("frozen", 0.2)):
-        v = base + rng.normal(0, 0.01, 3)
+    for c in range(5):  # 5 configurations x 3 seeds: 10 deviations
+        v = 0.2 + 0.02 * c + rng.normal(0, 0.01, 3)
         t = v - 0.05 + rng.normal(0, 0.004, 3)
         for k in range(3):
-            put(tmp_path, f"{tower}-s{k}", [v[k]], seed=k, tower=tower, valid=float(v[k]), test=float(t[k]))
+            put(tmp_path, f"c{c}-s{k}", [v[k]], seed=k, tower="frozen" if c else "id", encoder=f"m{c}" if c else None,
+                valid=float(v[k]), test=float(t[k]))
         dv_all += list(v - v.mean())
         dt_all += list(t - t.mean())
-    r, df, k = seed_luck(group_runs(runs_of(tmp_path)), "ndcg@10", "test")["sasrec"]
-    assert (df, k) == (4, 2)
+    for k in range(3):  # another head with 2 deviations only: too few to tell
+        put(tmp_path, f"dssm-s{k}", [0.1 + 0.01 * k], seed=k, head="dssm", valid=0.1 + 0.01 * k, test=0.1 - 0.01 * k)
+    luck = seed_luck(group_runs(runs_of(tmp_path)), "ndcg@10", "test")
+    r, slope, df, k = luck["sasrec"]
+    dv_all, dt_all = np.array(dv_all), np.array(dt_all)
+    assert (df, k) == (10, 5)
     assert abs(r - np.corrcoef(dv_all, dt_all)[0, 1]) < 1e-12 and r > 0.5
+    assert abs(slope - np.polyfit(dv_all, dt_all, 1)[0]) < 1e-9  # deviations have mean 0: through 0 is the fit
     md = write_report(tmp_path).read_text()
-    assert "- Selection luck (computed): " in md and f"SASRec r = {r:.2f} (4 seed deviations of 2 configurations)" in md
-    assert "- Early stopping (computed from each run's per-epoch validation ndcg@10; patience 3)" in md
+    assert f"SASRec r = {r:.2f}, slope {slope:.2f} (10 seed deviations of 5 configurations)" in md
+    assert "DSSM: too few to tell (2 seed deviations of 1 configuration)" in md
+    assert "- Early stopping (computed from each run's per-epoch validation ndcg@10; patience 5)" in md

@@ -12,7 +12,7 @@ import numpy as np
 
 from tcf.experiments.results import HEAD_NAMES, Group, RunResult
 
-NEAR = 3  # a plateau that ended within this many epochs of the patience limit is reported as a near stop
+NEAR = 3  # the shorter patience asked about: the study's less this many epochs
 
 
 @dataclass
@@ -20,9 +20,9 @@ class Stopping:
     run: RunResult
     patience: int
     longest: int  # the longest run of epochs without a better validation score that a better one then ended
-    at: tuple[int, int] | None  # its first and last epoch
     capped: bool  # ended at train.epochs before patience stopped it
-    gain: float = 0.0  # the run's best validation score less its best before that plateau: what a stop there cost
+    shorter: tuple[int, int, float] | None = None  # patience - NEAR would have stopped it: (first, last epoch of
+    # that plateau, the run's best validation score less its best then), None when it would not have
 
     @property
     def margin(self) -> int:
@@ -32,23 +32,30 @@ class Stopping:
 
 def stopping(run: RunResult) -> Stopping | None:
     """The run's early-stopping history (the validation score its trainer monitored, ``valid_*`` in each epoch's
-    record): its longest survived plateau, and whether train.epochs ended it."""
+    record, better only when strictly so): its longest survived plateau, whether train.epochs ended it, and
+    where a patience NEAR epochs shorter would have stopped it (the first plateau that long, as the trainer,
+    which replays the same epochs under the same seed, would have met it).  None without a usable history."""
     history = run.record.to_dict().get("history") or []
     patience, cap = run.config.get("train.patience"), run.config.get("train.epochs")
     key = next((k for k in (history[0] if history else {}) if k.startswith("valid_")), None)
     values = [h.get(key) for h in history] if key else []
-    if not values or patience is None or any(not isinstance(v, (int, float)) for v in values):
+    if not values or patience is None or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
         return None
-    best, bad, longest, at, level = -math.inf, 0, 0, None, None
+    short = int(patience) - NEAR
+    best, bad, longest, shorter = -math.inf, 0, 0, None
     for epoch, v in enumerate(values, 1):
         if v > best:  # the trainer's rule: strictly better
-            if bad > longest:
-                longest, at, level = bad, (epoch - bad, epoch - 1), best
+            longest = max(longest, bad)
             best, bad = v, 0
         else:
             bad += 1
+            if shorter is None and short >= 1 and bad == short:
+                shorter = (epoch - bad + 1, epoch, best)
     capped = cap is not None and len(values) >= int(cap) and bad < int(patience)
-    return Stopping(run, int(patience), longest, at, capped, best - level if level is not None else 0.0)
+    final = max(values)
+    if shorter is not None:  # stopped there: what it would have missed (0 where it never got better)
+        shorter = (shorter[0], shorter[1], final - shorter[2])
+    return Stopping(run, int(patience), longest, capped, shorter if shorter and shorter[2] > 0 else None)
 
 
 def stopping_line(runs: list[RunResult]) -> str | None:
@@ -58,18 +65,21 @@ def stopping_line(runs: list[RunResult]) -> str | None:
     patience = sorted({x.patience for x in found})
     monitored = sorted({k[len("valid_"):] for x in found for k in (x.run.record.to_dict()["history"][0])
                         if k.startswith("valid_")})
-    near = sorted((x for x in found if x.margin <= NEAR and x.longest), key=lambda x: (-x.gain, x.run.folder.name))
     capped = [x for x in found if x.capped]
     text = (f"Early stopping (computed from each run's per-epoch validation {', '.join(monitored)}; patience "
-            f"{', '.join(map(str, patience))}): of {len(found)} trained runs, {len(near)} came within {NEAR} epochs "
-            "of stopping on a plateau they later left")
-    if near:
-        shown = "; ".join(f"`{x.run.folder.name}` {x.margin} epoch{'s' if x.margin != 1 else ''} from stopping "
-                          f"(epochs {x.at[0]}-{x.at[1]} without a better one), then {x.gain:+.4f} to its best"
-                          for x in near[:5])
-        text += (f", so with a shorter patience they would have stopped below their best (largest gains after the "
-                 f"plateau first: {shown}{f'; and {len(near) - 5} more' if len(near) > 5 else ''}); a longer "
-                 "patience might have found more in the runs it did stop")
+            f"{', '.join(map(str, patience))}): of {len(found)} trained runs")
+    within = [sum(1 for x in found if x.longest and x.margin <= k) for k in range(1, NEAR + 1)]
+    cut = sorted((x for x in found if x.shorter), key=lambda x: (-x.shorter[2], x.run.folder.name))
+    if min(patience) > NEAR:
+        text += (", " + ", ".join(f"{n} came within {k} epoch{'s' if k > 1 else ''}" for k, n in
+                                  enumerate(within, 1)) + " of stopping on a plateau they later left")
+        if cut:
+            costs = np.array([x.shorter[2] for x in cut])
+            shown = "; ".join(f"`{x.run.folder.name}` {x.shorter[2]:+.4f} (stopped after epochs {x.shorter[0]}-"
+                              f"{x.shorter[1]})" for x in cut[:3])
+            text += (f". With a patience {NEAR} epochs shorter, {len(cut)} would have stopped earlier, at a best "
+                     f"validation score lower by median {np.median(costs):.4f} (largest: {shown}); a lower best "
+                     "validation score, which need not mean a lower test score")
     text += (f"; {len(capped)} ended at train.epochs before patience stopped them, so are not converged by the "
              f"study's rule ({', '.join(f'`{x.run.folder.name}`' for x in capped[:5])}"
              f"{f' and {len(capped) - 5} more' if len(capped) > 5 else ''})" if capped
@@ -77,10 +87,13 @@ def stopping_line(runs: list[RunResult]) -> str | None:
     return text + "."
 
 
+MIN_LUCK_DEVIATIONS = 8  # fewer: r's 95% interval spans most of [-1, 1]; said as too few to tell
+
+
 def seed_luck(groups: list[Group], metric: str, split: str) -> dict[str, tuple[float, int, int]]:
-    """Per head: Pearson's r between a seed's deviation from its configuration's mean on validation and on
-    ``split``, over the configurations with 2+ seeds -> {head: (r, seed deviations (seeds - 1 summed),
-    configurations)}; a head with fewer than 3 deviations is left out."""
+    """Per head: Pearson's r and the least-squares slope (through 0) of a seed's deviation from its
+    configuration's mean on ``split`` against its deviation on validation, over the configurations with 2+ seeds
+    -> {head: (r, slope, seed deviations (seeds - 1 summed), configurations)}."""
     out: dict[str, tuple[list, list, int, int]] = {}
     for g in groups:
         pairs = [(v[0], t[0]) for r in g.runs
@@ -95,9 +108,9 @@ def seed_luck(groups: list[Group], metric: str, split: str) -> dict[str, tuple[f
     result = {}
     for head, (dv, dt, df, k) in out.items():
         dv, dt = np.asarray(dv), np.asarray(dt)
-        if df < 3 or dv.std() == 0 or dt.std() == 0:
+        if dv.std() == 0 or dt.std() == 0:
             continue
-        result[head] = (float(np.corrcoef(dv, dt)[0, 1]), df, k)
+        result[head] = (float(np.corrcoef(dv, dt)[0, 1]), float((dv @ dt) / (dv @ dv)), df, k)
     return result
 
 
@@ -105,11 +118,20 @@ def seed_luck_line(groups: list[Group], metric: str, split: str) -> str | None:
     luck = seed_luck(groups, metric, split)
     if not luck:
         return None
-    parts = ", ".join(f"{HEAD_NAMES.get(h, h)} r = {r:.2f} ({df} seed deviations of {k} configurations)"
-                      for h, (r, df, k) in sorted(luck.items()))
-    return (f"Selection luck (computed): a seed's deviation from its configuration's mean valid {metric} and its "
-            f"deviation on {split} correlate: {parts}. Where r is high, a tower chosen on validation carries its "
-            f"seeds' luck into its {split} number, which is then optimistic by part of it.")
+
+    def part(h, r, slope, df, k):
+        name = HEAD_NAMES.get(h, h)
+        of = f"{df} seed deviation{'s' if df != 1 else ''} of {k} configuration{'s' if k != 1 else ''}"
+        if df < MIN_LUCK_DEVIATIONS:
+            return f"{name}: too few to tell ({of})"
+        return f"{name} r = {r:.2f}, slope {slope:.2f} ({of})"
+
+    parts = "; ".join(part(h, *v) for h, v in sorted(luck.items()))
+    return (f"Selection luck (computed): a seed's deviation from its configuration's mean valid {metric} against "
+            f"its deviation on {split} (the slope: the share of a validation deviation seen again on {split}): "
+            f"{parts}. Where the slope is high, a tower chosen on validation over close rivals carries part of its "
+            f"seeds' luck into its {split} number, which can then be optimistic as an estimate of its "
+            "configuration's.")
 
 
 def diagnostics(groups: list[Group], metric: str, split: str) -> list[str]:
