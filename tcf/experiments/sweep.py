@@ -538,6 +538,20 @@ def run_status(run: Run, folder: Path) -> str:
     return "not started"
 
 
+LEDGER = "sweep-log.jsonl"  # OUT/LEDGER: when each sitting of each run began and ended (the sweep's wall time)
+
+
+def _ledger(out: Path, **event) -> None:
+    """Append one event to OUT/sweep-log.jsonl (one short line in append mode: whole even beside other
+    processes).  A ledger that cannot be written never stops a run."""
+    event = {"at": time.time(), "pid": os.getpid(), **event}
+    try:
+        with open(out / LEDGER, "a", encoding="utf-8") as f:
+            f.write(json.dumps(event, sort_keys=True) + "\n")
+    except OSError:
+        pass
+
+
 def _run_one(run: Run, folder: Path, state: str, k: int, n: int, failed_extract: dict[str, str],
              summary: SweepSummary, progress: bool, log) -> None:
     if run.id in failed_extract:
@@ -545,15 +559,57 @@ def _run_one(run: Run, folder: Path, state: str, k: int, n: int, failed_extract:
         return
     resumed = getattr(run.config, "task", "train") == "train" and state == "resume"
     log(f"[{k}/{n}] {run.id}" + (" (resuming from its checkpoint)" if resumed else ""))
+    last = folder / "checkpoints" / "last.pt"  # a killed sitting ended by its last checkpoint, at most an epoch on
+    _ledger(folder.parent, run=run.id, event="start",
+            **({"checkpoint_at": last.stat().st_mtime} if resumed and last.is_file() else {}))
     t0 = time.perf_counter()
     try:
         results = execute(run, folder, progress=progress, resume=resumed)
     except Exception as e:  # noqa: BLE001 - record, continue, fail at the end
+        _ledger(folder.parent, run=run.id, event="end", state="failed")
         _record_failure(summary, run, folder, f"{type(e).__name__}: {e}", traceback.format_exc(), log)
         return
+    _ledger(folder.parent, run=run.id, event="end", state="done")
     (folder / "error.txt").unlink(missing_ok=True)
     summary.ran.append(run.id)
     log(f"  done in {time.perf_counter() - t0:.0f}s: {headline(results)}")
+
+
+def ledger_time(out: Path) -> dict | None:
+    """The sweep's wall time from OUT/sweep-log.jsonl: the union of the sittings' intervals (a run's start to its
+    end; a sitting killed without an end ends at the checkpoint its next sitting resumed from; one that never
+    resumed is left out and counted) -> {hours, sittings, open, since}; None without a ledger."""
+    path = out / LEDGER
+    if not path.is_file():
+        return None
+    events = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill mid-write
+    open_, spans, unended = {}, [], 0
+    for e in sorted(events, key=lambda e: e.get("at", 0)):
+        key = (e.get("run"), e.get("pid"))
+        if e.get("event") == "start":
+            for (run, pid), t0 in list(open_.items()):
+                if run == e.get("run"):  # its earlier sitting was killed: it ended by the checkpoint resumed from
+                    del open_[(run, pid)]
+                    if e.get("checkpoint_at") and e["checkpoint_at"] > t0:
+                        spans.append((t0, e["checkpoint_at"]))
+                    else:
+                        unended += 1
+            open_[key] = e["at"]
+        elif e.get("event") == "end" and key in open_:
+            spans.append((open_.pop(key), e["at"]))
+    unended += len(open_)  # still running, or killed and not resumed yet
+    total, end = 0.0, -float("inf")
+    for s, f in sorted(spans):
+        if f > end:
+            total += f - max(s, end)
+            end = f
+    return {"hours": total / 3600, "sittings": len(spans), "open": unended,
+            "since": min((e["at"] for e in events if "at" in e), default=None)}
 
 
 def _record_failure(summary: SweepSummary, run: Run, folder: Path, reason: str, tb: str | None, log) -> None:
