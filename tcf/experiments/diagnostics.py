@@ -21,6 +21,7 @@ class Stopping:
     patience: int
     longest: int  # the longest run of epochs without a better validation score that a better one then ended
     capped: bool  # ended at train.epochs before patience stopped it
+    monitored: str  # the validation metric the trainer monitored
     shorter: tuple[int, int, float] | None = None  # patience - NEAR would have stopped it: (first, last epoch of
     # that plateau, the run's best validation score less its best then), None when it would not have
 
@@ -55,7 +56,8 @@ def stopping(run: RunResult) -> Stopping | None:
     final = max(values)
     if shorter is not None:  # stopped there: what it would have missed (0 where it never got better)
         shorter = (shorter[0], shorter[1], final - shorter[2])
-    return Stopping(run, int(patience), longest, capped, shorter if shorter and shorter[2] > 0 else None)
+    return Stopping(run, int(patience), longest, capped, key[len("valid_"):],
+                    shorter if shorter and shorter[2] > 0 else None)
 
 
 def stopping_line(runs: list[RunResult]) -> str | None:
@@ -63,8 +65,7 @@ def stopping_line(runs: list[RunResult]) -> str | None:
     if not found:
         return None
     patience = sorted({x.patience for x in found})
-    monitored = sorted({k[len("valid_"):] for x in found for k in (x.run.record.to_dict()["history"][0])
-                        if k.startswith("valid_")})
+    monitored = sorted({x.monitored for x in found})
     capped = [x for x in found if x.capped]
     text = (f"Early stopping (computed from each run's per-epoch validation {', '.join(monitored)}; patience "
             f"{', '.join(map(str, patience))}): of {len(found)} trained runs")

@@ -161,7 +161,7 @@ def _from_zeroshot(zs: list[dict], claim: Claim) -> list[Measured]:
             if untestable:
                 out.append(Measured(what, t.get("diff") or 0.0, False, t["no_test"], None, untested="not testable"))
                 continue
-            provisional = zs_provisional(t).strip(" ()")
+            provisional = zs_provisional(t)
             out.append(Measured(what, t["diff"], bool(t["significant"]),
                                 zs_evidence(t) + (f"; {provisional}" if provisional else ""), t.get("ci95"),
                                 one_checkpoint=ONE_CHECKPOINT in (t.get("test") or ""),

@@ -36,19 +36,20 @@ from tcf.experiments.results import Group, RunResult, Stat, planned_ids
 def _zs_clause(t: dict) -> str:
     """``against B b: diff [lo, hi] (test p, Holm p) — **verdict**``."""
     label, b = t["label"], t["b_mean"]
+    provisional = f" ({p})" if (p := zs_provisional(t)) else ""
     where = " on the same candidates" if t["baseline"].startswith("trained") else ""
     head = f"against {label}{where} {b:.4f}: " if b is not None else f"against {label}{where}: "
     if t["p_value"] is None:
         if t["no_test"].startswith("not testable"):
             diff = f"{signed(t['diff'])} (" if t.get("diff") is not None else ""
-            return head + f"{diff}{t['no_test']}{')' if diff else ''} — **not testable**{zs_provisional(t)}"
-        return head + f"{t['no_test']} — **no clear difference from {label}**{zs_provisional(t)}"
+            return head + f"{diff}{t['no_test']}{')' if diff else ''} — **not testable**{provisional}"
+        return head + f"{t['no_test']} — **no clear difference from {label}**{provisional}"
     ci = t["ci95"]
     ci = f" [{signed(ci[0])}, {signed(ci[1])}]" if ci and None not in ci and all(map(math.isfinite, ci)) else ""
     evidence = zs_evidence(t)
     verdict = (f"no clear difference from {label}" if not t["significant"]
                else f"{'above' if t['diff'] > 0 else 'below'} {label}")
-    return head + f"{signed(t['diff'])}{ci} ({evidence}) — **{verdict}**{zs_provisional(t)}"
+    return head + f"{signed(t['diff'])}{ci} ({evidence}) — **{verdict}**{provisional}"
 
 
 def answer_zeroshot(rows: list[dict], s: ReportSettings) -> list[str]:

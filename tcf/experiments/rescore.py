@@ -100,29 +100,31 @@ def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings
                              f"hard_run (`{h.folder.name}`) whose top items are the negatives, so its rank among them "
                              "is its full-catalogue rank")
             continue
-        got = {str(r.folder): score(r) for r in best.runs}
-        done = [r for r in best.runs if got[str(r.folder)][0] is not None]
+        done = [r for r in best.runs if score(r)[0] is not None]
         if notes is not None:
             notes.extend(f"{whole}{'' if one else ': its seed ' + str(r.config.get('seed'))} not scored on these "
-                         f"lists: {got[str(r.folder)][1]}" for r in best.runs if got[str(r.folder)][0] is None)
+                         f"lists: {score(r)[1]}" for r in best.runs if score(r)[0] is None)
         if not done:
             continue
         seeds = [str(r.config.get("seed")) for r in done]
         name = whole if len(done) == len(best.runs) else label + f"; {len(done)} of its {len(best.runs)} seeds: " \
             f"{', '.join(seeds)}{on})"
-        first = got[str(done[0].folder)][0]
-        avg = {k: _seed_average([(got[str(r.folder)][0]["users"], got[str(r.folder)][0]["per_user"].get(k))
-                                 if k in got[str(r.folder)][0]["per_user"] else None for r in done])
-               for k in first["per_user"]}
-        users = avg[m][0] if avg.get(m) is not None else first["users"]
         noise = None
         if len(done) > 1:
             pool = [g for g in same if hard is None or not any(is_hard_run(r, hard) for r in g.runs)]
             noise = _seed_tables(pool, head, best.first.tower, m, None, None, per_user)[1]
-        out[name] = {"metrics": {k: {"mean": float(v[1].mean())} for k, v in avg.items() if v is not None},
-                     "users": users, "per_user": {k: v[1] for k, v in avg.items() if v is not None},
-                     "seeds": seeds, "noise": noise}
+        out[name] = {**_seed_averaged([score(r)[0] for r in done], m), "seeds": seeds, "noise": noise}
     return out
+
+
+def _seed_averaged(scored: list[dict], m: str) -> dict:
+    """Several checkpoints' scores on the same lists -> {metrics, users, per_user}: each user's value averaged
+    over them (users in sorted order; ``m``'s users where a metric is missing somewhere)."""
+    avg = {k: _seed_average([(s["users"], s["per_user"][k]) if k in s["per_user"] else None for s in scored])
+           for k in scored[0]["per_user"]}
+    avg = {k: v for k, v in avg.items() if v is not None}
+    return {"metrics": {k: {"mean": float(v[1].mean())} for k, v in avg.items()},
+            "users": avg[m][0] if m in avg else scored[0]["users"], "per_user": {k: v[1] for k, v in avg.items()}}
 
 
 def _stored_score(zs: RunResult, run: RunResult, cand: dict) -> tuple[dict | None, str]:
@@ -319,10 +321,10 @@ def zs_evidence(t: dict) -> str:
 
 
 def zs_provisional(t: dict) -> str:
-    """" (provisional: on 2 of 3 seeds)" for a test against a trained configuration with fewer seeds scored
-    than planned; "" otherwise."""
+    """"provisional: on 2 of 3 seeds" for a test against a trained configuration with fewer seeds scored than
+    planned; "" otherwise."""
     k, planned = t.get("seeds"), t.get("planned")
-    return f" (provisional: on {k} of {planned} seeds)" if k and planned and k < planned else ""
+    return f"provisional: on {k} of {planned} seeds" if k and planned and k < planned else ""
 
 
 def zeroshot_tests(run: RunResult, row: dict, scored: dict, s: ReportSettings, planned: int = 1) -> list[dict]:
