@@ -355,17 +355,10 @@ def _sweep(args: argparse.Namespace, shard_of: tuple[int, int]):
             print(f"{k:4d} {run.id}  {state}")
         counts = Counter(s.split(":")[0].split(" (")[0].split(" after")[0] for s in states)
         print(f"{len(exp.runs)} run(s) in {out}: " + ", ".join(f"{n} {what}" for what, n in counts.most_common()))
-        from datetime import UTC, datetime
+        from tcf.experiments.sweep import ledger_summary
 
-        from tcf.experiments.sweep import LEDGER, ledger_time
-
-        spent = ledger_time(out)
-        if spent and spent["since"] is not None:
-            since = datetime.fromtimestamp(spent["since"], UTC).strftime("%Y-%m-%d %H:%M UTC")
-            print(f"wall time with a run in progress, from {out / LEDGER} (since {since}): {spent['hours']:.2f} h "
-                  f"over {spent['sittings']} sitting(s)" + (f"; {spent['open']} sitting(s) still running or killed "
-                                                             "without a checkpoint to date their end, not counted"
-                                                             if spent["open"] else ""))
+        if spent := ledger_summary(out):
+            print(spent)
         return exp, None
     return exp, run_sweep(exp, out, shard_of=shard_of, progress=not args.quiet, force=args.force,
                           only=getattr(args, "run", None), claim=getattr(args, "claim", False),

@@ -1,6 +1,6 @@
 """A sweep logs when each sitting of each run began and ended (OUT/sweep-log.jsonl), so a study run over many
 sittings and processes has a measured wall time: the union of its sittings, a killed one ending at the checkpoint
-its next sitting resumed from."""
+its next sitting resumed from or at its own last beat."""
 
 from __future__ import annotations
 
@@ -28,8 +28,43 @@ def test_the_wall_time_is_the_union_of_sittings_and_a_killed_one_ends_at_its_che
         {"at": 2000, "pid": 4, "run": "c", "event": "start"},  # still running: not counted, said
     ])
     got = ledger_time(tmp_path)
-    assert got["sittings"] == 3 and got["open"] == 1 and got["since"] == 0
+    assert got["sittings"] == 3 and got["open"] == 1 and got["open_unbeaten"] == 1 and got["unended"] == 0
+    assert got["since"] == 0
     assert abs(got["hours"] * 3600 - (400 + 200)) < 1e-9  # [0, 400] and [1000, 1200]
+
+
+def test_a_sitting_killed_with_its_machine_ends_at_its_last_beat(tmp_path):
+    write(tmp_path, [
+        {"at": 0, "pid": 1, "run": "a", "event": "start"},
+        {"at": 120, "pid": 1, "run": "a", "event": "beat"},
+        {"at": 240, "pid": 1, "run": "a", "event": "beat"},
+        # the machine is lost with its checkpoints: a starts again from scratch, no checkpoint_at
+        {"at": 5000, "pid": 2, "run": "a", "event": "start"},
+        {"at": 5120, "pid": 2, "run": "a", "event": "beat"},  # still running: counted to its last beat
+        {"at": 6000, "pid": 3, "run": "b", "event": "start"},  # no beat and no end: left out
+        {"at": 7000, "pid": 4, "run": "c", "event": "start"},
+        {"at": 9000, "pid": 5, "run": "c", "event": "start"},  # c's first sitting: killed, nothing to date it
+        {"at": 9100, "pid": 5, "run": "c", "event": "end", "state": "done"},
+        {"at": 9200, "pid": 9, "run": "a", "event": "beat"},  # another process's beat for a does not extend it
+    ])
+    got = ledger_time(tmp_path)
+    assert got["sittings"] == 3 and got["open"] == 2 and got["open_unbeaten"] == 1 and got["unended"] == 1
+    assert abs(got["hours"] * 3600 - (240 + 120 + 100)) < 1e-9
+
+
+def test_a_running_sitting_beats(tmp_path, monkeypatch):
+    import time
+
+    from tcf.experiments import sweep
+
+    monkeypatch.setattr(sweep, "BEAT_SECONDS", 0.01)
+    with sweep._Beat(tmp_path, "r"):
+        time.sleep(0.2)
+    beats = [json.loads(line) for line in (tmp_path / LEDGER).read_text().splitlines()]
+    assert len(beats) >= 2 and {(e["event"], e["run"]) for e in beats} == {("beat", "r")}
+    after = len(beats)
+    time.sleep(0.05)
+    assert len((tmp_path / LEDGER).read_text().splitlines()) == after  # it stops with the run
 
 
 def test_a_sweep_writes_its_ledger_and_status_reports_the_wall_time(tiny_dataset, tmp_path, capsys):
@@ -42,6 +77,23 @@ def test_a_sweep_writes_its_ledger_and_status_reports_the_wall_time(tiny_dataset
     events = [json.loads(line) for line in (out / LEDGER).read_text().splitlines()]
     assert [(e["event"], e.get("state")) for e in events] == [("start", None), ("end", "done")] * 2
     got = ledger_time(out)
-    assert got["sittings"] == 2 and got["open"] == 0 and got["hours"] > 0
+    assert got["sittings"] == 2 and got["open"] == 0 and got["unended"] == 0 and got["hours"] > 0
     assert main(["sweep", str(tmp_path / "e.yaml"), "--out", str(out), "--status"]) == 0
-    assert "wall time with a run in progress, from " in capsys.readouterr().out
+    assert "wall time of the runs in " in capsys.readouterr().out
+
+
+def test_the_report_reads_the_ledger_up_to_the_last_finished_run(tmp_path):
+    events = [
+        {"at": 0, "pid": 1, "run": "a", "event": "start"},
+        {"at": 50, "pid": 2, "run": "b", "event": "start"},
+        {"at": 100, "pid": 1, "run": "a", "event": "end", "state": "done"},
+    ]
+    write(tmp_path, events)
+    before = ledger_time(tmp_path, to_last_done=True)
+    assert abs(before["hours"] * 3600 - 100) < 1e-9 and before["runs_done"] == 1 and before["open"] == 1
+    write(tmp_path, [*events, {"at": 170, "pid": 2, "run": "b", "event": "beat"},
+                     {"at": 180, "pid": 1, "run": "c", "event": "start"}])
+    assert ledger_time(tmp_path, to_last_done=True) == before  # a running sweep's later lines change nothing
+    assert abs(ledger_time(tmp_path)["hours"] * 3600 - 170) < 1e-9
+    write(tmp_path, [{"at": 0, "pid": 1, "run": "a", "event": "start"}])
+    assert ledger_time(tmp_path, to_last_done=True)["since"] is None  # nothing finished yet: no wall time

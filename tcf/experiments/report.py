@@ -63,6 +63,7 @@ from tcf.experiments.rescore import (  # noqa: F401
 )
 from tcf.experiments.results import Group, RunResult, Stat, group_runs, load_runs, planned_ids
 from tcf.experiments.stats import PAIRED, WELCH, Z_FROM_CI, Comparison, compare, holm_family  # noqa: F401
+from tcf.experiments.sweep import LEDGER, ledger_notes, ledger_since, ledger_time
 from tcf.fsutil import atomic_write_text
 
 
@@ -87,7 +88,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
                                       ("zeroshot", plot_zeroshot, zs))}
     found = findings(trained, s, planned_seeds(plan))  # every test once, for the answers and report.json
     controls, control_records = _controls(s)
-    spent = cost(runs)
+    spent = {**cost(runs), **({"ledger": ledger} if (ledger := ledger_time(runs_dir, to_last_done=True)) else {})}
     md = markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s, controls)
     md[md.index("## Answers"):md.index("## Answers")] = [cost_line(spent), ""]
     md += run_accounting(plan, trained, zs, failed, foreign)
@@ -152,7 +153,18 @@ def cost_line(c: dict) -> str:
     return (f"Cost of the {c['runs']} finished runs, from their records: {c['train_seconds'] / 3600:.1f} h of "
             f"training epochs and {c['generate_seconds'] / 3600:.1f} h of zero-shot generation (summed over runs, "
             f"some of which ran side by side{again}); {c['wall_seconds_not_resumed'] / 3600:.1f} h of wall clock "
-            f"summed over the {c['runs_not_resumed']} runs never resumed{peak}.")
+            f"summed over the {c['runs_not_resumed']} runs never resumed{peak}." + _ledger_sentence(c.get("ledger")))
+
+
+def _ledger_sentence(spent: dict | None) -> str:
+    """The machine's wall time from the sweep's ledger (``sweep-log.jsonl``), where the sweep kept one."""
+    if not spent or spent.get("since") is None:
+        return ""
+    return (f" This machine's wall time from the sweep's ledger ({LEDGER}, begun {ledger_since(spent)}, so only "
+            f"for the runs that ran after it began; {spent['runs_done']} finished under it), up to the last run "
+            f"that finished: {spent['hours']:.1f} h, "
+            f"the union of {spent['sittings']} sittings over all processes"
+            + "".join(f"; {n}" for n in ledger_notes(spent)) + ".")
 
 
 def _controls(s: ReportSettings) -> tuple[list[str], list[dict]]:

@@ -27,10 +27,12 @@ import json
 import os
 import re
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -539,6 +541,7 @@ def run_status(run: Run, folder: Path) -> str:
 
 
 LEDGER = "sweep-log.jsonl"  # OUT/LEDGER: when each sitting of each run began and ended (the sweep's wall time)
+BEAT_SECONDS = 120.0  # a running sitting appends a "beat" this often: a sitting killed with its machine ends there
 
 
 def _ledger(out: Path, **event) -> None:
@@ -550,6 +553,27 @@ def _ledger(out: Path, **event) -> None:
             f.write(json.dumps(event, sort_keys=True) + "\n")
     except OSError:
         pass
+
+
+class _Beat:
+    """While a run trains, append a ``beat`` event to the ledger every BEAT_SECONDS (a daemon thread), so a
+    sitting killed with no checkpoint left to resume from (a machine lost between sessions) still has an end."""
+
+    def __init__(self, out: Path, run_id: str):
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, args=(out, run_id), daemon=True)
+
+    def _beat(self, out: Path, run_id: str) -> None:
+        while not self.stop.wait(BEAT_SECONDS):
+            _ledger(out, run=run_id, event="beat")
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
 
 
 def _run_one(run: Run, folder: Path, state: str, k: int, n: int, failed_extract: dict[str, str],
@@ -564,7 +588,8 @@ def _run_one(run: Run, folder: Path, state: str, k: int, n: int, failed_extract:
             **({"checkpoint_at": last.stat().st_mtime} if resumed and last.is_file() else {}))
     t0 = time.perf_counter()
     try:
-        results = execute(run, folder, progress=progress, resume=resumed)
+        with _Beat(folder.parent, run.id):
+            results = execute(run, folder, progress=progress, resume=resumed)
     except Exception as e:  # noqa: BLE001 - record, continue, fail at the end
         _ledger(folder.parent, run=run.id, event="end", state="failed")
         _record_failure(summary, run, folder, f"{type(e).__name__}: {e}", traceback.format_exc(), log)
@@ -575,10 +600,15 @@ def _run_one(run: Run, folder: Path, state: str, k: int, n: int, failed_extract:
     log(f"  done in {time.perf_counter() - t0:.0f}s: {headline(results)}")
 
 
-def ledger_time(out: Path) -> dict | None:
+def ledger_time(out: Path, to_last_done: bool = False) -> dict | None:
     """The sweep's wall time from OUT/sweep-log.jsonl: the union of the sittings' intervals (a run's start to its
-    end; a sitting killed without an end ends at the checkpoint its next sitting resumed from; one that never
-    resumed is left out and counted) -> {hours, sittings, open, since}; None without a ledger."""
+    end).  A sitting with no end (killed, or still running) ends at the later of the checkpoint its next sitting
+    resumed from and its own last beat; one with neither is left out and counted.  -> {hours, sittings, open,
+    open_unbeaten, unended, runs_done, since}: ``open`` sittings have not ended (still running, or killed and not resumed
+    yet), counted to their last beat (``open_unbeaten`` of them have none yet and are left out); ``unended``
+    killed sittings could not be dated and are left out; None without a ledger.  ``to_last_done`` reads only the
+    events up to the last run that finished (the report: a running sweep's later beats leave it unchanged, so
+    a report committed with its ledger regenerates the same)."""
     path = out / LEDGER
     if not path.is_file():
         return None
@@ -588,28 +618,69 @@ def ledger_time(out: Path) -> dict | None:
             events.append(json.loads(line))
         except json.JSONDecodeError:
             continue  # a line cut by a kill mid-write
-    open_, spans, unended = {}, [], 0
+    if to_last_done:
+        done = [e["at"] for e in events if e.get("event") == "end" and e.get("state") == "done" and "at" in e]
+        events = [e for e in events if e.get("at", 0) <= max(done, default=-float("inf"))]
+    open_, spans, unended = {}, [], 0  # open_: (run, pid) -> [start, last beat or None]
+
+    def close(start: float, end: float | None) -> None:
+        nonlocal unended
+        if end is not None and end > start:
+            spans.append((start, end))
+        else:
+            unended += 1
+
     for e in sorted(events, key=lambda e: e.get("at", 0)):
-        key = (e.get("run"), e.get("pid"))
-        if e.get("event") == "start":
-            for (run, pid), t0 in list(open_.items()):
-                if run == e.get("run"):  # its earlier sitting was killed: it ended by the checkpoint resumed from
+        key, kind = (e.get("run"), e.get("pid")), e.get("event")
+        if kind == "start":
+            for (run, pid), (t0, beat) in list(open_.items()):
+                if run == e.get("run"):  # its earlier sitting was killed: it ended by its checkpoint or last beat
                     del open_[(run, pid)]
-                    if e.get("checkpoint_at") and e["checkpoint_at"] > t0:
-                        spans.append((t0, e["checkpoint_at"]))
-                    else:
-                        unended += 1
-            open_[key] = e["at"]
-        elif e.get("event") == "end" and key in open_:
-            spans.append((open_.pop(key), e["at"]))
-    unended += len(open_)  # still running, or killed and not resumed yet
+                    close(t0, max(e.get("checkpoint_at") or 0, beat or 0) or None)
+            open_[key] = [e["at"], None]
+        elif kind == "beat" and key in open_:
+            open_[key][1] = e["at"]
+        elif kind == "end" and key in open_:
+            spans.append((open_.pop(key)[0], e["at"]))
+    still, killed = len(open_), unended
+    for t0, beat in open_.values():
+        close(t0, beat)
     total, end = 0.0, -float("inf")
     for s, f in sorted(spans):
         if f > end:
             total += f - max(s, end)
             end = f
-    return {"hours": total / 3600, "sittings": len(spans), "open": unended,
+    return {"hours": total / 3600, "sittings": len(spans), "open": still, "unended": killed,
+            "open_unbeaten": unended - killed,
+            "runs_done": len({e.get("run") for e in events if e.get("event") == "end" and e.get("state") == "done"}),
             "since": min((e["at"] for e in events if "at" in e), default=None)}
+
+
+def ledger_notes(spent: dict) -> list[str]:
+    """What a ledger's wall time leaves out (ledger_time's open and unended sittings), as clauses."""
+    notes = []
+    if spent["open"]:
+        notes.append(f"{spent['open']} sitting(s) not ended (still running, or killed and not resumed yet), "
+                     "counted to their last beat" + (f" ({spent['open_unbeaten']} with none yet, not counted)"
+                                                     if spent["open_unbeaten"] else ""))
+    if spent["unended"]:
+        notes.append(f"{spent['unended']} killed sitting(s) with no checkpoint or beat to date their end, "
+                     "not counted")
+    return notes
+
+
+def ledger_since(spent: dict) -> str:
+    return datetime.fromtimestamp(spent["since"], UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def ledger_summary(out: Path) -> str | None:
+    """One sentence on the sweep's wall time from its ledger (``tcf sweep --status``); None without a ledger."""
+    spent = ledger_time(out)
+    if not spent or spent["since"] is None:
+        return None
+    return (f"wall time of the runs in {out / LEDGER} (since {ledger_since(spent)}): {spent['hours']:.2f} h over "
+            f"{spent['sittings']} sitting(s), the union of their spans"
+            + "".join(f"; {n}" for n in ledger_notes(spent)))
 
 
 def _record_failure(summary: SweepSummary, run: Run, folder: Path, reason: str, tb: str | None, log) -> None:
