@@ -1,5 +1,6 @@
 """The report measures its own runs beside the answers: how close patience came to stopping a run on a plateau it
-later left (and runs train.epochs cut off), and how much of a seed's validation luck carries to test."""
+later left (and runs train.epochs cut off), how much of a seed's validation luck carries to test, and what the
+tests resting on a seed-noise estimate of 0 give with a non-zero one."""
 
 from __future__ import annotations
 
@@ -91,3 +92,38 @@ def test_seed_luck_is_the_relation_of_seed_deviations_across_valid_and_test(tmp_
     assert f"SASRec r = {r:.2f}, slope {slope:.2f} (10 seed deviations of 5 configurations)" in md
     assert "DSSM: too few to tell (2 seed deviations of 1 configuration)" in md
     assert "- Early stopping (computed from each run's per-epoch validation ndcg@10; patience 5)" in md
+
+
+def test_tests_on_a_zero_seed_noise_estimate_are_redone_with_the_largest_non_zero_one():
+    from types import SimpleNamespace
+
+    from tcf.experiments.diagnostics import zero_noise
+    from tcf.experiments.results import Stat
+    from tcf.experiments.stats import SeedNoise, holm_family, users_and_seeds
+
+    rng = np.random.default_rng(1)
+    zero = SeedNoise(0.0, 4.0, 2, 4, "LLM head ID")
+    small, large = SeedNoise(1e-5, 6.0, 3, 6, "DSSM frozen text"), SeedNoise(4e-4, 5.0, 3, 6, "SASRec frozen text")
+    st = Stat(0.1, 0.09, 0.11, 3, "users")
+
+    def test(na, nb, shift):
+        ua = rng.normal(0.1, 0.05, 400)
+        return users_and_seeds(st, st, ua + shift, ua + rng.normal(0, 0.02, 400), (3, 3), na, nb)
+
+    hit, peer = test(zero, large, 0.004), test(small, small, 0.01)  # one family: hit reads the zero estimate
+    other = test(large, large, 0.0)  # another family, no zero estimate
+    holm_family([hit, peer])
+    holm_family([other])
+    found = [SimpleNamespace(c=c) for c in (hit, peer, other)]
+    z = zero_noise(found, 0.05)
+    assert z["pools"] == ["LLM head ID"] and z["alt"] is large and len(z["tests"]) == 1
+    f, before, after = z["tests"][0]
+    assert f.c is hit and before == hit.p_holm
+    # the same test with the largest estimate on both sides (one per side: two parts), Holm over its family
+    from tcf.eval.metrics import holm
+    from tcf.experiments.stats import t_from_basis
+
+    basis = (hit.basis[0], hit.basis[1], hit.basis[2], ((large, 1, 3), (large, 1, 3)))
+    p = t_from_basis(basis)[0]
+    assert after == holm([p, peer.p_value])[0] and after > before
+    assert zero_noise([SimpleNamespace(c=other)], 0.05) is None  # nothing reads a zero estimate: no line

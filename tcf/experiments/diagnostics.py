@@ -1,6 +1,7 @@
 """What the report measures about its own runs, beside the answers: how close early stopping came to cutting a
-run short, and how much of a seed's luck on validation carries to test (which makes a tower chosen on
-validation optimistic on test).  Computed from the records, so the sentences never go stale as runs finish.
+run short, how much of a seed's luck on validation carries to test (which makes a tower chosen on
+validation optimistic on test), and what the verdicts resting on a seed-noise estimate of 0 would be with a
+non-zero one.  Computed from the records, so the sentences never go stale as runs finish.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tcf.eval.metrics import holm
 from tcf.experiments.results import HEAD_NAMES, Group, RunResult
+from tcf.experiments.stats import t_from_basis
 
 NEAR = 3  # the shorter patience asked about: the study's less this many epochs
 
@@ -135,7 +138,60 @@ def seed_luck_line(groups: list[Group], metric: str, split: str) -> str | None:
             "configuration's.")
 
 
-def diagnostics(groups: list[Group], metric: str, split: str) -> list[str]:
+def zero_noise(found: list, alpha: float) -> dict | None:
+    """The answers' t-tests over users and seeds that read a seed-noise pool estimated as 0 (its seed means spread
+    no more than the user-by-seed interaction alone gives, so the test treats those checkpoints as fixed), tested
+    again with the largest non-zero estimate among all the answers' tests in each such pool's place, each family
+    Holm-adjusted again -> {pools, alt, tests: [(finding, adjusted p as reported, with alt)]}; None when no test
+    reads a zero estimate.  ``found``: the report's Findings (``.c`` each comparison, Holm families set)."""
+    tested = [f for f in found if f.c.basis is not None and f.c.p_value is not None]
+    pools = {n.where: n for f in tested for n, _, _ in f.c.basis[3]}
+    hit = [f for f in tested if any(n.var == 0 for n, _, _ in f.c.basis[3])]
+    if not hit:
+        return None
+    alt = max((n for n in pools.values() if n.var > 0), key=lambda n: (n.var, n.where), default=None)
+    out = {"pools": sorted(w for w, n in pools.items() if n.var == 0), "alt": alt, "tests": []}
+    if alt is None:
+        return out
+    swap = {id(f.c): t_from_basis(f.c.basis, lambda n: (alt.var, alt.df) if n.var == 0 else (n.var, n.df))[0]
+            for f in hit}
+    for f in hit:
+        family = f.c.peers or [f.c]
+        adjusted = holm([swap.get(id(c), c.p_value) for c in family])
+        out["tests"].append((f, f.c.p_holm, adjusted[next(i for i, c in enumerate(family) if c is f.c)]))
+    return out
+
+
+def zero_noise_line(found: list, alpha: float) -> str | None:
+    z = zero_noise(found, alpha)
+    if z is None:
+        return None
+    from tcf.experiments.answers import labelled
+
+    pools = "; ".join(z["pools"])
+    text = (f"Seed noise estimated as 0 (computed): {len(z['tests']) if z['alt'] else 'some'} of the answers' tests "
+            f"read a seed-noise estimate of 0 ({pools}: the spread of its seed means is within what the user-by-seed "
+            "interaction alone gives), so they treat those checkpoints as fixed")
+    if z["alt"] is None:
+        return text + "; no test in this report has a non-zero estimate to put in its place."
+    alt = z["alt"]
+
+    def name(f) -> str:
+        ha, hb = (HEAD_NAMES.get(g.first.head, g.first.head) for g in (f.a, f.b))
+        cold = " (cold items)" if "on cold items" in f.before else ""
+        return f"{ha} {labelled(f.a)} vs {hb + ' ' if hb != ha else ''}{labelled(f.b)}{cold}"
+
+    flips = [(f, a, b) for f, a, b in z["tests"] if (a < alpha) != (b is not None and b < alpha)]
+    parts = "; ".join(f"{name(f)} {a:.2g} -> {b:.2g}" for f, a, b in z["tests"])
+    verdict = (f"{len(flips)} verdict{'s' if len(flips) != 1 else ''} would change ("
+               + "; ".join(name(f) for f, _, _ in flips) + ")" if flips else "no verdict would change")
+    return (text + f". With the largest non-zero estimate among the answers' tests in its place (sd "
+            f"{math.sqrt(alt.var):.4f}, {alt.where}, {alt.df:.3g} df), {verdict}; Holm-adjusted p as reported -> "
+            f"with it: {parts}.")
+
+
+def diagnostics(groups: list[Group], metric: str, split: str, found: list = (), alpha: float = 0.05) -> list[str]:
     """The report's computed caveats (markdown bullet texts)."""
     runs = [r for g in groups for r in g.runs]
-    return [x for x in (stopping_line(runs), seed_luck_line(groups, metric, split)) if x]
+    return [x for x in (stopping_line(runs), seed_luck_line(groups, metric, split), zero_noise_line(found, alpha))
+            if x]

@@ -39,6 +39,7 @@ from tcf.experiments.answers import (  # noqa: F401 - names code and tests impor
     params_text,
     scaling_series,
 )
+from tcf.experiments.diagnostics import zero_noise_line
 from tcf.experiments.render import (  # noqa: F401
     answer_lines,
     answer_zeroshot,
@@ -185,9 +186,10 @@ def _controls(s: ReportSettings) -> tuple[list[str], list[dict]]:
         found = findings(trained, cs, planned_seeds(plan))
         planned = len(planned_ids(plan) or [])
         done = f"{len(runs)} of {planned} planned runs finished" if planned else f"{len(runs)} runs"
+        caveats = [*cs.caveats, *([z] if (z := zero_noise_line(found, cs.alpha)) else [])]
         md += [f"### {cs.title or plan.get('name') or folder.name}", "",
                f"`{folder}` ({done}; its own report: `{folder}/report/report.md`).", "",
-               *(["Its caveats:", "", *[f"- {c.strip()}" for c in cs.caveats], ""] if cs.caveats else []),
+               *(["Its caveats:", "", *[f"- {c.strip()}" for c in caveats], ""] if caveats else []),
                *answer_lines(finding_answers(found, cs))]
         records.append({"path": str(folder), "runs": len(runs), "planned": planned,
                         "comparisons": [f.record(cs) for f in found]})

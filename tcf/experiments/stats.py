@@ -27,7 +27,7 @@ different kinds are not combined.  A statistic that is not finite is no test, ne
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -64,6 +64,10 @@ class Comparison:
     of_seeds: tuple[int, int] | None = None
     df: float | None = None  # degrees of freedom of the t-test over users and seeds
     noise: tuple | None = None  # the SeedNoise it read: one (both sides from one pool) or one per side
+    # the t-test's ingredients, to ask what another seed-noise estimate would have given (diagnostics):
+    # (mean paired difference, users' variance of it, users, ((SeedNoise, m, k): its part var * m / k, ...))
+    basis: tuple | None = field(default=None, repr=False, compare=False)
+    peers: list | None = field(default=None, repr=False, compare=False)  # its Holm family (holm_family)
 
     @property
     def diff(self) -> float:
@@ -290,24 +294,30 @@ def users_and_seeds(sa: Stat, sb: Stat, ua: np.ndarray, ub: np.ndarray, seeds: t
                           reason=f"not testable: the seed noise of {few[0].where} rests on {few[0].seed_df} seed "
                                  f"deviation{'s' if few[0].seed_df != 1 else ''} (a test needs {MIN_SEED_DF}: "
                                  "with fewer it called 7-8% of equal configurations different at 5%)")
-    v_users = float(d.var(ddof=1)) / len(d)
-    parts = ([(na.var * (na.factors[0] / seeds[0] + na.factors[1] / seeds[1]), na.df)] if na is nb
-             else [(n.var / k, n.df) for n, k in zip((na, nb), seeds) if n is not None])
-    parts = [(v, k) for v, k in parts if v > 0]
-    total = v_users + sum(v for v, _ in parts)
-    diff = float(d.mean())
-    if total == 0:  # every user's difference the same and no seed noise: nothing varies
-        p, df, half = (1.0 if diff == 0 else 0.0), None, 0.0
-    else:
-        den = v_users ** 2 / (len(d) - 1) + sum(v ** 2 / k for v, k in parts)
-        df = total ** 2 / den
-        p = t_pvalue(diff / math.sqrt(total), df)
-        half = t_quantile(df) * math.sqrt(total)
+    multipliers = ([(na, na.factors[0] / seeds[0] + na.factors[1] / seeds[1], 1)] if na is nb
+                   else [(n, 1, k) for n, k in zip((na, nb), seeds) if n is not None])
+    basis = (float(d.mean()), float(d.var(ddof=1)) / len(d), len(d), tuple(multipliers))
+    p, df, half = t_from_basis(basis)
+    diff = basis[0]
     c = Comparison(sa, sb, p, USERS_AND_SEEDS, n_users=len(d), seeds=seeds, diff_ci=[diff - half, diff + half],
-                   df=df, noise=noises)
+                   df=df, noise=noises, basis=basis)
     if c.p_value is None:
         c.test, c.reason = "", NOT_FINITE
     return c
+
+
+def t_from_basis(basis: tuple, noise_of=lambda n: (n.var, n.df)) -> tuple[float | None, float | None, float]:
+    """The t-test over users and seeds from its ingredients (Comparison.basis) -> (p, df, CI half-width);
+    ``noise_of(SeedNoise) -> (var, df)`` may put another estimate in a pool's place (diagnostics)."""
+    diff, v_users, n_users, multipliers = basis
+    parts = [(var * m / k, df) for n, m, k in multipliers for var, df in [noise_of(n)]]
+    parts = [(v, k) for v, k in parts if v > 0]
+    total = v_users + sum(v for v, _ in parts)
+    if total == 0:  # every user's difference the same and no seed noise: nothing varies
+        return (1.0 if diff == 0 else 0.0), None, 0.0
+    den = v_users ** 2 / (n_users - 1) + sum(v ** 2 / k for v, k in parts)
+    df = total ** 2 / den
+    return t_pvalue(diff / math.sqrt(total), df), df, t_quantile(df) * math.sqrt(total)
 
 
 def on_shared_seeds(a: Group, b: Group) -> tuple[Group, Group, tuple | None]:
@@ -402,7 +412,7 @@ def holm_family(comparisons: list[Comparison]) -> list[Comparison]:
     adjusted = holm([c.p_value for c in comparisons])
     tested = sum(p is not None for p in adjusted)
     for c, p in zip(comparisons, adjusted):
-        c.p_holm, c.family = p, tested
+        c.p_holm, c.family, c.peers = p, tested, comparisons
     return comparisons
 
 
