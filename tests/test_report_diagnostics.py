@@ -127,3 +127,34 @@ def test_tests_on_a_zero_seed_noise_estimate_are_redone_with_the_largest_non_zer
     p = t_from_basis(basis)[0]
     assert after == holm([p, peer.p_value])[0] and after > before
     assert zero_noise([SimpleNamespace(c=other)], 0.05) is None  # nothing reads a zero estimate: no line
+
+
+def test_text_vs_id_is_asked_again_of_the_runner_up_text_tower(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tcf.config import from_dict
+    from tcf.experiments.answers import ReportSettings, findings
+    from tcf.experiments.diagnostics import runner_up, runner_up_line
+    from test_stats_report import put as put_user
+
+    rng = np.random.default_rng(3)
+    base = rng.random(300) * 0.3
+    for k in range(3):
+        put_user(tmp_path, f"id-s{k}", seed=k, per_user=base + rng.normal(0, 0.01, 300))
+        for enc, shift in (("m1", 0.0), ("m2", -0.05)):  # m1 leads on validation; m2, the runner-up, is worse
+            folder = put_user(tmp_path, f"{enc}-s{k}", tower="frozen", seed=k,
+                              per_user=base + shift + rng.normal(0, 0.01, 300))
+            res = json.loads((folder / "results.json").read_text())
+            res["config"]["encoder"]["model"] = enc
+            (folder / "results.json").write_text(json.dumps(res))
+    groups = group_runs(runs_of(tmp_path))
+    s = from_dict(ReportSettings, {}, "report")
+    found = findings(groups, s)
+    [(f, lead, second, c)] = runner_up(groups, found, s)
+    assert f.question == "text vs ID" and f.a.first.encoder == "m1" and second.first.encoder == "m2"
+    assert abs(lead - (f.a.stat("ndcg@10", "valid").mean - second.stat("ndcg@10", "valid").mean)) < 1e-12
+    assert 0.04 < lead < 0.06 and c.diff < -0.04 and c.p_holm == c.p_value and c.family == 1
+    line = runner_up_line(groups, found, s)
+    assert "led the runner-up, frozen text (m2)" in line
+    assert f"— ID beats text, as reported with the chosen tower: {f.c.verdict(s.alpha, *f.words)}" in line

@@ -120,6 +120,13 @@ def select(groups: list[Group], metric: str) -> Group | None:
     is noisier than a 3-seed one's, so the maximum over mixed seed counts would favour a lucky single seed."""
     if len(groups) <= 1:
         return groups[0] if groups else None
+    ranked = selection_ranking(groups, metric)
+    return ranked[0][1] if ranked else None
+
+
+def selection_ranking(groups: list[Group], metric: str) -> list[tuple[float, Group]]:
+    """The candidates :func:`select` chooses among with the scores it chooses by, best first (a stable sort:
+    of equal scores the first listed leads, as max() takes it)."""
     common = _selection_seeds(groups, metric)[0]
 
     def score(g: Group) -> float | None:
@@ -131,7 +138,7 @@ def select(groups: list[Group], metric: str) -> Group | None:
         return float(np.mean(values)) if values else None
 
     scored = [(v, g) for v, g in ((score(g), g) for g in groups) if v is not None]
-    return max(scored, key=lambda t: t[0])[1] if scored else None
+    return sorted(scored, key=lambda t: -t[0])
 
 
 def _selection_seeds(groups: list[Group], metric: str) -> tuple[set[str], list[set[str]]]:

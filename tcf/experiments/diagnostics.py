@@ -190,8 +190,52 @@ def zero_noise_line(found: list, alpha: float) -> str | None:
             f"with it: {parts}.")
 
 
-def diagnostics(groups: list[Group], metric: str, split: str, found: list = (), alpha: float = 0.05) -> list[str]:
-    """The report's computed caveats (markdown bullet texts)."""
+def runner_up(groups: list[Group], found: list, s) -> list[tuple]:
+    """"Does text beat ID?" asked again of each head's runner-up text tower on validation: the chosen tower
+    can lead it by less than a seed's noise, and then the answer should not hinge on which of the two led.
+    -> [(finding, lead on validation, runner-up group, its Comparison with the family's Holm-adjusted p)]."""
+    from tcf.experiments.answers import TEXT_TOWERS, selection_ranking
+    from tcf.experiments.stats import compare
+
+    m, family, out = s.metrics[0], [f for f in found if f.question == "text vs ID"], []
+    for i, f in enumerate(family):
+        texts = [g for g in groups if g.first.head == f.head and g.first.tower in TEXT_TOWERS]
+        ranked = selection_ranking(texts, m)
+        if len(ranked) < 2 or ranked[0][1] is not f.a:
+            continue
+        c = compare(ranked[1][1], f.b, m, s.split, alpha=s.alpha, pool=groups)
+        if c is None or c.p_value is None:
+            continue
+        c.p_holm = holm([c.p_value if j == i else g.c.p_value for j, g in enumerate(family)])[i]
+        c.family = sum(g.c.p_value is not None for g in family)
+        out.append((f, ranked[0][0] - ranked[1][0], ranked[1][1], c))
+    return out
+
+
+def runner_up_line(groups: list[Group], found: list, s) -> str | None:
+    from tcf.experiments.answers import TEXT_TOWERS, _diff, chosen_on, labelled
+
+    parts = []
+    for f, lead, second, c in runner_up(groups, found, s):
+        texts = [g for g in groups if g.first.head == f.head and g.first.tower in TEXT_TOWERS]
+        seeds = min(c.seeds)
+        note = f" (provisional: on {seeds} of {f.planned_seeds} seeds)" if seeds < f.planned_seeds else ""
+        parts.append(f"{HEAD_NAMES.get(f.head, f.head)}: {labelled(f.a)} led the runner-up, {labelled(second)}, by "
+                     f"{lead:.4f} valid {s.metrics[0]}{chosen_on(texts, s.metrics[0])}; with the runner-up in its "
+                     f"place, {s.split} {s.metrics[0]} {c.a.mean:.4f} vs {c.b.mean:.4f} ({_diff(c)}; Holm-adjusted "
+                     f"over {c.family} tests p = {c.p_holm:.3g}) — {c.verdict(s.alpha, *f.words)}{note}, as reported "
+                     f"with the chosen tower: {f.c.verdict(s.alpha, *f.words)}")
+    if not parts:
+        return None
+    return ("Selection of the text tower (computed; 'Does text beat ID?' asked of the runner-up on validation "
+            "too: a lead smaller than a seed's noise makes the choice close to a coin toss): " + "; ".join(parts) + ".")
+
+
+def diagnostics(groups: list[Group], metric: str, split: str, found: list = (), s=None) -> list[str]:
+    """The report's computed caveats (markdown bullet texts); ``s`` the ReportSettings (the lines on the
+    answers' tests need it)."""
     runs = [r for g in groups for r in g.runs]
-    return [x for x in (stopping_line(runs), seed_luck_line(groups, metric, split), zero_noise_line(found, alpha))
-            if x]
+    lines = [stopping_line(runs), seed_luck_line(groups, metric, split)]
+    if s is not None:
+        lines += [zero_noise_line(found, s.alpha), runner_up_line(groups, found, s)]
+    return [x for x in lines if x]
