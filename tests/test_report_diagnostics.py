@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tcf.experiments.diagnostics import seed_luck, stopping, stopping_line
 from tcf.experiments.report import write_report
@@ -94,39 +95,72 @@ def test_seed_luck_is_the_relation_of_seed_deviations_across_valid_and_test(tmp_
     assert "- Early stopping (computed from each run's per-epoch validation ndcg@10; patience 5)" in md
 
 
-def test_tests_on_a_zero_seed_noise_estimate_are_redone_with_the_largest_non_zero_one():
+def _zero_noise_setup():
     from types import SimpleNamespace
 
-    from tcf.experiments.diagnostics import zero_noise
     from tcf.experiments.results import Stat
-    from tcf.experiments.stats import SeedNoise, holm_family, users_and_seeds
+    from tcf.experiments.stats import SeedNoise, users_and_seeds
 
     rng = np.random.default_rng(1)
-    zero = SeedNoise(0.0, 4.0, 2, 4, "LLM head ID")
-    small, large = SeedNoise(1e-5, 6.0, 3, 6, "DSSM frozen text"), SeedNoise(4e-4, 5.0, 3, 6, "SASRec frozen text")
     st = Stat(0.1, 0.09, 0.11, 3, "users")
 
-    def test(na, nb, shift):
+    def test(na, nb, shift, question="text vs ID"):
         ua = rng.normal(0.1, 0.05, 400)
-        return users_and_seeds(st, st, ua + shift, ua + rng.normal(0, 0.02, 400), (3, 3), na, nb)
+        ub = ua + rng.normal(0, 0.02, 400)
+        c = users_and_seeds(st, st, ua + shift, ub, (3, 3), na, nb)
+        return SimpleNamespace(c=c, question=question, arrays=(ua + shift, ub))
 
+    return SeedNoise, test
+
+
+def test_tests_on_a_zero_seed_noise_estimate_are_redone_with_the_largest_non_zero_one():
+    from tcf.eval.metrics import holm
+    from tcf.experiments.diagnostics import zero_noise
+    from tcf.experiments.results import Stat
+    from tcf.experiments.stats import holm_family, users_and_seeds
+
+    SeedNoise, test = _zero_noise_setup()
+    zero = SeedNoise(0.0, 4.0, 2, 4, "LLM head ID")
+    small, large = SeedNoise(1e-5, 6.0, 3, 6, "DSSM frozen text"), SeedNoise(4e-4, 5.0, 3, 6, "SASRec frozen text")
     hit, peer = test(zero, large, 0.004), test(small, small, 0.01)  # one family: hit reads the zero estimate
     other = test(large, large, 0.0)  # another family, no zero estimate
-    holm_family([hit, peer])
-    holm_family([other])
-    found = [SimpleNamespace(c=c) for c in (hit, peer, other)]
-    z = zero_noise(found, 0.05)
-    assert z["pools"] == ["LLM head ID"] and z["alt"] is large and len(z["tests"]) == 1
-    f, before, after = z["tests"][0]
-    assert f.c is hit and before == hit.p_holm
-    # the same test with the largest estimate on both sides (one per side: two parts), Holm over its family
-    from tcf.eval.metrics import holm
-    from tcf.experiments.stats import t_from_basis
+    holm_family([hit.c, peer.c])
+    holm_family([other.c])
+    z = zero_noise([hit, peer, other], 0.05)["all"]
+    assert z["pools"] == ["LLM head ID"] and z["alt"] is large and [id(x) for x in z["hit"]] == [id(hit)]
+    assert [(id(t[0]), t[1]) for t in z["tests"]] == [(id(hit), hit.c.p_holm), (id(peer), peer.c.p_holm)]  # all of
+    # its family
+    # both sides now read one estimate: one variance component, its df counted once, as users_and_seeds gives
+    # for one pool serving both sides (not two independent copies of it)
+    st = Stat(0.1, 0.09, 0.11, 3, "users")
+    once = users_and_seeds(st, st, *hit.arrays, (3, 3), large, large)
+    assert z["tests"][0][2] == pytest.approx(holm([once.p_value, peer.c.p_value])[0], rel=1e-9)
+    assert z["tests"][0][2] > hit.c.p_holm
+    assert zero_noise([other], 0.05) is None  # nothing reads a zero estimate: no line
 
-    basis = (hit.basis[0], hit.basis[1], hit.basis[2], ((large, 1, 3), (large, 1, 3)))
-    p = t_from_basis(basis)[0]
-    assert after == holm([p, peer.p_value])[0] and after > before
-    assert zero_noise([SimpleNamespace(c=other)], 0.05) is None  # nothing reads a zero estimate: no line
+
+def test_a_family_member_whose_verdict_moves_is_reported_and_slices_keep_their_own_estimates():
+    from tcf.experiments.diagnostics import zero_noise
+    from tcf.experiments.stats import holm_family
+
+    SeedNoise, test = _zero_noise_setup()
+    zero, large = SeedNoise(0.0, 4.0, 2, 4, "SASRec ID"), SeedNoise(2e-4, 5.0, 3, 6, "DSSM ID")
+    cold_big = SeedNoise(5e-3, 5.0, 3, 6, "DSSM ID")  # the same pool on the cold-item users: another estimate
+    # Holm step-down: while the hit's p is tiny the peer (p 0.03) is adjusted by 1 (0.03, significant); once the
+    # hit's p rises above it, by 2 (0.06): the peer's verdict flips although its own test is unchanged
+    hit, peer = test(zero, zero, 0.01), test(large, large, 0.0)
+    peer.c.p_value = 0.03
+    holm_family([hit.c, peer.c])
+    assert hit.c.p_value < 1e-6 and peer.c.p_holm == pytest.approx(0.03)
+    cold = test(zero, cold_big, 0.05, question="text vs ID (cold items)")
+    holm_family([cold.c])
+    z = zero_noise([hit, peer, cold], 0.05)
+    assert z["all"]["alt"] is large and z["cold"]["alt"] is cold_big  # each slice its own largest estimate
+    assert [id(x) for x in z["all"]["hit"]] == [id(hit)] and [id(x) for x in z["cold"]["hit"]] == [id(cold)]
+    moved = {id(f): (a, b) for f, a, b in z["all"]["tests"]}
+    assert moved[id(peer)][0] == pytest.approx(0.03) and moved[id(peer)][1] == pytest.approx(0.06)
+    assert [id(x) for x in z["all"]["flips"]] == [id(hit), id(peer)]  # the peer too, though only the hit read a zero estimate
+    assert z["cold"]["flips"] == []
 
 
 def test_text_vs_id_is_asked_again_of_the_runner_up_text_tower(tmp_path):
@@ -134,27 +168,37 @@ def test_text_vs_id_is_asked_again_of_the_runner_up_text_tower(tmp_path):
 
     sys.path.insert(0, str(Path(__file__).parent))
     from tcf.config import from_dict
+    from tcf.eval.metrics import holm
     from tcf.experiments.answers import ReportSettings, findings
     from tcf.experiments.diagnostics import runner_up, runner_up_line
     from test_stats_report import put as put_user
 
     rng = np.random.default_rng(3)
     base = rng.random(300) * 0.3
-    for k in range(3):
-        put_user(tmp_path, f"id-s{k}", seed=k, per_user=base + rng.normal(0, 0.01, 300))
-        for enc, shift in (("m1", 0.0), ("m2", -0.05)):  # m1 leads on validation; m2, the runner-up, is worse
-            folder = put_user(tmp_path, f"{enc}-s{k}", tower="frozen", seed=k,
-                              per_user=base + shift + rng.normal(0, 0.01, 300))
-            res = json.loads((folder / "results.json").read_text())
-            res["config"]["encoder"]["model"] = enc
-            (folder / "results.json").write_text(json.dumps(res))
+    for head, gap in (("sasrec", -0.05), ("dssm", -0.002)):  # two heads: one Holm family of two tests
+        for k in range(3):
+            towers = [("id", None, 0.0), ("frozen", "m1", 0.0), ("frozen", "m2", gap)]  # m1 leads on validation
+            for tower, enc, shift in towers:
+                folder = put_user(tmp_path, f"{head}-{enc or tower}-s{k}", tower=tower, seed=k,
+                                  per_user=base + shift + rng.normal(0, 0.01, 300))
+                res = json.loads((folder / "results.json").read_text())
+                res["config"]["model"]["head"] = head
+                res["config"]["encoder"]["model"] = enc
+                (folder / "results.json").write_text(json.dumps(res))
     groups = group_runs(runs_of(tmp_path))
     s = from_dict(ReportSettings, {}, "report")
     found = findings(groups, s)
-    [(f, lead, second, c)] = runner_up(groups, found, s)
-    assert f.question == "text vs ID" and f.a.first.encoder == "m1" and second.first.encoder == "m2"
-    assert abs(lead - (f.a.stat("ndcg@10", "valid").mean - second.stat("ndcg@10", "valid").mean)) < 1e-12
-    assert 0.04 < lead < 0.06 and c.diff < -0.04 and c.p_holm == c.p_value and c.family == 1
+    family = [f for f in found if f.question == "text vs ID"]
+    got = {f.head: (f, lead, on, second, c) for f, lead, on, second, c in runner_up(groups, found, s)}
+    assert set(got) == {"sasrec", "dssm"}
+    f, lead, on, second, c = got["sasrec"]
+    assert f.a.first.encoder == "m1" and second.first.encoder == "m2" and on == 3
+    assert lead == pytest.approx(f.a.stat("ndcg@10", "valid").mean - second.stat("ndcg@10", "valid").mean)
+    assert 0.04 < lead < 0.06 and c.diff < -0.04
+    i = family.index(f)  # the runner-up's p in its place, the other head's test as reported
+    assert c.family == 2 and c.p_holm == holm([c.p_value if j == i else g.c.p_value for j, g in
+                                               enumerate(family)])[i]
     line = runner_up_line(groups, found, s)
-    assert "led the runner-up, frozen text (m2)" in line
-    assert f"— ID beats text, as reported with the chosen tower: {f.c.verdict(s.alpha, *f.words)}" in line
+    assert "SASRec: frozen text (m1) led the runner-up, frozen text (m2)" in line
+    assert "a seed's valid mean in these towers spreads with sd" in line
+    assert f"— ID beats text, where with the chosen tower it reads {f.c.verdict(s.alpha, *f.words)}" in line

@@ -138,63 +138,100 @@ def seed_luck_line(groups: list[Group], metric: str, split: str) -> str | None:
             "configuration's.")
 
 
+def _slice(f) -> str:
+    """Which users a finding's test is on: its seed-noise pools are estimated on those users alone."""
+    return "cold" if "(cold items)" in f.question else "all"
+
+
+def _adjusted(c) -> float | None:
+    return c.p_value if c.p_holm is None else c.p_holm
+
+
 def zero_noise(found: list, alpha: float) -> dict | None:
-    """The answers' t-tests over users and seeds that read a seed-noise pool estimated as 0 (its seed means spread
-    no more than the user-by-seed interaction alone gives, so the test treats those checkpoints as fixed), tested
-    again with the largest non-zero estimate among all the answers' tests in each such pool's place, each family
-    Holm-adjusted again -> {pools, alt, tests: [(finding, adjusted p as reported, with alt)]}; None when no test
-    reads a zero estimate.  ``found``: the report's Findings (``.c`` each comparison, Holm families set)."""
+    """The answers' t-tests over users and seeds that read a seed-noise pool estimated as exactly 0 (its seed
+    means spread no more than the user-by-seed interaction alone gives, so the test treats those checkpoints as
+    fixed; a near-zero estimate is not redone), tested again with the largest non-zero estimate among the
+    answers' tests on the same users (all, or the cold-item slice) in each such pool's place, its df with it, one
+    estimate counted once however many sides read it; each family they are in Holm-adjusted again, every member
+    compared.  -> {slice: {pools, alt, hit, tests: [(finding, adjusted p as reported, with alt)], flips}}: ``hit``
+    the tests that read a zero estimate, ``tests`` every member of their families, ``flips`` those whose verdict
+    at ``alpha`` changes; None when none reads one.
+    ``found``: the report's Findings (``.c`` each comparison, Holm families set)."""
     tested = [f for f in found if f.c.basis is not None and f.c.p_value is not None]
-    pools = {n.where: n for f in tested for n, _, _ in f.c.basis[3]}
-    hit = [f for f in tested if any(n.var == 0 for n, _, _ in f.c.basis[3])]
-    if not hit:
-        return None
-    alt = max((n for n in pools.values() if n.var > 0), key=lambda n: (n.var, n.where), default=None)
-    out = {"pools": sorted(w for w, n in pools.items() if n.var == 0), "alt": alt, "tests": []}
-    if alt is None:
-        return out
-    swap = {id(f.c): t_from_basis(f.c.basis, lambda n: (alt.var, alt.df) if n.var == 0 else (n.var, n.df))[0]
-            for f in hit}
-    for f in hit:
-        family = f.c.peers or [f.c]
-        adjusted = holm([swap.get(id(c), c.p_value) for c in family])
-        out["tests"].append((f, f.c.p_holm, adjusted[next(i for i, c in enumerate(family) if c is f.c)]))
-    return out
+    out = {}
+    for where in sorted({_slice(f) for f in tested}):
+        mine = [f for f in tested if _slice(f) == where]
+        hit = [f for f in mine if any(n.var == 0 for n, _, _ in f.c.basis[3])]
+        if not hit:
+            continue
+        estimates = {(n.where, n.var, n.df): n for f in mine for n, _, _ in f.c.basis[3]}
+        alt = max((n for n in estimates.values() if n.var > 0), key=lambda n: (n.var, n.where), default=None)
+        out[where] = z = {"pools": sorted({n.where for n in estimates.values() if n.var == 0}), "alt": alt,
+                          "hit": hit, "tests": []}
+        if alt is None:
+            continue
+
+        def noise_of(n, alt=alt):
+            e = alt if n.var == 0 else n
+            return e.var, e.df, (e.where, e.var, e.df)
+
+        swap = {id(f.c): t_from_basis(f.c.basis, noise_of)[0] for f in hit}
+        by_comparison = {id(f.c): f for f in found}
+        seen = set()
+        for f in hit:
+            family = f.c.peers or [f.c]
+            if id(family) in seen:
+                continue
+            seen.add(id(family))
+            adjusted = holm([swap.get(id(c), c.p_value) for c in family])
+            z["tests"] += [(by_comparison[id(c)], _adjusted(c), q) for c, q in zip(family, adjusted)
+                           if id(c) in by_comparison and c.p_value is not None]
+        z["flips"] = [f for f, a, b in z["tests"] if (a is not None and a < alpha) != (b is not None and b < alpha)]
+    return out or None
+
+
+def _name(f) -> str:
+    from tcf.experiments.answers import labelled
+
+    ha, hb = (HEAD_NAMES.get(g.first.head, g.first.head) for g in (f.a, f.b))
+    cold = " (cold items)" if _slice(f) == "cold" else ""
+    return f"{ha} {labelled(f.a)} vs {hb + ' ' if hb != ha else ''}{labelled(f.b)}{cold}"
 
 
 def zero_noise_line(found: list, alpha: float) -> str | None:
-    z = zero_noise(found, alpha)
-    if z is None:
+    slices = zero_noise(found, alpha)
+    if slices is None:
         return None
-    from tcf.experiments.answers import labelled
-
-    pools = "; ".join(z["pools"])
-    text = (f"Seed noise estimated as 0 (computed): {len(z['tests']) if z['alt'] else 'some'} of the answers' tests "
-            f"read a seed-noise estimate of 0 ({pools}: the spread of its seed means is within what the user-by-seed "
-            "interaction alone gives), so they treat those checkpoints as fixed")
-    if z["alt"] is None:
-        return text + "; no test in this report has a non-zero estimate to put in its place."
-    alt = z["alt"]
-
-    def name(f) -> str:
-        ha, hb = (HEAD_NAMES.get(g.first.head, g.first.head) for g in (f.a, f.b))
-        cold = " (cold items)" if "on cold items" in f.before else ""
-        return f"{ha} {labelled(f.a)} vs {hb + ' ' if hb != ha else ''}{labelled(f.b)}{cold}"
-
-    flips = [(f, a, b) for f, a, b in z["tests"] if (a < alpha) != (b is not None and b < alpha)]
-    parts = "; ".join(f"{name(f)} {a:.2g} -> {b:.2g}" for f, a, b in z["tests"])
-    verdict = (f"{len(flips)} verdict{'s' if len(flips) != 1 else ''} would change ("
-               + "; ".join(name(f) for f, _, _ in flips) + ")" if flips else "no verdict would change")
-    return (text + f". With the largest non-zero estimate among the answers' tests in its place (sd "
-            f"{math.sqrt(alt.var):.4f}, {alt.where}, {alt.df:.3g} df), {verdict}; Holm-adjusted p as reported -> "
-            f"with it: {parts}.")
+    parts = []
+    for where, z in slices.items():
+        users = "on the cold-item users" if where == "cold" else "on all users"
+        head = (f"{users}, {len(z['hit'])} test{'s' if len(z['hit']) != 1 else ''} read a seed-noise estimate of 0 "
+                f"({'; '.join(z['pools'])})")
+        if z["alt"] is None:
+            parts.append(head + ", and no test on these users has a non-zero estimate to put in its place")
+            continue
+        alt = z["alt"]
+        flips = z["flips"]
+        hit = {id(f) for f in z["hit"]}
+        moved = "; ".join(f"{_name(f)} {a:.2g} -> {b:.2g}" for f, a, b in z["tests"] if id(f) in hit)
+        verdict = (f"{len(flips)} verdict{'s' if len(flips) != 1 else ''} would change ({'; '.join(map(_name, flips))})"
+                   if flips else "no verdict would change")
+        parts.append(f"{head}; with the largest non-zero estimate among the tests on these users in its place (sd "
+                     f"{math.sqrt(alt.var):.4f}, {alt.where}, {alt.df:.3g} df), {verdict} in their families "
+                     f"(Holm-adjusted p as reported -> with it: {moved})")
+    return ("Seed noise estimated as 0 (computed, on the answers' metric): a test that reads a seed-noise estimate of "
+            "exactly 0 (the spread of the pool's seed means is within what the user-by-seed interaction alone gives) "
+            "treats those checkpoints as fixed; each is redone with a non-zero estimate in its place: "
+            + "; ".join(parts) + ".")
 
 
 def runner_up(groups: list[Group], found: list, s) -> list[tuple]:
     """"Does text beat ID?" asked again of each head's runner-up text tower on validation: the chosen tower
     can lead it by less than a seed's noise, and then the answer should not hinge on which of the two led.
-    -> [(finding, lead on validation, runner-up group, its Comparison with the family's Holm-adjusted p)]."""
-    from tcf.experiments.answers import TEXT_TOWERS, selection_ranking
+    The runner-up's test replaces the chosen one's in the family, Holm-adjusted with the other heads' tests as
+    reported.  -> [(finding, lead on validation, the seeds the choice was made on, runner-up group, its
+    Comparison)]."""
+    from tcf.experiments.answers import TEXT_TOWERS, _selection_seeds, selection_ranking
     from tcf.experiments.stats import compare
 
     m, family, out = s.metrics[0], [f for f in found if f.question == "text vs ID"], []
@@ -206,29 +243,45 @@ def runner_up(groups: list[Group], found: list, s) -> list[tuple]:
         c = compare(ranked[1][1], f.b, m, s.split, alpha=s.alpha, pool=groups)
         if c is None or c.p_value is None:
             continue
-        c.p_holm = holm([c.p_value if j == i else g.c.p_value for j, g in enumerate(family)])[i]
-        c.family = sum(g.c.p_value is not None for g in family)
-        out.append((f, ranked[0][0] - ranked[1][0], ranked[1][1], c))
+        ps = [c.p_value if j == i else g.c.p_value for j, g in enumerate(family)]
+        c.p_holm, c.family = holm(ps)[i], sum(p is not None for p in ps)
+        out.append((f, ranked[0][0] - ranked[1][0], len(_selection_seeds(texts, m)[0]), ranked[1][1], c))
     return out
+
+
+def valid_seed_sd(groups: list[Group], metric: str) -> tuple[float, int] | None:
+    """The spread of a seed's validation mean about its configuration's, pooled over ``groups`` with 2+ seeds
+    (sum of squares over sum of seeds - 1) -> (sd, configurations); None without such a group."""
+    ss = df = k = 0
+    for g in groups:
+        v = np.array([x[0] for r in g.runs if (x := r.metric(metric, "valid")) is not None], np.float64)
+        if len(v) > 1:
+            ss, df, k = ss + float(((v - v.mean()) ** 2).sum()), df + len(v) - 1, k + 1
+    return (math.sqrt(ss / df), k) if df else None
 
 
 def runner_up_line(groups: list[Group], found: list, s) -> str | None:
     from tcf.experiments.answers import TEXT_TOWERS, _diff, chosen_on, labelled
 
-    parts = []
-    for f, lead, second, c in runner_up(groups, found, s):
+    m, parts = s.metrics[0], []
+    for f, lead, on, second, c in runner_up(groups, found, s):
         texts = [g for g in groups if g.first.head == f.head and g.first.tower in TEXT_TOWERS]
+        sd = valid_seed_sd(texts, m)
+        noise = (f" (a seed's valid mean in these towers spreads with sd {sd[0]:.4f}, pooled over {sd[1]} "
+                 f"configuration{'s' if sd[1] != 1 else ''} with 2+ seeds: a lead of two means over {on} seed"
+                 f"{'s' if on != 1 else ''} about {sd[0] * math.sqrt(2 / on):.4f})" if sd and on else "")
         seeds = min(c.seeds)
-        note = f" (provisional: on {seeds} of {f.planned_seeds} seeds)" if seeds < f.planned_seeds else ""
+        note = f"; provisional: on {seeds} of {f.planned_seeds} seeds" if seeds < f.planned_seeds else ""
         parts.append(f"{HEAD_NAMES.get(f.head, f.head)}: {labelled(f.a)} led the runner-up, {labelled(second)}, by "
-                     f"{lead:.4f} valid {s.metrics[0]}{chosen_on(texts, s.metrics[0])}; with the runner-up in its "
-                     f"place, {s.split} {s.metrics[0]} {c.a.mean:.4f} vs {c.b.mean:.4f} ({_diff(c)}; Holm-adjusted "
-                     f"over {c.family} tests p = {c.p_holm:.3g}) — {c.verdict(s.alpha, *f.words)}{note}, as reported "
-                     f"with the chosen tower: {f.c.verdict(s.alpha, *f.words)}")
+                     f"{lead:.4f} valid {m}{chosen_on(texts, m)}{noise}; had the runner-up been chosen, the line "
+                     f"would read {s.split} {m} {c.a.mean:.4f} vs {c.b.mean:.4f} ({_diff(c)}; Holm-adjusted over "
+                     f"{c.family} tests p = {c.p_holm:.3g}{c.seed_note()}{note}) — {c.verdict(s.alpha, *f.words)}, "
+                     f"where with the chosen tower it reads {f.c.verdict(s.alpha, *f.words)}")
     if not parts:
         return None
-    return ("Selection of the text tower (computed; 'Does text beat ID?' asked of the runner-up on validation "
-            "too: a lead smaller than a seed's noise makes the choice close to a coin toss): " + "; ".join(parts) + ".")
+    return ("Selection of the text tower (computed; 'Does text beat ID?' asked of the tower second on validation "
+            "too, to show whether the answer hinges on which of the two led; a second look, not a second "
+            "finding): " + "; ".join(parts) + ".")
 
 
 def diagnostics(groups: list[Group], metric: str, split: str, found: list = (), s=None) -> list[str]:

@@ -161,8 +161,8 @@ def _ledger_sentence(spent: dict | None) -> str:
     """The machine's wall time from the sweep's ledger (``sweep-log.jsonl``), where the sweep kept one."""
     if not spent or spent.get("since") is None:
         return ""
-    return (f" This machine's wall time from the sweep's ledger ({LEDGER}, begun {ledger_since(spent)}, so only "
-            f"for the runs that ran after it began; {spent['runs_done']} finished under it), up to the last run "
+    return (f" This machine's wall time from the sweep's ledger ({LEDGER}, begun {ledger_since(spent)}: the sittings "
+            f"before then are not in it, though {spent['runs_done']} runs finished under it), up to the last run "
             f"that finished: {spent['hours']:.1f} h, "
             f"the union of {spent['sittings']} sittings over all processes"
             + "".join(f"; {n}" for n in ledger_notes(spent)) + ".")

@@ -306,12 +306,20 @@ def users_and_seeds(sa: Stat, sb: Stat, ua: np.ndarray, ub: np.ndarray, seeds: t
     return c
 
 
-def t_from_basis(basis: tuple, noise_of=lambda n: (n.var, n.df)) -> tuple[float | None, float | None, float]:
-    """The t-test over users and seeds from its ingredients (Comparison.basis) -> (p, df, CI half-width);
-    ``noise_of(SeedNoise) -> (var, df)`` may put another estimate in a pool's place (diagnostics)."""
+def t_from_basis(basis: tuple, noise_of=None) -> tuple[float | None, float | None, float]:
+    """The t-test over users and seeds from its ingredients (Comparison.basis) -> (p, df, CI half-width).
+    ``noise_of(SeedNoise) -> (var, df, key)`` may put another estimate in a pool's place (diagnostics): parts
+    that resolve to one key are one estimate, one variance component with its df counted once (as in
+    :func:`_noise`: two copies of one estimate would count its df twice)."""
     diff, v_users, n_users, multipliers = basis
-    parts = [(var * m / k, df) for n, m, k in multipliers for var, df in [noise_of(n)]]
-    parts = [(v, k) for v, k in parts if v > 0]
+    merged: dict = {}  # key -> [variance part, df]
+    for n, m, k in multipliers:
+        var, df, key = (n.var, n.df, id(n)) if noise_of is None else noise_of(n)
+        if key in merged:
+            merged[key][0] += var * m / k
+        else:
+            merged[key] = [var * m / k, df]
+    parts = [(v, k) for v, k in merged.values() if v > 0]
     total = v_users + sum(v for v, _ in parts)
     if total == 0:  # every user's difference the same and no seed noise: nothing varies
         return (1.0 if diff == 0 else 0.0), None, 0.0

@@ -573,7 +573,7 @@ class _Beat:
 
     def __exit__(self, *exc) -> None:
         self.stop.set()
-        self.thread.join()
+        self.thread.join(timeout=10)  # a beat stuck writing to a hung file system never holds up the sweep
 
 
 def _run_one(run: Run, folder: Path, state: str, k: int, n: int, failed_extract: dict[str, str],
@@ -636,7 +636,8 @@ def ledger_time(out: Path, to_last_done: bool = False) -> dict | None:
             for (run, pid), (t0, beat) in list(open_.items()):
                 if run == e.get("run"):  # its earlier sitting was killed: it ended by its checkpoint or last beat
                     del open_[(run, pid)]
-                    close(t0, max(e.get("checkpoint_at") or 0, beat or 0) or None)
+                    end = max(e.get("checkpoint_at") or 0, beat or 0) or None
+                    close(t0, min(end, e["at"]) if end is not None else None)  # ended before it restarted
             open_[key] = [e["at"], None]
         elif kind == "beat" and key in open_:
             open_[key][1] = e["at"]
@@ -659,10 +660,11 @@ def ledger_time(out: Path, to_last_done: bool = False) -> dict | None:
 def ledger_notes(spent: dict) -> list[str]:
     """What a ledger's wall time leaves out (ledger_time's open and unended sittings), as clauses."""
     notes = []
-    if spent["open"]:
-        notes.append(f"{spent['open']} sitting(s) not ended (still running, or killed and not resumed yet), "
-                     "counted to their last beat" + (f" ({spent['open_unbeaten']} with none yet, not counted)"
-                                                     if spent["open_unbeaten"] else ""))
+    if spent["open"] > spent["open_unbeaten"]:
+        notes.append(f"{spent['open'] - spent['open_unbeaten']} sitting(s) not ended (still running, or killed and "
+                     "not resumed yet), counted to their last beat")
+    if spent["open_unbeaten"]:
+        notes.append(f"{spent['open_unbeaten']} sitting(s) not ended and with no beat yet, not counted")
     if spent["unended"]:
         notes.append(f"{spent['unended']} killed sitting(s) with no checkpoint or beat to date their end, "
                      "not counted")
