@@ -2,7 +2,8 @@
 top operators under torch.profiler.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/profile_epoch.py experiments/study-ml100k.yaml \
-        --match finetune-minilm-l6-bf16-s2020-sasrec-2 [--set train.epochs=1] [--steps N] [--ops 15]
+        --match finetune-minilm-l6-bf16-s2020-sasrec-2 [--set train.epochs=1] [--steps N] [--ops 15] \
+        [--native-low-precision]
 
 The run is the experiment's first run whose id contains --match; it is set up exactly as `tcf train` sets it up
 (tcf.train.loop.set_up: data, caches, model, optimizer) in a temporary folder, and one epoch's steps are replayed
@@ -107,7 +108,14 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], help="overrides, as for tcf sweep")
     ap.add_argument("--steps", type=int, help="only the first N steps (default: the whole epoch)")
     ap.add_argument("--ops", type=int, default=15, help="operators to list")
+    ap.add_argument("--native-low-precision", action="store_true",
+                    help="keep PyTorch's own bf16 / fp16 kernels on a CPU without native ones (tcf emulates them "
+                         "through the fp32 kernel there: tcf.models.precision), to time the difference")
     args = ap.parse_args()
+    if args.native_low_precision:
+        from tcf.models import precision
+
+        precision.native_low_precision = lambda dtype: True
     profile_epoch(pick(args.config, args.match, args.set).config, args.steps, args.ops)
 
 

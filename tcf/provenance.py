@@ -36,14 +36,29 @@ def git_revision(path: str | Path | None = None) -> str | None:
     return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
+def _cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() is empty on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip() or None
+    except OSError:
+        pass
+    return None
+
+
 def hardware() -> dict:
-    info = {"machine": platform.machine(), "processor": platform.processor() or None, "cpus": os.cpu_count(),
+    info = {"machine": platform.machine(), "processor": platform.processor() or _cpu_model(), "cpus": os.cpu_count(),
             "python": platform.python_version(), "platform": platform.platform(),
             "threads": os.environ.get("OMP_NUM_THREADS")}
     try:
         import torch
 
         info["torch_threads"] = torch.get_num_threads()
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        from tcf.models.precision import native_low_precision
+
+        info["native_bf16_matmul"] = native_low_precision(torch.bfloat16)  # False: bf16 linears emulated in fp32
         if torch.cuda.is_available():
             info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     except ImportError:

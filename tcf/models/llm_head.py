@@ -192,6 +192,7 @@ def build_llm_head(cfg, tower: nn.Module, n_items: int | None = None, n_users: i
     """The ``llm`` head of a RunConfig over an item tower: load, freeze / LoRA, checkpointing, fp32 masters.
     (The head builders' signature, tcf.extensions.HEADS; item and user counts are not needed.)"""
     from tcf.models.lm_tower import add_lora, enable_checkpointing, master_weights
+    from tcf.models.precision import emulate_low_precision_linears
 
     m = cfg.model
     mode, k = parse_train(m.llm_train)
@@ -203,4 +204,5 @@ def build_llm_head(cfg, tower: nn.Module, n_items: int | None = None, n_users: i
     else:
         freeze(model, mode, k)
     compute = master_weights(model)
+    emulate_low_precision_linears(model, compute)  # a CPU without native bf16 matmuls: the fp32 kernel
     return LLMHead(tower, UserLM(model, compute), m.dim, m.dropout)

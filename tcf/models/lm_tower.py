@@ -26,6 +26,7 @@ from torch import nn
 
 from tcf.encoders.pooling import l2_normalize, pool
 from tcf.errors import ConfigError
+from tcf.models.precision import emulate_low_precision_linears
 from tcf.models.towers import adapter
 from tcf.run.config import LM_TOWERS  # noqa: F401 - re-exported (the names live with the config)
 
@@ -323,6 +324,7 @@ def build_lm_tower(cfg, entry, tower_class: type[LMTower] = LMTower) -> LMTower:
     if m.tower == "lora":
         hf_model = add_lora(hf_model, m.lora_r, m.lora_alpha, m.lora_dropout)
     compute = master_weights(hf_model)
+    emulate_low_precision_linears(hf_model, compute)  # a CPU without native bf16 matmuls: the fp32 kernel
     tokens = TokenStore(entry.states, entry.mask)
     return tower_class(TopLayers(hf_model, kind), tokens, m.dim, pooling=cfg.encoder.pooling,
                        layers=m.adapter_layers, dropout=m.dropout, normalize=m.normalize_text,
