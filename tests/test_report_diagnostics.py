@@ -202,3 +202,19 @@ def test_text_vs_id_is_asked_again_of_the_runner_up_text_tower(tmp_path):
     assert "SASRec: frozen text (m1) led the runner-up, frozen text (m2)" in line
     assert "a seed's valid mean in these towers spreads with sd" in line
     assert f"— ID beats text, where with the chosen tower it reads {f.c.verdict(s.alpha, *f.words)}" in line
+
+
+def test_runs_from_two_machines_are_named_with_how_their_bf16_matmuls_ran(tmp_path):
+    from tcf.experiments.diagnostics import machines_line
+
+    hw = {"a": {"processor": "CPU A", "cpus": 2, "platform": "p1", "native_bf16_matmul": True},
+          "b": {"processor": "CPU B", "cpus": 2, "platform": "p2", "native_bf16_matmul": False}}
+    for name, machine, seed in (("r1", "a", 0), ("r2", "a", 1), ("r3", "b", 2)):
+        folder = put(tmp_path, name, [0.1, 0.2], seed=seed)
+        res = json.loads((folder / "results.json").read_text())
+        res["hardware"] = hw[machine]
+        (folder / "results.json").write_text(json.dumps(res))
+    line = machines_line(runs_of(tmp_path))
+    assert "ran on 2 machines: CPU A, 2 cores, p1, bf16 matmuls native: 2 runs (seeds 0, 1;" in line
+    assert "CPU B, 2 cores, p2, bf16 matmuls emulated through the fp32 kernel" in line and "1 runs (seeds 2;" in line
+    assert machines_line([r for r in runs_of(tmp_path) if r.folder.name != "r3"]) is None  # one machine: no line

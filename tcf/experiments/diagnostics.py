@@ -284,11 +284,43 @@ def runner_up_line(groups: list[Group], found: list, s) -> str | None:
             "finding): " + "; ".join(parts) + ".")
 
 
+def _machine(run: RunResult) -> tuple[str, str]:
+    """(the machine as its record names it, how its bf16 linears ran) from the record's hardware section."""
+    h = run.record.provenance.get("hardware") or {}
+    cpu = h.get("processor") or "CPU model not recorded"
+    where = f"{cpu}, {h.get('cpus', '?')} cores, {h.get('platform') or 'platform not recorded'}"
+    native = h.get("native_bf16_matmul")
+    bf16 = ("native" if native else "emulated through the fp32 kernel (tcf.models.precision)") if native is not None \
+        else "not recorded"
+    return where, bf16
+
+
+def machines_line(runs: list[RunResult]) -> str | None:
+    """Which machines the runs ran on, from their records, when more than one: a study resumed on another
+    machine mixes CPUs (and, for bf16 runs, native and emulated bf16 matmuls) across its seeds."""
+    kinds: dict[tuple[str, str], list[RunResult]] = {}
+    for r in runs:
+        kinds.setdefault(_machine(r), []).append(r)
+    if len(kinds) < 2:
+        return None
+
+    def seeds(rs: list[RunResult]) -> str:
+        low = sum(1 for r in rs if r.config.get("encoder.dtype") in ("bf16", "fp16")
+                  or r.config.get("model.llm_dtype") in ("bf16", "fp16"))
+        by_seed = sorted({str(r.config.get("seed")) for r in rs})
+        return f"{len(rs)} runs (seeds {', '.join(by_seed)}; {low} of them in bf16 / fp16)"
+
+    parts = "; ".join(f"{where}, bf16 matmuls {bf16}: {seeds(rs)}"
+                      for (where, bf16), rs in sorted(kinds.items(), key=lambda kv: -len(kv[1])))
+    return (f"Machines (computed from each record's hardware): the runs ran on {len(kinds)} machines: {parts}. "
+            "Results are compared across them as if from one; a run's record names its machine.")
+
+
 def diagnostics(groups: list[Group], metric: str, split: str, found: list = (), s=None) -> list[str]:
     """The report's computed caveats (markdown bullet texts); ``s`` the ReportSettings (the lines on the
     answers' tests need it)."""
     runs = [r for g in groups for r in g.runs]
-    lines = [stopping_line(runs), seed_luck_line(groups, metric, split)]
+    lines = [stopping_line(runs), seed_luck_line(groups, metric, split), machines_line(runs)]
     if s is not None:
         lines += [zero_noise_line(found, s.alpha), runner_up_line(groups, found, s)]
     return [x for x in lines if x]
