@@ -55,10 +55,13 @@ def hardware() -> dict:
         import torch
 
         info["torch_threads"] = torch.get_num_threads()
-        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-        from tcf.models.precision import native_low_precision
+        try:
+            info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+            from tcf.models.precision import native_low_precision
 
-        info["native_bf16_matmul"] = native_low_precision(torch.bfloat16)  # False: bf16 linears emulated in fp32
+            info["native_bf16_matmul"] = native_low_precision(torch.bfloat16)  # False: bf16 linears emulated
+        except Exception:  # noqa: BLE001 - an older torch without these calls: provenance must not fail
+            pass
         if torch.cuda.is_available():
             info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     except ImportError:

@@ -77,3 +77,18 @@ def test_nothing_changes_where_it_is_not_needed(monkeypatch):
     precision.emulate_low_precision_linears(model, torch.bfloat16)
     x = torch.randn(8, 48)
     assert torch.equal(model(x), ref(x))  # autocast off: nn.Linear's own fp32 arithmetic, bit for bit
+
+
+def test_a_long_sum_of_large_values_still_matches_within_the_order_of_fp32_sums(no_native):
+    torch.manual_seed(3)
+    emulated, native = nn.Linear(1536, 64), nn.Linear(1536, 64)
+    native.load_state_dict(emulated.state_dict())
+    precision.emulate_low_precision_linears(emulated, torch.bfloat16)
+    x = torch.randn(32, 1536) * 1000
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = emulated(x)
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(precision, "native_low_precision", lambda dtype: True)
+            y0 = native(x)
+    assert (y == y0).float().mean() > 0.99 and ulps_apart(y, y0).max() <= 2
+    assert (y.float() - y0.float()).norm() / y0.float().norm() < 1e-3
