@@ -215,6 +215,78 @@ def test_runs_from_two_machines_are_named_with_how_their_bf16_matmuls_ran(tmp_pa
         res["hardware"] = hw[machine]
         (folder / "results.json").write_text(json.dumps(res))
     line = machines_line(runs_of(tmp_path))
-    assert "ran on 2 machines: CPU A, 2 cores, p1, bf16 matmuls native: 2 runs (seeds 0, 1;" in line
+    assert "describe 2 kinds of machine: CPU A, 2 cores, p1, bf16 matmuls native: 2 runs (seeds 0, 1;" in line
     assert "CPU B, 2 cores, p2, bf16 matmuls emulated through the fp32 kernel" in line and "1 runs (seeds 2;" in line
     assert machines_line([r for r in runs_of(tmp_path) if r.folder.name != "r3"]) is None  # one machine: no line
+    res = json.loads((tmp_path / "r3" / "results.json").read_text())
+    del res["hardware"]["processor"]  # a record from before the CPU model was recorded: maybe one of the others
+    (tmp_path / "r3" / "results.json").write_text(json.dumps(res))
+    assert "so two of these can be one machine" in machines_line(runs_of(tmp_path))
+
+
+def test_zero_shot_replies_that_pick_by_slot_are_named(tmp_path):
+    """A model that answers "A" to every choice prompt, or copies a rank prompt's example answer, scores like a
+    random order: the report must say its score measures slots, not a preference."""
+    from types import SimpleNamespace
+
+    from tcf.experiments.diagnostics import position_line
+
+    def run(name, protocol, samples):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "samples.jsonl").write_text("".join(json.dumps(x) + "\n" for x in samples))
+        return SimpleNamespace(folder=folder, task="zeroshot",
+                               config={"zeroshot.model": "models/m", "zeroshot.protocol": protocol})
+
+    cands = [10, 11, 12, 13, 14, 15]
+    choice = [{"candidates": cands[:4], "target_position": u % 4, "target": cands[u % 4], "ranking": [10],
+               "prompt": "Answer with a single letter (A, B, C, D)"} for u in range(8)]
+    example = [12, 10, 11, 13, 14, 15]  # slots 3, 1, 2, 4, 5, 6
+    rank = [{"candidates": cands, "target_position": u % 6, "ranking": example if u < 5 else [15, 14],
+             "prompt": "(for example: 3, 1, 2, 4, 5, ...)"} for u in range(7)]
+    rank.append({"candidates": cands, "target_position": 0, "ranking": [], "prompt": "(for example: 3, 1, 2, 4, 5, ...)"})
+    line = position_line([run("c", "choice", choice), run("r", "rank", rank), SimpleNamespace(task="train")])
+    assert "m (choice): of 8 replies with a ranking (8 prompts), the first choice was the candidate shown in slot 1 " \
+           "for 8, while the true item was shown in slot 1 for 2;" in line
+    assert "m (rank): of 7 replies with a ranking (8 prompts), the first choice was the candidate shown in slot 3 for " \
+           "5, slot 6 for 2, while the true item was shown in slot 3 for 1 and slot 6 for 1; 5 rank all 6 in the " \
+           "order of the prompt's example answer (3, 1, 2, 4, 5, then on in order)" in line
+    assert "(choice): of 8 replies with a ranking (8 prompts), the first choice was the candidate shown in slot 1 for " \
+           "8, while the true item was shown in slot 1 for 2; m (rank)" in line  # no example clause without one
+    assert position_line([SimpleNamespace(task="train")]) is None
+
+
+def test_a_configuration_whose_seeds_spread_more_than_its_pool_is_tested_again_with_its_own_spread(tmp_path):
+    """The tests pool seed noise over a kind's configurations; where the chosen configuration's own seeds spread
+    more than the pool says, the claim is read again with its own spread (only ever the larger: p can only rise)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tcf.config import from_dict
+    from tcf.experiments.answers import ReportSettings, findings
+    from tcf.experiments.diagnostics import own_noise, own_noise_line
+    from test_stats_report import put as put_user
+
+    rng = np.random.default_rng(5)
+    base = rng.random(300) * 0.3
+    for k, luck in enumerate((-0.03, 0.0, 0.03)):  # m1's seeds move its mean by +-0.03; m2's and ID's do not
+        for tower, enc, shift in (("id", None, 0.0), ("frozen", "m1", 0.04 + luck), ("frozen", "m2", -0.05)):
+            folder = put_user(tmp_path, f"{enc or tower}-s{k}", tower=tower, seed=k,
+                              per_user=base + shift + rng.normal(0, 0.01, 300))
+            res = json.loads((folder / "results.json").read_text())
+            res["config"]["encoder"]["model"] = enc
+            (folder / "results.json").write_text(json.dumps(res))
+    groups = group_runs(runs_of(tmp_path))
+    s = from_dict(ReportSettings, {}, "report")
+    found = findings(groups, s)
+    tests = {f.question: (f, a, b, sides) for f, a, b, sides in own_noise(found, "ndcg@10", "test", 0.05)}
+    f, a, b, sides = tests["text vs ID"]
+    assert f.a.first.encoder == "m1" and a < 0.05
+    assert [g.first.encoder for g, _, _ in sides] == ["m1"]  # ID's own spread is below its pool: kept
+    own_sd, pooled_sd = sides[0][1:]
+    assert own_sd > pooled_sd and b > a
+    line = own_noise_line(found, "ndcg@10", "test", 0.05)
+    assert line.startswith("Seed noise per configuration (computed")
+    assert b >= 0.05 and "1 of the 1 differences the answers claim would not hold" in line  # a claim only the pool gave
+    assert f"SASRec frozen text (m1) vs ID: {a:.2g} -> {b:.2g}; own seed sd {own_sd:.4f} for frozen text (m1) (pooled " \
+           f"{pooled_sd:.4f})" in line

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -225,6 +226,71 @@ def zero_noise_line(found: list, alpha: float) -> str | None:
             + "; ".join(parts) + ".")
 
 
+def own_noise(found: list, metric: str, split: str, alpha: float) -> list[tuple]:
+    """The answers' t-tests on all users tested again with each side's seed noise the larger of the pooled
+    estimate it read and one from its own configuration's seeds alone: a pool assumes that the configurations of
+    a kind spread alike over seeds, and one whose seeds spread more than its pool's can hold a verdict only the
+    pool gives.  An own estimate rests on its seeds less one (2 for 3 seeds, below the MIN_SEED_DF the tests
+    require), too noisy to stand in for the pool either way, so it is only ever taken where it is larger: a
+    conservative reading, which can only raise a p-value.  Each family Holm-adjusted again.  -> [(finding,
+    adjusted p as reported, as read here, the sides whose own estimate was taken: (group, own sd, pooled sd))]
+    for each member the report calls a difference."""
+    from tcf.experiments.stats import _tables, noise_from_tables
+
+    out, seen = [], set()
+    by_comparison = {id(f.c): f for f in found}
+    for f in found:
+        family = f.c.peers or [f.c]
+        if id(family) in seen or f.c.basis is None or _slice(f) != "all":
+            continue
+        seen.add(id(family))
+        swapped, larger = [], {}
+        for c in family:
+            g = by_comparison.get(id(c))
+            pooled = () if c.noise is None else (c.noise * 2 if len(c.noise) == 1 else c.noise)
+            if g is None or c.basis is None or _slice(g) != "all" or len(pooled) != 2:
+                swapped.append(c.p_value)
+                continue
+            own = [noise_from_tables(_tables([x], metric, split, None), "own") for x in (g.a, g.b)]
+            use = [o if o is not None and o.var > n.var else n for o, n in zip(own, pooled)]
+            larger[id(c)] = [(x, math.sqrt(u.var), math.sqrt(n.var)) for x, u, n in zip((g.a, g.b), use, pooled)
+                             if u is not n]
+            if not larger[id(c)]:
+                swapped.append(c.p_value)
+                continue
+            diff, v_users, n_users, _ = c.basis
+            swapped.append(t_from_basis((diff, v_users, n_users, tuple((u, 1, k) for u, k in zip(use, c.seeds))))[0])
+        for c, q in zip(family, holm(swapped)):
+            g, a = by_comparison.get(id(c)), _adjusted(c)
+            if g is not None and a is not None and a < alpha:
+                out.append((g, a, q, larger.get(id(c), [])))
+    return out
+
+
+def own_noise_line(found: list, metric: str, split: str, alpha: float) -> str | None:
+    tests = own_noise(found, metric, split, alpha)
+    if not tests:
+        return None
+    from tcf.experiments.answers import labelled
+
+    flips = [(f, a, b, sides) for f, a, b, sides in tests if not (b is not None and b < alpha)]
+    held = [b for f, a, b, _ in tests if b is not None and b < alpha]
+
+    def took(sides):
+        return "; own seed sd " + " and ".join(f"{sd:.4f} for {labelled(g)} (pooled {p:.4f})" for g, sd, p in sides)
+    moved = "; ".join(f"{_name(f)}: {a:.2g} -> {'no test' if b is None else f'{b:.2g}'}{took(sides)}"
+                      for f, a, b, sides in flips)
+    verdict = (f"{len(flips)} of the {len(tests)} differences the answers claim would not hold (Holm-adjusted p as "
+               f"reported -> so read: {moved})" if flips else f"each of the {len(tests)} differences the answers claim "
+               "holds")
+    rest = f"; the other {len(held)} hold (the largest of their adjusted p so read: {max(held):.2g})" if flips and held \
+        else (f" (the largest adjusted p so read: {max(held):.2g})" if held else "")
+    return ("Seed noise per configuration (computed, on the answers' metric, all users): the tests pool seed noise "
+            "over the configurations of a kind, assuming their seeds spread alike; taking instead, for each side, "
+            "its own configuration's seed spread wherever that is the larger (it rests on its seeds less one, 2 "
+            f"for 3 seeds, so it is only a sensitivity reading), {verdict}{rest}.")
+
+
 def runner_up(groups: list[Group], found: list, s) -> list[tuple]:
     """"Does text beat ID?" asked again of each head's runner-up text tower on validation: the chosen tower
     can lead it by less than a seed's noise, and then the answer should not hinge on which of the two led.
@@ -312,15 +378,73 @@ def machines_line(runs: list[RunResult]) -> str | None:
 
     parts = "; ".join(f"{where}, bf16 matmuls {bf16}: {seeds(rs)}"
                       for (where, bf16), rs in sorted(kinds.items(), key=lambda kv: -len(kv[1])))
-    return (f"Machines (computed from each record's hardware): the runs ran on {len(kinds)} machines: {parts}. "
-            "Results are compared across them as if from one; a run's record names its machine.")
+    unnamed = " (a record written before tcf recorded the CPU model names fewer fields, so two of these can be " \
+        "one machine)" if any(where.startswith("CPU model not recorded") for where, _ in kinds) else ""
+    return (f"Machines (computed from each record's hardware): the runs' records describe {len(kinds)} kinds of "
+            f"machine{unnamed}: {parts}. Results are compared across them as if from one; a run's record names its "
+            "machine.")
+
+
+def _slots(sample: dict) -> list[int] | None:
+    """The presentation slots (from 0) of a zero-shot reply's parsed ranking, None without one."""
+    where = {c: i for i, c in enumerate(sample.get("candidates") or [])}
+    slots = [where[c] for c in sample.get("ranking") or [] if c in where]
+    return slots or None
+
+
+def _position_part(run: RunResult) -> str | None:
+    """One zero-shot run's share of first choices in its most chosen slot, against the share of true items shown
+    there, and how many rankings copy the prompt's example answer (3, 1, 2, 4, 5, then on in order)."""
+    import json
+
+    from tcf.zeroshot.prompts import example_answer
+
+    path = run.folder / "samples.jsonl"
+    if not path.is_file():
+        return None
+    samples = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    ranked = [(s, sl) for s in samples if (sl := _slots(s)) is not None]
+    if not ranked:
+        return None
+    first = np.bincount([sl[0] for _, sl in ranked])
+    top = [int(i) for i in np.argsort(-first, kind="stable")[:2] if first[i]]
+    shown = np.bincount([int(s["target_position"]) for s in samples if s.get("target_position") is not None],
+                        minlength=len(first))
+    n_cand = max(len(s.get("candidates") or []) for s, _ in ranked)
+    example = [i - 1 for i in example_answer(n_cand)]
+    copies = sum(1 for _, sl in ranked if len(sl) > len(example)
+                 and sl == example + list(range(len(example), len(example) + len(sl) - len(example))))
+    picks = ", ".join(f"slot {i + 1} for {first[i]}" for i in top)
+    targets = " and ".join(f"slot {i + 1} for {shown[i] if i < len(shown) else 0}" for i in top)
+    model = Path(str(run.config.get("zeroshot.model", "?"))).name
+    text = (f"{model} ({run.config.get('zeroshot.protocol', '?')}): of {len(ranked)} replies with a ranking "
+            f"({len(samples)} prompts), the first choice was the candidate shown in {picks}, while the true item was "
+            f"shown in {targets}")
+    if ", ".join(str(i + 1) for i in example) in (ranked[0][0].get("prompt") or ""):  # a prompt showing the example
+        text += (f"; {copies} rank all {n_cand} in the order of the prompt's example answer "
+                 f"({', '.join(str(i + 1) for i in example)}, then on in order)")
+    return text
+
+
+def position_line(runs: list[RunResult]) -> str | None:
+    """Where a zero-shot model's first choices sat in the presented lists.  Slots are shuffled with a seed, so a
+    model that picks by position scores as a random order would, in expectation: this line says whether the
+    score measures a preference or a slot."""
+    parts = [x for r in runs if r.task == "zeroshot" and (x := _position_part(r))]
+    if not parts:
+        return None
+    return ("Zero-shot position bias (computed from each reply's parsed ranking and the slot each candidate was "
+            "shown in): " + "; ".join(parts) + ". The true item's slot is drawn at random, so a reply that picks "
+            "by slot scores, in expectation, what a random order scores; such replies count as following the "
+            "format.")
 
 
 def diagnostics(groups: list[Group], metric: str, split: str, found: list = (), s=None) -> list[str]:
     """The report's computed caveats (markdown bullet texts); ``s`` the ReportSettings (the lines on the
     answers' tests need it)."""
     runs = [r for g in groups for r in g.runs]
-    lines = [stopping_line(runs), seed_luck_line(groups, metric, split), machines_line(runs)]
+    lines = [stopping_line(runs), seed_luck_line(groups, metric, split), machines_line(runs), position_line(runs)]
     if s is not None:
-        lines += [zero_noise_line(found, s.alpha), runner_up_line(groups, found, s)]
+        lines += [zero_noise_line(found, s.alpha), own_noise_line(found, metric, split, s.alpha),
+                  runner_up_line(groups, found, s)]
     return [x for x in lines if x]

@@ -158,10 +158,11 @@ def cost_line(c: dict) -> str:
 
 
 def _ledger_sentence(spent: dict | None) -> str:
-    """The machine's wall time from the sweep's ledger (``sweep-log.jsonl``), where the sweep kept one."""
+    """The study's wall time from the sweep's ledger (``sweep-log.jsonl``), where the sweep kept one."""
     if not spent or spent.get("since") is None:
         return ""
-    return (f" This machine's wall time from the sweep's ledger ({LEDGER}, begun {ledger_since(spent)}: the sittings "
+    return (f" Wall time from the sweep's ledger ({LEDGER}, on whichever machines its sittings ran; begun "
+            f"{ledger_since(spent)}: the sittings "
             f"before then are not in it, though {spent['runs_done']} runs finished under it), up to the last run "
             f"that finished: {spent['hours']:.1f} h, "
             f"the union of {spent['sittings']} sittings over all processes"

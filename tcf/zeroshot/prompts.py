@@ -65,6 +65,12 @@ def _load(path: str, mtime_ns: int):
         raise ConfigError(f"{path}:{e.lineno}: template syntax error: {e.message}") from None
 
 
+def example_answer(n: int) -> list[int]:
+    """The candidate numbers (from 1) of the example answer a ranking prompt of ``n`` candidates shows
+    ("3, 1, 2, 4, 5, ...")."""
+    return [3, 1, 2, 4, 5][: min(n, 5)] if n >= 3 else list(range(1, n + 1))
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     path: Path
@@ -82,7 +88,7 @@ class PromptTemplate:
 
         noun, nouns, verb, verb_base, verb_past = WORDS.get(source or "", DEFAULT_WORDS)
         n = len(candidates)
-        example = [3, 1, 2, 4, 5][: min(n, 5)] if n >= 3 else list(range(1, n + 1))
+        example = example_answer(n)
         values = {
             "history": list(history), "n": n, "k": k, "noun": noun, "nouns": nouns, "verb": verb, "verb_base": verb_base,
             "verb_past": verb_past, "letters": ", ".join(LETTERS[:n]),
