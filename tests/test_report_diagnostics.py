@@ -290,3 +290,47 @@ def test_a_configuration_whose_seeds_spread_more_than_its_pool_is_tested_again_w
     assert b >= 0.05 and "1 of the 1 differences the answers claim would not hold" in line  # a claim only the pool gave
     assert f"SASRec frozen text (m1) vs ID: {a:.2g} -> {b:.2g}; own seed sd {own_sd:.4f} for frozen text (m1) (pooled " \
            f"{pooled_sd:.4f})" in line
+
+
+def test_a_verdict_whose_towers_were_chosen_on_fewer_seeds_than_planned_is_provisional(tmp_path):
+    """Selection scores candidates on the seeds they all have: while one candidate lacks a seed, the choice can
+    change once it lands, so the line is provisional even when its test uses every seed."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tcf.config import from_dict
+    from tcf.experiments.answers import ReportSettings, findings
+    from test_stats_report import put as put_user
+
+    rng = np.random.default_rng(7)
+    base = rng.random(300) * 0.3
+    for k in range(3):
+        for tower, enc, shift in (("id", None, 0.0), ("frozen", "m1", 0.01), ("frozen", "m2", -0.02)):
+            if enc == "m2" and k == 2:
+                continue  # m2's third seed has not finished
+            folder = put_user(tmp_path, f"{enc or tower}-s{k}", tower=tower, seed=k,
+                              per_user=base + shift + rng.normal(0, 0.01, 300))
+            res = json.loads((folder / "results.json").read_text())
+            res["config"]["encoder"]["model"] = enc
+            (folder / "results.json").write_text(json.dumps(res))
+    s = from_dict(ReportSettings, {}, "report")
+    found = findings(group_runs(runs_of(tmp_path)), s, planned_seeds=3)
+    f = next(f for f in found if f.question == "text vs ID")
+    assert f.a.first.encoder == "m1" and min(f.c.seeds) == 3 and f.chosen_seeds == 2
+    assert f.provisional() == "provisional: its towers chosen on 2 of 3 seeds"
+    assert f.line(s).endswith("(provisional: its towers chosen on 2 of 3 seeds).") and f.record(s)["provisional"]
+    whole = findings(group_runs([r for r in runs_of(tmp_path) if r.config.get("encoder.model") != "m2"]), s, 3)
+    assert next(f for f in whole if f.question == "text vs ID").provisional() == ""  # every candidate on 3 seeds
+
+
+def test_a_permutation_p_at_its_floor_reads_as_a_bound():
+    """1 / (resamples + 1) is the smallest p a sign-flip test can give: printed as an estimate it understates the
+    evidence's resolution, so it reads "p <= ..."; an ordinary p, or a t-test's, keeps "=" ."""
+    from tcf.eval.metrics import paired_test
+    from tcf.experiments.stats import p_words
+
+    floor = paired_test(np.ones(50), np.zeros(50), n=999)["p_value"]
+    assert floor == pytest.approx(1 / 1000)
+    assert p_words("perm", floor, 0.002, 2, 999) == "perm p <= 0.001, Holm-adjusted over 2 tests p <= 0.002"
+    assert p_words("perm", 0.0123, None, 1, 999) == "perm p = 0.0123"
+    assert p_words("t", floor, None, 1, None) == "t p = 0.001"

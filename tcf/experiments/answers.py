@@ -149,6 +149,17 @@ def _selection_seeds(groups: list[Group], metric: str) -> tuple[set[str], list[s
     return (set.intersection(*[x for x in scored if x]) if any(scored) else set()), scored
 
 
+def chosen_seeds(metric: str, *candidates: list[Group]) -> int | None:
+    """The fewest seeds any of these selections (:func:`select` over each list) was made on, None where each
+    used every seed of its candidates."""
+    counts = []
+    for groups in candidates:
+        common, scored = _selection_seeds(groups, metric) if len(groups) > 1 else (set(), [])
+        if common and not all(x == common for x in scored if x):
+            counts.append(len(common))
+    return min(counts) if counts else None
+
+
 def chosen_on(groups: list[Group], metric: str) -> str:
     """"; chosen on seed 2020, which all have" where :func:`select` chose on fewer seeds than a candidate has
     (the line's test may then be on other seeds than the choice); "" where it used every seed."""
@@ -174,13 +185,22 @@ class Finding:
     words: tuple[str, str]  # the verdict when a is significantly better / worse
     diff_only: bool = False  # numbers as the difference alone (the walk before it gives the means)
     planned_seeds: int = 1  # the most seeds any group of the report has: fewer here make the verdict provisional
+    chosen_seeds: int | None = None  # the seeds its sides were selected on, where fewer than every candidate had
+
+    def provisional(self) -> str:
+        """"provisional: on 2 of 3 seeds" where the test, or the choice of a side on validation, rests on fewer
+        seeds than planned (a choice made on 2 seeds can go to another candidate once the third is in); ""."""
+        seeds = min(self.c.seeds)
+        if seeds < self.planned_seeds:
+            return f"provisional: on {seeds} of {self.planned_seeds} seeds"
+        if self.chosen_seeds is not None and self.chosen_seeds < self.planned_seeds:
+            return f"provisional: its towers chosen on {self.chosen_seeds} of {self.planned_seeds} seeds"
+        return ""
 
     def line(self, s: ReportSettings) -> str:
         c = self.c
         numbers = f"{_diff(c)} ({c.evidence()})" if self.diff_only else _rel(c)
-        seeds = min(c.seeds)
-        note = (f" (provisional: on {seeds} of {self.planned_seeds} seeds)"
-                if seeds < self.planned_seeds else "")
+        note = f" ({self.provisional()})" if self.provisional() else ""
         return f"{self.before}{numbers} — **{c.verdict(s.alpha, *self.words)}**{note}."
 
     def record(self, s: ReportSettings) -> dict:
@@ -190,7 +210,7 @@ class Finding:
                 "metric": s.metrics[0], "split": s.split, "selected_on": SELECT_SPLIT, "a_mean": c.a.mean,
                 "b_mean": c.b.mean, "diff": c.diff, **c.record(), "alpha": s.alpha,
                 "significant": c.significant(s.alpha), "planned_seeds": self.planned_seeds,
-                "provisional": min(c.seeds) < self.planned_seeds}
+                "provisional": bool(self.provisional())}
 
 
 def _family(found: list[Finding]) -> list[Finding]:
@@ -227,9 +247,11 @@ def text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
         before = (f"{name}: the text tower best on {SELECT_SPLIT} {m}"
                   f"{_of(len(texts), 'towers', chosen_on(texts, m))}, {labelled(best)}, against the ID setting best on "
                   f"{SELECT_SPLIT}{_of(len(ids), 'settings', chosen_on(ids, m))}: {s.split} {m} ")
-        out.append(Finding("text vs ID", head, best, base, c, before, ("text beats ID", "ID beats text")))
+        out.append(Finding("text vs ID", head, best, base, c, before, ("text beats ID", "ID beats text"),
+                           chosen_seeds=chosen_seeds(m, texts, ids)))
         cold += _cold_finding(COLD, head, best, base, s, "towers",
-                              ("text beats ID on cold items", "ID beats text on cold items"), groups)
+                              ("text beats ID on cold items", "ID beats text on cold items"), groups,
+                              chosen_seeds(m, texts, ids))
     return _interleave(_family(out), _family(cold))
 
 
@@ -250,14 +272,15 @@ def id_text_vs_id(groups: list[Group], s: ReportSettings) -> list[Finding]:
         before = (f"{name}: {labelled(best)}{_of(len(both), best_of, chosen_on(both, m))} "
                   f"against ID{_of(len(ids), best_of, chosen_on(ids, m))}: {s.split} {m} ")
         out.append(Finding("ID + text vs ID", head, best, base, c, before,
-                           ("adding text helps", "adding text hurts")))
+                           ("adding text helps", "adding text hurts"), chosen_seeds=chosen_seeds(m, both, ids)))
         cold += _cold_finding("ID + text vs ID (cold items)", head, best, base, s, "settings",
-                              ("adding text helps on cold items", "adding text hurts on cold items"), groups)
+                              ("adding text helps on cold items", "adding text hurts on cold items"), groups,
+                              chosen_seeds(m, both, ids))
     return _interleave(_family(out), _family(cold))
 
 
 def _cold_finding(question: str, head: str, best: Group, base: Group, s: ReportSettings, same: str,
-                  words: tuple[str, str], groups: list[Group]) -> list[Finding]:
+                  words: tuple[str, str], groups: list[Group], chosen: int | None = None) -> list[Finding]:
     """The same two groups compared on the users whose target is a cold item: [its finding], or [] when the
     runs have no cold slice."""
     m = s.metrics[0]
@@ -268,7 +291,7 @@ def _cold_finding(question: str, head: str, best: Group, base: Group, s: ReportS
     who = f"{n} users" if n is not None else "users"
     rule = f": at most {k} training interactions" if k is not None else ""
     return [Finding(question, head, best, base, cc, f"{HEAD_NAMES.get(head, head)} on cold items ({who} whose "
-                    f"{s.split} target is a cold item{rule}), the same {same}: {m} ", words)]
+                    f"{s.split} target is a cold item{rule}), the same {same}: {m} ", words, chosen_seeds=chosen)]
 
 
 def _interleave(main: list[Finding], cold: list[Finding]) -> list[Finding]:
@@ -292,7 +315,7 @@ def fine_tuned_vs_frozen(groups: list[Group], s: ReportSettings) -> list[Finding
         before = (f"{HEAD_NAMES.get(r.head, r.head)} with {r.encoder}: {TOWER_NAMES[r.tower]}{extra} against frozen"
                   f"{_of(len(peers), 'frozen settings; the best on ' + SELECT_SPLIT, chosen_on(peers, m))}: {m} ")
         out.append(Finding("fine-tuned vs frozen", r.head, tuned, base, c, before,
-                           ("fine-tuning helps", "fine-tuning hurts")))
+                           ("fine-tuning helps", "fine-tuning hurts"), chosen_seeds=chosen_seeds(m, peers)))
     return _family(out)
 
 
@@ -446,7 +469,8 @@ def head_vs_head(groups: list[Group], s: ReportSettings) -> list[Finding]:
                           f"{s.split} {m} ")
                 name = HEAD_NAMES.get(head, head)
                 out.append(Finding("head vs head", head, best, base, c, before,
-                                   (f"{name} beats {ref_name}", f"{ref_name} beats {name}")))
+                                   (f"{name} beats {ref_name}", f"{ref_name} beats {name}"),
+                                   chosen_seeds=chosen_seeds(m, heads[head], heads[ref])))
     return _family(out)
 
 

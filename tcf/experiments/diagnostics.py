@@ -337,7 +337,9 @@ def runner_up_line(groups: list[Group], found: list, s) -> str | None:
                  f"configuration{'s' if sd[1] != 1 else ''} with 2+ seeds: a lead of two means over {on} seed"
                  f"{'s' if on != 1 else ''} about {sd[0] * math.sqrt(2 / on):.4f})" if sd and on else "")
         seeds = min(c.seeds)
-        note = f"; provisional: on {seeds} of {f.planned_seeds} seeds" if seeds < f.planned_seeds else ""
+        note = f"; provisional: on {seeds} of {f.planned_seeds} seeds" if seeds < f.planned_seeds else \
+            (f"; provisional: its towers chosen on {on} of {f.planned_seeds} seeds" if on and on < f.planned_seeds
+             else "")
         parts.append(f"{HEAD_NAMES.get(f.head, f.head)}: {labelled(f.a)} led the runner-up, {labelled(second)}, by "
                      f"{lead:.4f} valid {m}{chosen_on(texts, m)}{noise}; had the runner-up been chosen, the line "
                      f"would read {s.split} {m} {c.a.mean:.4f} vs {c.b.mean:.4f} ({_diff(c)}; Holm-adjusted over "

@@ -27,13 +27,20 @@ from tcf.experiments.answers import (
     TUNED,
     Finding,
     ReportSettings,
+    chosen_seeds,
     labelled,
     select,
     signed,
 )
-from tcf.experiments.rescore import CHECKPOINTS_FIXED, ONE_CHECKPOINT, zs_evidence, zs_provisional
+from tcf.experiments.rescore import (
+    CHECKPOINTS_FIXED,
+    ONE_CHECKPOINT,
+    ZERO_NOISE_FIXED,
+    zs_evidence,
+    zs_provisional,
+)
 from tcf.experiments.results import Group
-from tcf.experiments.stats import Comparison, compare, holm_family
+from tcf.experiments.stats import compare, holm_family
 
 TCF = "TCF (Li et al., 2023, arXiv:2305.11700; MIND, H&M, Bili)"
 LLMRANK = "LLMRank (Hou et al., 2024, ECIR)"
@@ -107,7 +114,7 @@ def _from_findings(found: list[Finding], claim: Claim, s: ReportSettings) -> lis
         fa, fb = model_family(f.a.first.encoder), model_family(f.b.first.encoder)
         untested = (f"not tested here: different model families ({fa}, {fb})"
                     if claim.one_family and fa != fb else "")
-        out.append(Measured(what, c.diff, c.significant(s.alpha), c.evidence() + _provisional(c, f.planned_seeds),
+        out.append(Measured(what, c.diff, c.significant(s.alpha), c.evidence() + (f"; {f.provisional()}" if f.provisional() else ""),
                             c.diff_ci, untested))
     return out
 
@@ -117,11 +124,6 @@ def model_family(encoder: str | None) -> str:
     minilm; mpnet-base -> mpnet; a path keeps its folder (facebook/opt-1.3b -> facebook/opt)."""
     name = str(encoder or "")
     return re.sub(r"-(\d+(\.\d+)?[kmbt]|l\d+|base|large|small|tiny|mini|xl|xxl)$", "", name.lower(), flags=re.I)
-
-
-def _provisional(c: Comparison, planned: int) -> str:
-    seeds = min(c.seeds)
-    return f"; provisional: on {seeds} of {planned} seeds" if seeds < planned else ""
 
 
 def _label(g) -> str:
@@ -136,17 +138,20 @@ def _tuned_vs_id(groups: list[Group], claim: Claim, s: ReportSettings, planned: 
     for head in sorted({g.first.head for g in groups}):
         if claim.head and head != claim.head:
             continue
-        tuned = select([g for g in groups if g.first.head == head and g.first.tower in TUNED], m)
-        ids = select([g for g in groups if g.first.head == head and g.first.tower == "id"], m)
+        kinds = ([g for g in groups if g.first.head == head and g.first.tower in TUNED],
+                 [g for g in groups if g.first.head == head and g.first.tower == "id"])
+        tuned, ids = (select(x, m) for x in kinds)
         c = (compare(tuned, ids, m, s.split, alpha=s.alpha, pool=groups)
              if tuned is not None and ids is not None else None)
         if c is not None:
             what = (f"{HEAD_NAMES.get(head, head)}: {_label(tuned)} vs {_label(ids)} (each the best on "
                     f"{SELECT_SPLIT} of its kind)")
-            found.append((what, c))
-    holm_family([c for _, c in found])
-    return [Measured(what, c.diff, c.significant(s.alpha), c.evidence() + _provisional(c, planned), c.diff_ci)
-            for what, c in found]
+            found.append((what, Finding("tuned vs ID", head, tuned, ids, c, "", ("", ""), planned_seeds=planned,
+                                        chosen_seeds=chosen_seeds(m, *kinds))))
+    holm_family([f.c for _, f in found])
+    return [Measured(what, f.c.diff, f.c.significant(s.alpha),
+                     f.c.evidence() + (f"; {f.provisional()}" if f.provisional() else ""), f.c.diff_ci)
+            for what, f in found]
 
 
 def _from_zeroshot(zs: list[dict], claim: Claim) -> list[Measured]:
@@ -165,7 +170,8 @@ def _from_zeroshot(zs: list[dict], claim: Claim) -> list[Measured]:
             out.append(Measured(what, t["diff"], bool(t["significant"]),
                                 zs_evidence(t) + (f"; {provisional}" if provisional else ""), t.get("ci95"),
                                 one_checkpoint=ONE_CHECKPOINT in (t.get("test") or ""),
-                                fixed=CHECKPOINTS_FIXED in (t.get("test") or "")))
+                                fixed=CHECKPOINTS_FIXED in (t.get("test") or "")
+                                or "in effect " + ZERO_NOISE_FIXED in (t.get("test") or "")))
     return out
 
 

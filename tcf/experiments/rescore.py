@@ -22,7 +22,7 @@ from tcf.eval.metrics import holm, metrics_from_ranks, paired_test, target_ranks
 from tcf.experiments.answers import ReportSettings, chosen_on, extra_settings, select
 from tcf.experiments.derived import derived
 from tcf.experiments.results import HEAD_NAMES, TOWER_NAMES, Group, RunResult, Stat, _seed_average
-from tcf.experiments.stats import PAIRED, PAIRED_RESAMPLES, USERS_AND_SEEDS, _seed_tables, users_and_seeds
+from tcf.experiments.stats import PAIRED, PAIRED_RESAMPLES, USERS_AND_SEEDS, _seed_tables, p_words, users_and_seeds
 
 
 def zeroshot_rows(runs: list[RunResult], trained: list[Group], s: ReportSettings,
@@ -220,7 +220,8 @@ def metric_mean(m: dict, name: str) -> float | None:
     return None if v is None else float(v)
 
 
-ZS_POP_TEST = f"{PAIRED} (stored by the zero-shot run, 10,000 sign flips)"
+ZS_POP_RESAMPLES = 10_000  # tcf.eval.metrics.paired_test's default, which the zero-shot run uses
+ZS_POP_TEST = f"{PAIRED} (stored by the zero-shot run, {ZS_POP_RESAMPLES:,} sign flips)"
 
 
 def _zs_test(name: str, label: str, b_mean: float | None, diff: float | None, ci, p: float | None, test: str,
@@ -229,6 +230,7 @@ def _zs_test(name: str, label: str, b_mean: float | None, diff: float | None, ci
             None else None, "p_value": p, "p_holm": None, "family": 1, **({"no_test": reason} if p is None else {})}
 
 
+ZERO_NOISE_FIXED = "treated as fixed"  # the words of a test whose seed-noise estimate on the lists is 0
 ONE_CHECKPOINT = " (one trained checkpoint, treated as fixed: a claim about its configuration also needs seeds)"
 CHECKPOINTS_FIXED = (" (its trained checkpoints averaged, treated as fixed: no seed-noise estimate on these lists, "
                      "a claim about its configuration needs one)")
@@ -273,8 +275,8 @@ def _seeded_zs(name: str, label: str, own, v: dict, m: str, b_mean: float | None
     pool = f"{n.where}, {n.configs} configuration{'s' if n.configs > 1 else ''}"
     sd = (f"seed sd on these lists {n.var ** 0.5:.4f} ({pool}, {n.df:.3g} df)" if n.var > 0 else
           f"seed sd on these lists estimated at 0 ({pool}, {n.seed_df} seed deviations: their seed means spread no "
-          "more than the user-by-seed interaction gives), so the seed term drops out and the checkpoints are in "
-          "effect treated as fixed")
+          f"more than the user-by-seed interaction gives), so the seed term drops out and the checkpoints are in "
+          f"effect {ZERO_NOISE_FIXED}")
     test = (f"{USERS_AND_SEEDS} (the zero-shot run has no training seed; {len(a)} users, each user's trained value "
             f"averaged over {k} seeds; {sd}" + (f"; {c.df:.3g} df" if c.df is not None else "") + ")")
     out = _zs_test(name, label, b_mean, c.diff if c.p_value is not None else None, c.diff_ci, c.p_value, test,
@@ -314,10 +316,9 @@ def _pop_rescored(run: RunResult, own, m: str, pop: float) -> dict:
 
 def zs_evidence(t: dict) -> str:
     """A zero-shot test's evidence as the report prints it: test, p, and the Holm-adjusted p over its family."""
-    text = f"{t['test']} p = {t['p_value']:.3g}"
-    if t["family"] > 1:
-        text += f", Holm-adjusted over {t['family']} tests p = {t['p_holm']:.3g}"
-    return text
+    resamples = ZS_POP_RESAMPLES if t["test"] == ZS_POP_TEST else PAIRED_RESAMPLES if t["test"].startswith(PAIRED) \
+        else None
+    return p_words(t["test"], t["p_value"], t["p_holm"] if t["family"] > 1 else None, t["family"], resamples)
 
 
 def zs_provisional(t: dict) -> str:

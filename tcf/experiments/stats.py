@@ -83,9 +83,8 @@ class Comparison:
     def _test_text(self) -> str:
         if self.p_value is None:
             return self.reason
-        text = f"{self.test} p = {self.p_value:.3g}"
-        if self.family > 1 and self.p_holm is not None:
-            text += f", Holm-adjusted over {self.family} tests p = {self.p_holm:.3g}"
+        text = p_words(self.test, self.p_value, self.p_holm if self.family > 1 else None, self.family,
+                       PAIRED_RESAMPLES if self.test.startswith(PAIRED) else None)
         if self.n_users is not None and max(self.seeds) > 1:
             text += f"; {self.n_users} users, each user's value averaged over {self.seeds[0]} vs {self.seeds[1]} seeds"
         if self.noise:
@@ -195,6 +194,16 @@ def noise_from_tables(tables: list[np.ndarray], where: str = "") -> SeedNoise | 
     den = ms_m ** 2 / df_m + user_part ** 2 / df_r
     df = var ** 2 / den if den > 0 and var > 0 else df_m
     return SeedNoise(var, min(df, df_m), k, int(df_m), where)
+
+
+def p_words(test: str, p: float, p_holm: float | None, family: int, resamples: int | None) -> str:
+    """"TEST p = 0.012, Holm-adjusted over 4 tests p = 0.048"; a permutation test's smallest possible p, 1 / (its
+    resamples + 1), reads "p <= 0.0001", a bound and not an estimate (and so does what Holm makes of it)."""
+    at_floor = resamples is not None and p <= (1 + 1e-9) / (resamples + 1)
+    text = f"{test} p {'<=' if at_floor else '='} {p:.3g}"
+    if p_holm is not None:
+        text += f", Holm-adjusted over {family} tests p {'<=' if at_floor else '='} {p_holm:.3g}"
+    return text
 
 
 def _tables(groups: list[Group], metric: str, split: str, users: np.ndarray | None,
