@@ -334,3 +334,17 @@ def test_a_permutation_p_at_its_floor_reads_as_a_bound():
     assert p_words("perm", floor, 0.002, 2, 999) == "perm p <= 0.001, Holm-adjusted over 2 tests p <= 0.002"
     assert p_words("perm", 0.0123, None, 1, 999) == "perm p = 0.0123"
     assert p_words("t", floor, None, 1, None) == "t p = 0.001"
+
+
+def test_runs_from_several_code_revisions_are_listed(tmp_path):
+    from tcf.experiments.diagnostics import code_line
+
+    for name, commit in (("r1", "aaaaaaa111"), ("r2", "aaaaaaa111"), ("r3", "bbbbbbb222"), ("r4", None)):
+        folder = put(tmp_path, name, [0.1, 0.2])
+        res = json.loads((folder / "results.json").read_text())
+        if commit:
+            res["git"] = commit
+        (folder / "results.json").write_text(json.dumps(res))
+    line = code_line(runs_of(tmp_path))
+    assert "3 revisions of tcf trained these 4 runs (runs each): aaaaaaa (2), bbbbbbb (1), not recorded (1)." in line
+    assert code_line([r for r in runs_of(tmp_path) if r.folder.name in ("r1", "r2")]) is None

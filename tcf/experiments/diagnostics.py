@@ -387,6 +387,23 @@ def machines_line(runs: list[RunResult]) -> str | None:
             "machine.")
 
 
+def code_line(runs: list[RunResult]) -> str | None:
+    """Which revisions of tcf trained the runs (each record's ``git`` commit), when more than one: a study run
+    over days spans commits, and a reader checking that none of them changed what a run computes needs the list."""
+    commits: dict[str, int] = {}
+    for r in runs:
+        c = r.record.provenance.get("git")
+        key = str(c)[:7] if c else "not recorded"
+        commits[key] = commits.get(key, 0) + 1
+    if len(commits) < 2:
+        return None
+    listed = ", ".join(f"{c} ({n})" for c, n in sorted(commits.items(), key=lambda kv: (-kv[1], kv[0])))
+    return (f"Code (computed from each record's git commit): {len(commits)} revisions of tcf trained these "
+            f"{len(runs)} runs (runs each): {listed}. Results are compared across them as if from one; "
+            "`git diff` between two of them over tcf/train, tcf/eval, tcf/run, tcf/models and tcf/data shows what "
+            "changed.")
+
+
 def _slots(sample: dict) -> list[int] | None:
     """The presentation slots (from 0) of a zero-shot reply's parsed ranking, None without one."""
     where = {c: i for i, c in enumerate(sample.get("candidates") or [])}
@@ -445,7 +462,8 @@ def diagnostics(groups: list[Group], metric: str, split: str, found: list = (), 
     """The report's computed caveats (markdown bullet texts); ``s`` the ReportSettings (the lines on the
     answers' tests need it)."""
     runs = [r for g in groups for r in g.runs]
-    lines = [stopping_line(runs), seed_luck_line(groups, metric, split), machines_line(runs), position_line(runs)]
+    lines = [stopping_line(runs), seed_luck_line(groups, metric, split), machines_line(runs), code_line(runs),
+             position_line(runs)]
     if s is not None:
         lines += [zero_noise_line(found, s.alpha), own_noise_line(found, metric, split, s.alpha),
                   runner_up_line(groups, found, s)]
