@@ -64,6 +64,8 @@ def test_every_question_the_committed_runs_can_answer_is_answered():
              "Does fine-tuning beat a frozen encoder?": ("sasrec", "finetune") in trained
              and ("sasrec", "frozen") in trained,
              "How far is zero-shot prompting": any(r.get("task") == "zeroshot" for r in runs)}
+    if needs["How far is zero-shot prompting"]:  # the computed position-bias line reads the zero-shot runs' replies
+        assert "- Zero-shot position bias (computed" in md
     for question, answerable in needs.items():
         if answerable:
             section = answers.split(f"**{question}")[1].split("\n\n**")[0]

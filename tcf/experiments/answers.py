@@ -190,12 +190,12 @@ class Finding:
     def provisional(self) -> str:
         """"provisional: on 2 of 3 seeds" where the test, or the choice of a side on validation, rests on fewer
         seeds than planned (a choice made on 2 seeds can go to another candidate once the third is in); ""."""
-        seeds = min(self.c.seeds)
+        seeds, why = min(self.c.seeds), []
         if seeds < self.planned_seeds:
-            return f"provisional: on {seeds} of {self.planned_seeds} seeds"
-        if self.chosen_seeds is not None and self.chosen_seeds < self.planned_seeds:
-            return f"provisional: its towers chosen on {self.chosen_seeds} of {self.planned_seeds} seeds"
-        return ""
+            why.append(f"on {seeds} of {self.planned_seeds} seeds")
+        if self.chosen_seeds is not None and self.chosen_seeds < min(seeds, self.planned_seeds):
+            why.append(f"its towers chosen on {self.chosen_seeds} of {self.planned_seeds} seeds")
+        return "provisional: " + ", ".join(why) if why else ""
 
     def line(self, s: ReportSettings) -> str:
         c = self.c

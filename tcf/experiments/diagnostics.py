@@ -7,7 +7,7 @@ non-zero one.  Computed from the records, so the sentences never go stale as run
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -252,14 +252,21 @@ def own_noise(found: list, metric: str, split: str, alpha: float) -> list[tuple]
                 swapped.append(c.p_value)
                 continue
             own = [noise_from_tables(_tables([x], metric, split, None), "own") for x in (g.a, g.b)]
-            use = [o if o is not None and o.var > n.var else n for o, n in zip(own, pooled)]
-            larger[id(c)] = [(x, math.sqrt(u.var), math.sqrt(n.var)) for x, u, n in zip((g.a, g.b), use, pooled)
-                             if u is not n]
+            # a side's pooled term is var * its factor (one pool for both sides may assume one side's noise from
+            # the other's, at a multiple); an own estimate replaces it only where larger, with no more df than it
+            factors = pooled[0].factors if pooled[0] is pooled[1] else (1.0, 1.0)
+            parts, larger[id(c)] = [], []
+            for x, o, n, f, k in zip((g.a, g.b), own, pooled, factors, c.seeds):
+                if o is not None and o.var > n.var * f:
+                    parts.append((replace(o, df=min(o.df, n.df)), 1, k))
+                    larger[id(c)].append((x, math.sqrt(o.var), math.sqrt(n.var * f)))
+                else:
+                    parts.append((n, f, k))
             if not larger[id(c)]:
                 swapped.append(c.p_value)
                 continue
             diff, v_users, n_users, _ = c.basis
-            swapped.append(t_from_basis((diff, v_users, n_users, tuple((u, 1, k) for u, k in zip(use, c.seeds))))[0])
+            swapped.append(t_from_basis((diff, v_users, n_users, tuple(parts)))[0])
         for c, q in zip(family, holm(swapped)):
             g, a = by_comparison.get(id(c)), _adjusted(c)
             if g is not None and a is not None and a < alpha:
@@ -287,8 +294,10 @@ def own_noise_line(found: list, metric: str, split: str, alpha: float) -> str | 
         else (f" (the largest adjusted p so read: {max(held):.2g})" if held else "")
     return ("Seed noise per configuration (computed, on the answers' metric, all users): the tests pool seed noise "
             "over the configurations of a kind, assuming their seeds spread alike; taking instead, for each side, "
-            "its own configuration's seed spread wherever that is the larger (it rests on its seeds less one, 2 "
-            f"for 3 seeds, so it is only a sensitivity reading), {verdict}{rest}.")
+            "its own configuration's seed spread wherever that is the larger, with its degrees of freedom (its seeds "
+            "less one, 2 for 3 seeds: a verdict can turn on those few df as much as on the larger spread, and of a "
+            "dozen configurations some exceed their pool by chance alone, so this is a sensitivity reading, not a "
+            f"finding), {verdict}{rest}.")
 
 
 def runner_up(groups: list[Group], found: list, s) -> list[tuple]:
@@ -376,12 +385,12 @@ def machines_line(runs: list[RunResult]) -> str | None:
         low = sum(1 for r in rs if r.config.get("encoder.dtype") in ("bf16", "fp16")
                   or r.config.get("model.llm_dtype") in ("bf16", "fp16"))
         by_seed = sorted({str(r.config.get("seed")) for r in rs})
-        return f"{len(rs)} runs (seeds {', '.join(by_seed)}; {low} of them in bf16 / fp16)"
+        return f"{len(rs)} run{'s' if len(rs) != 1 else ''} (seeds {', '.join(by_seed)}; {low} of them in bf16 / fp16)"
 
     parts = "; ".join(f"{where}, bf16 matmuls {bf16}: {seeds(rs)}"
                       for (where, bf16), rs in sorted(kinds.items(), key=lambda kv: -len(kv[1])))
-    unnamed = " (a record written before tcf recorded the CPU model names fewer fields, so two of these can be " \
-        "one machine)" if any(where.startswith("CPU model not recorded") for where, _ in kinds) else ""
+    unnamed = " (a record written before tcf recorded the CPU model names fewer fields, so a kind without one can " \
+        "be one of the others)" if any(where.startswith("CPU model not recorded") for where, _ in kinds) else ""
     return (f"Machines (computed from each record's hardware): the runs' records describe {len(kinds)} kinds of "
             f"machine{unnamed}: {parts}. Results are compared across them as if from one; a run's record names its "
             "machine.")
@@ -393,7 +402,7 @@ def code_line(runs: list[RunResult]) -> str | None:
     commits: dict[str, int] = {}
     for r in runs:
         c = r.record.provenance.get("git")
-        key = str(c)[:7] if c else "not recorded"
+        key = (str(c)[:7] + ("+dirty" if str(c).endswith("+dirty") else "")) if c else "not recorded"
         commits[key] = commits.get(key, 0) + 1
     if len(commits) < 2:
         return None
@@ -401,7 +410,8 @@ def code_line(runs: list[RunResult]) -> str | None:
     return (f"Code (computed from each record's git commit): {len(commits)} revisions of tcf trained these "
             f"{len(runs)} runs (runs each): {listed}. Results are compared across them as if from one; "
             "`git diff` between two of them over tcf/train, tcf/eval, tcf/run, tcf/models and tcf/data shows what "
-            "changed.")
+            "changed (+dirty: the checkout had uncommitted changes to tracked files, which the record does not "
+            "hold).")
 
 
 def _slots(sample: dict) -> list[int] | None:
@@ -431,8 +441,8 @@ def _position_part(run: RunResult) -> str | None:
                         minlength=len(first))
     n_cand = max(len(s.get("candidates") or []) for s, _ in ranked)
     example = [i - 1 for i in example_answer(n_cand)]
-    copies = sum(1 for _, sl in ranked if len(sl) > len(example)
-                 and sl == example + list(range(len(example), len(example) + len(sl) - len(example))))
+    copies = sum(1 for s, sl in ranked if len(sl) == len(s.get("candidates") or []) == n_cand
+                 and sl == example + list(range(len(example), n_cand)))
     picks = ", ".join(f"slot {i + 1} for {first[i]}" for i in top)
     targets = " and ".join(f"slot {i + 1} for {shown[i] if i < len(shown) else 0}" for i in top)
     model = Path(str(run.config.get("zeroshot.model", "?"))).name
@@ -458,12 +468,13 @@ def position_line(runs: list[RunResult]) -> str | None:
             "format.")
 
 
-def diagnostics(groups: list[Group], metric: str, split: str, found: list = (), s=None) -> list[str]:
+def diagnostics(groups: list[Group], metric: str, split: str, found: list = (), s=None,
+                zeroshot: list[RunResult] = ()) -> list[str]:
     """The report's computed caveats (markdown bullet texts); ``s`` the ReportSettings (the lines on the
     answers' tests need it)."""
     runs = [r for g in groups for r in g.runs]
     lines = [stopping_line(runs), seed_luck_line(groups, metric, split), machines_line(runs), code_line(runs),
-             position_line(runs)]
+             position_line(list(zeroshot))]
     if s is not None:
         lines += [zero_noise_line(found, s.alpha), own_noise_line(found, metric, split, s.alpha),
                   runner_up_line(groups, found, s)]

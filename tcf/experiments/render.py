@@ -331,7 +331,8 @@ def markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s, cont
            "fallback where per-user records are missing: a t-based 95% CI over seed means, which reflects training "
            "randomness only, not which users were sampled.", ""]
     md += ["## Answers", "", method_note(s), ""]
-    computed = diagnostics(trained, s.metrics[0], s.split, found, s)  # measured on these runs: never stale
+    computed = diagnostics(trained, s.metrics[0], s.split, found, s,  # measured on these runs: never stale
+                           zeroshot=[row["run"] for row in zs if row.get("run") is not None])
     if s.caveats or computed:
         md += ["Read the answers with these limits of the design:", "",
                *[f"- {c.strip()}" for c in [*s.caveats, *computed]], ""]
