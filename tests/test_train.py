@@ -53,6 +53,37 @@ def test_each_loss_lowers_itself(tiny_dataset, tiny_model, tmp_path, loss):
     assert losses[-1] < losses[0]
 
 
+def test_min_epochs_holds_off_early_stopping_and_changes_nothing_after_it(tiny_dataset, tiny_model, tmp_path,
+                                                                            monkeypatch):
+    # validation never improves after epoch 1: patience 2 stops after epoch 3; with min_epochs 6 the run goes on
+    # to epoch 6 and still keeps epoch 1's checkpoint (the best on validation)
+    scores = iter([0.5] + [0.1] * 20)
+
+    def fake_end(run, state, losses, t0, show):
+        state["epoch"] += 1
+        v = next(scores)
+        if v > state["best"]:
+            state.update(best=v, best_epoch=state["epoch"], bad_epochs=0)
+            loop._save(run.ckpt_dir / "best.pt", {"model": run.model.state_dict(), "epoch": state["epoch"]})
+        else:
+            state["bad_epochs"] += 1
+        state["history"].append({"epoch": state["epoch"], "valid_ndcg@10": v})
+
+    monkeypatch.setattr(loop, "end_epoch", fake_end)
+    for extra, ran in (([], 3), (["train.min_epochs=6"], 6), (["train.min_epochs=2"], 3)):
+        scores = iter([0.5] + [0.1] * 20)
+        cfg = cfg_for(tiny_dataset, tiny_model, tmp_path, "model.tower=id", "train.epochs=20", "train.patience=2",
+                      *extra)
+        r = loop.train(cfg, tmp_path / f"run{len(extra)}{extra}", progress=False)
+        assert (r["epochs_run"], r["best_epoch"]) == (ran, 1), extra
+    # a setting added with a default that keeps the old behaviour leaves the run ids as they were
+    from tcf.run.config import config_hash
+    assert config_hash(cfg_for(tiny_dataset, tiny_model, tmp_path)) == config_hash(
+        cfg_for(tiny_dataset, tiny_model, tmp_path, "train.min_epochs=0"))
+    assert config_hash(cfg_for(tiny_dataset, tiny_model, tmp_path)) != config_hash(
+        cfg_for(tiny_dataset, tiny_model, tmp_path, "train.min_epochs=6"))
+
+
 def test_own_items_mask_by_hand():
     cands = torch.tensor([2, 5, 7, 9])
     known = torch.tensor([[5, 9, 0], [1, 2, 3]])

@@ -77,6 +77,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # 0 = off
     patience: int = 10  # epochs without a better validation NDCG@10 before stopping
+    min_epochs: int = 0  # no early stop before this many epochs (a plateau early in training; the best epoch is still chosen on validation)
     logq: bool = True  # inbatch: subtract the log of each candidate's probability of being in the step (logQ)
     gather_negatives: bool = True  # inbatch with ddp / deepspeed and > 1 process: negatives from every rank's labels
     temperature: float = 1.0  # inbatch / ce logits are divided by it

@@ -273,6 +273,14 @@ def end_epoch(run: Training, state: dict, losses: list[float], t0: float, show: 
             + (f"; {state['bad_epochs']}/{cfg.train.patience} without a better one)" if state["bad_epochs"] else ")"))
 
 
+def stops(train_cfg, state: dict) -> bool:
+    """Early stopping: ``patience`` epochs without a better validation score, once ``min_epochs`` have run.
+
+    A run that would have stopped at or after ``min_epochs`` anyway stops at the same epoch, so raising
+    ``min_epochs`` changes only the runs that patience ended before it."""
+    return state["bad_epochs"] >= train_cfg.patience and state["epoch"] >= train_cfg.min_epochs
+
+
 def steps_per_epoch(run: Training, n_windows: int) -> int:
     return math.ceil(n_windows / (run.cfg.train.batch_size * run.par.world))
 
@@ -281,7 +289,9 @@ def announce(run: Training, n_windows: int, state: dict) -> None:
     cfg, world = run.cfg, run.par.world
     say(f"{cfg.name}: up to {cfg.train.epochs} epochs of {steps_per_epoch(run, n_windows)} steps ({n_windows:,} windows, batch "
         f"{cfg.train.batch_size}{f' x {world} processes' if world > 1 else ''}); stops after "
-        f"{cfg.train.patience} epochs without a better valid {SELECT_METRIC} (train.epochs, train.patience)"
+        f"{cfg.train.patience} epochs without a better valid {SELECT_METRIC}"
+        + (f", not before epoch {cfg.train.min_epochs} (train.epochs, train.patience, train.min_epochs)"
+           if cfg.train.min_epochs else " (train.epochs, train.patience)")
         + (f"; resuming after epoch {state['epoch']}" if state["epoch"] else ""))
 
 
@@ -325,7 +335,7 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
     windows = run.data.windows(cfg.model.max_len)
     if show:
         announce(run, len(windows), state)
-    while state["epoch"] < cfg.train.epochs and state["bad_epochs"] < cfg.train.patience:
+    while state["epoch"] < cfg.train.epochs and not stops(cfg.train, state):
         t0 = time.perf_counter()
         losses = train_epoch(run, windows, state["epoch"], show)
         end_epoch(run, state, losses, t0, show)
