@@ -186,6 +186,7 @@ class Finding:
     diff_only: bool = False  # numbers as the difference alone (the walk before it gives the means)
     planned_seeds: int = 1  # the most seeds any group of the report has: fewer here make the verdict provisional
     chosen_seeds: int | None = None  # the seeds its sides were selected on, where fewer than every candidate had
+    notes: list = field(default_factory=list)  # what the report measured that qualifies it (tcf.experiments.diagnostics.annotate)
 
     def provisional(self) -> str:
         """"provisional: on 2 of 3 seeds" where the test, or the choice of a side on validation, rests on fewer
@@ -197,10 +198,14 @@ class Finding:
             why.append(f"its towers chosen on {self.chosen_seeds} of {self.planned_seeds} seeds")
         return "provisional: " + ", ".join(why) if why else ""
 
+    def tags(self) -> str:
+        """Its provisional note and the report's qualifying notes, "; "-joined ("" for none)."""
+        return "; ".join(x for x in (self.provisional(), *self.notes) if x)
+
     def line(self, s: ReportSettings) -> str:
         c = self.c
         numbers = f"{_diff(c)} ({c.evidence()})" if self.diff_only else _rel(c)
-        note = f" ({self.provisional()})" if self.provisional() else ""
+        note = f" ({self.tags()})" if self.tags() else ""
         return f"{self.before}{numbers} — **{c.verdict(s.alpha, *self.words)}**{note}."
 
     def record(self, s: ReportSettings) -> dict:
@@ -210,7 +215,7 @@ class Finding:
                 "metric": s.metrics[0], "split": s.split, "selected_on": SELECT_SPLIT, "a_mean": c.a.mean,
                 "b_mean": c.b.mean, "diff": c.diff, **c.record(), "alpha": s.alpha,
                 "significant": c.significant(s.alpha), "planned_seeds": self.planned_seeds,
-                "provisional": bool(self.provisional())}
+                "provisional": bool(self.provisional()), **({"notes": list(self.notes)} if self.notes else {})}
 
 
 def _family(found: list[Finding]) -> list[Finding]:

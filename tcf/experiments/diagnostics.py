@@ -92,6 +92,101 @@ def stopping_line(runs: list[RunResult]) -> str | None:
     return text + "."
 
 
+PLATEAU_GAIN = 0.10  # a sister run's later best must exceed the stopped run's best by this share to count
+PLATEAU_LEVEL = 0.03  # ... having been no further on by the same epoch: its best then at most this share above
+
+
+@dataclass(frozen=True)
+class PlateauStop:
+    """A run patience stopped where a run of the same head, tower kind and encoder (another seed, or another
+    setting such as the fine-tuned depth) was no further on at the same epoch, and went on to a clearly better
+    best."""
+
+    run: RunResult
+    epochs: int  # epochs the stopped run trained
+    best: float  # its best validation score
+    sister: RunResult
+    sister_then: float  # the sister's best validation score by the same epoch
+    sister_best: float
+    sister_best_epoch: int
+
+
+def _valid_curve(run: RunResult) -> list[float] | None:
+    history = run.record.to_dict().get("history") or []
+    key = next((k for k in (history[0] if history else {}) if k.startswith("valid_")), None)
+    values = [h.get(key) for h in history] if key else []
+    ok = values and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+    return [float(v) for v in values] if ok else None
+
+
+def plateau_stops(runs: list[RunResult]) -> list[PlateauStop]:
+    """Runs stopped on a plateau that a sister run left: a sister (same head, tower kind and encoder; any seed or
+    other setting) whose best validation score by the stopped run's last epoch was at most PLATEAU_LEVEL above the
+    stopped run's best, and whose own best later exceeded it by more than PLATEAU_GAIN of it.  Patience cannot tell
+    such a plateau from convergence; a sister's curve shows that training past it went on to a better model.
+    Runs of other encoders are not sisters: a better encoder climbing past a run's best says nothing of that
+    run's plateau.  The sister with the highest best is named."""
+    curves = {id(r): c for r in runs if r.task == "train" for c in [_valid_curve(r)] if c}
+    out = []
+    for r in runs:
+        mine = curves.get(id(r))
+        if not mine:
+            continue
+        cap = r.config.get("train.epochs")
+        if cap is not None and len(mine) >= int(cap):
+            continue  # train.epochs ended it, not patience
+        e, best = len(mine), max(mine)
+        found = None
+        for s in runs:
+            theirs = curves.get(id(s))
+            if s is r or not theirs or len(theirs) <= e or _kin(s) != _kin(r):
+                continue
+            then, final = max(theirs[:e]), max(theirs)
+            if then <= best * (1 + PLATEAU_LEVEL) and final > best * (1 + PLATEAU_GAIN) and (found is None or final > found.sister_best):
+                found = PlateauStop(r, e, best, s, then, final, theirs.index(final) + 1)
+        if found is not None:
+            out.append(found)
+    return out
+
+
+def _kin(run: RunResult) -> tuple:
+    return run.head, run.tower, run.encoder
+
+
+def plateau_line(runs: list[RunResult]) -> str | None:
+    stops = plateau_stops(runs)
+    trained = [r for r in runs if r.task == "train" and _valid_curve(r)]
+    if not stops:
+        return None
+    kinds: dict[tuple[str, str], list[PlateauStop]] = {}
+    for x in stops:
+        kinds.setdefault((x.run.head, x.run.tower), []).append(x)
+    total = {k: sum(1 for r in trained if (r.head, r.tower) == k) for k in kinds}
+    parts = []
+    for (head, tower), xs in sorted(kinds.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        worst = max(xs, key=lambda x: (x.sister_best - x.best) / x.best)
+        parts.append(f"{HEAD_NAMES.get(head, head)} {tower}: {len(xs)} of {total[(head, tower)]} runs "
+                     f"(e.g. `{worst.run.folder.name}` stopped after epoch {worst.epochs} at {worst.best:.4f}, where "
+                     f"`{worst.sister.folder.name}` was at {worst.sister_then:.4f} and went on to {worst.sister_best:.4f} "
+                     f"at epoch {worst.sister_best_epoch})")
+    return (f"Plateaus (computed from each run's per-epoch validation score): {len(stops)} of {len(trained)} trained "
+            "runs were stopped by patience on a plateau that a sister run left (a run of the same head, tower kind "
+            f"and encoder, another seed or setting, no further on by the same epoch (its best then at most "
+            f"{PLATEAU_LEVEL:.0%} above), whose best later exceeded the "
+            f"stopped run's by more than {PLATEAU_GAIN:.0%}): " + "; ".join(parts) + ". Patience cannot tell such a "
+            "plateau from convergence, so a comparison with such runs on a side can measure when training stopped "
+            "rather than the tower (each answer's line counts them); train.min_epochs holds stopping off for a "
+            "given number of epochs.")
+
+
+def plateau_note(groups, stops: list[PlateauStop]) -> str:
+    """"3 of its 6 runs stopped on a plateau a sister left" for a comparison of ``groups``; "" for none."""
+    mine = [r for g in groups for r in g.runs]
+    stopped = {id(x.run) for x in stops}
+    n = sum(1 for r in mine if id(r) in stopped)
+    return f"{n} of its {len(mine)} runs stopped on a plateau a sister run left, see 'Plateaus'" if n else ""
+
+
 MIN_LUCK_DEVIATIONS = 8  # fewer: r's 95% interval spans most of [-1, 1]; said as too few to tell
 
 
@@ -468,12 +563,26 @@ def position_line(runs: list[RunResult]) -> str | None:
             "format.")
 
 
+def annotate(found: list, groups: list[Group], s) -> None:
+    """Give each answer's test the notes the report's measurements attach to it: how many of its runs stopped on
+    a plateau a sister run left, and whether its verdict holds with each side's own seed noise ("fragile")."""
+    stops = plateau_stops([r for g in groups for r in g.runs])
+    for f in found:
+        note = plateau_note((f.a, f.b), stops)
+        if note:
+            f.notes.append(note)
+    for f, a, b, _ in own_noise(found, s.metrics[0], s.split, s.alpha):
+        if not (b is not None and b < s.alpha):
+            f.notes.append(f"fragile: Holm-adjusted p {a:.2g} -> {'no test' if b is None else f'{b:.2g}'} with its "
+                           "own configurations' seed noise, see 'Seed noise per configuration'")
+
+
 def diagnostics(groups: list[Group], metric: str, split: str, found: list = (), s=None,
                 zeroshot: list[RunResult] = ()) -> list[str]:
     """The report's computed caveats (markdown bullet texts); ``s`` the ReportSettings (the lines on the
     answers' tests need it)."""
     runs = [r for g in groups for r in g.runs]
-    lines = [stopping_line(runs), seed_luck_line(groups, metric, split), machines_line(runs), code_line(runs),
+    lines = [stopping_line(runs), plateau_line(runs), seed_luck_line(groups, metric, split), machines_line(runs), code_line(runs),
              position_line(list(zeroshot))]
     if s is not None:
         lines += [zero_noise_line(found, s.alpha), own_noise_line(found, metric, split, s.alpha),

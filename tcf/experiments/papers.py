@@ -32,6 +32,7 @@ from tcf.experiments.answers import (
     select,
     signed,
 )
+from tcf.experiments.diagnostics import plateau_note, plateau_stops
 from tcf.experiments.rescore import (
     CHECKPOINTS_FIXED,
     ONE_CHECKPOINT,
@@ -114,7 +115,7 @@ def _from_findings(found: list[Finding], claim: Claim, s: ReportSettings) -> lis
         fa, fb = model_family(f.a.first.encoder), model_family(f.b.first.encoder)
         untested = (f"not tested here: different model families ({fa}, {fb})"
                     if claim.one_family and fa != fb else "")
-        out.append(Measured(what, c.diff, c.significant(s.alpha), c.evidence() + (f"; {f.provisional()}" if f.provisional() else ""),
+        out.append(Measured(what, c.diff, c.significant(s.alpha), c.evidence() + (f"; {f.tags()}" if f.tags() else ""),
                             c.diff_ci, untested))
     return out
 
@@ -149,8 +150,12 @@ def _tuned_vs_id(groups: list[Group], claim: Claim, s: ReportSettings, planned: 
             found.append((what, Finding("tuned vs ID", head, tuned, ids, c, "", ("", ""), planned_seeds=planned,
                                         chosen_seeds=chosen_seeds(m, *kinds))))
     holm_family([f.c for _, f in found])
+    stops = plateau_stops([r for g in groups for r in g.runs])
+    for _, f in found:
+        if note := plateau_note((f.a, f.b), stops):
+            f.notes.append(note)
     return [Measured(what, f.c.diff, f.c.significant(s.alpha),
-                     f.c.evidence() + (f"; {f.provisional()}" if f.provisional() else ""), f.c.diff_ci)
+                     f.c.evidence() + (f"; {f.tags()}" if f.tags() else ""), f.c.diff_ci)
             for what, f in found]
 
 

@@ -39,7 +39,7 @@ from tcf.experiments.answers import (  # noqa: F401 - names code and tests impor
     params_text,
     scaling_series,
 )
-from tcf.experiments.diagnostics import zero_noise_line
+from tcf.experiments.diagnostics import annotate, zero_noise_line
 from tcf.experiments.render import (  # noqa: F401
     answer_lines,
     answer_zeroshot,
@@ -88,6 +88,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
                for name, fn, data in (("scaling", plot_scaling, trained), ("towers", plot_towers, trained),
                                       ("zeroshot", plot_zeroshot, zs))}
     found = findings(trained, s, planned_seeds(plan))  # every test once, for the answers and report.json
+    annotate(found, trained, s)
     controls, control_records = _controls(s)
     spent = {**cost(runs), **({"ledger": ledger} if (ledger := ledger_time(runs_dir, to_last_done=True)) else {})}
     md = markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s, controls)
@@ -185,6 +186,7 @@ def _controls(s: ReportSettings) -> tuple[list[str], list[dict]]:
         runs, failed, _ = _in_plan(plan, runs, failed)
         trained = group_runs([r for r in runs if r.task == "train"])
         found = findings(trained, cs, planned_seeds(plan))
+        annotate(found, trained, cs)
         planned = len(planned_ids(plan) or [])
         done = f"{len(runs)} of {planned} planned runs finished" if planned else f"{len(runs)} runs"
         caveats = [*cs.caveats, *([z] if (z := zero_noise_line(found, cs.alpha)) else [])]
