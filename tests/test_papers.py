@@ -11,11 +11,11 @@ from tcf.experiments.papers import CLAIMS, Measured, against_papers, verdict
 @pytest.mark.parametrize("expect, diff, significant, want", [
     (">", +0.01, True, "**same direction**"),
     (">", -0.01, True, "**opposite**"),
-    (">", +0.01, False, "not shown at this scale (same sign)"),
-    (">", -0.01, False, "not shown at this scale (opposite sign)"),
+    (">", +0.01, False, "not shown here (same sign)"),
+    (">", -0.01, False, "not shown here (opposite sign)"),
     ("<", -0.01, True, "**same direction**"),
     ("<", +0.01, True, "**opposite**"),
-    ("<", -0.01, False, "not shown at this scale (same sign)"),
+    ("<", -0.01, False, "not shown here (same sign)"),
     (">=", -0.01, False, "not contradicted (see the CI)"),  # no evidence of equivalence: the row shows the CI
     (">=", +0.01, True, "**same direction**"),
     (">=", -0.01, True, "**opposite**"),
@@ -25,6 +25,13 @@ from tcf.experiments.papers import CLAIMS, Measured, against_papers, verdict
 ])
 def test_verdict(expect, diff, significant, want):
     assert verdict(expect, Measured("x", diff, significant, "t")) == want
+
+
+def test_a_difference_significant_only_before_correction_says_so():
+    # Holm leaves it not significant; its unadjusted CI excludes 0: the row says both, and blames no "scale"
+    m = Measured("x", -0.0135, False, "t", ci=[-0.0244, -0.0027])
+    assert verdict(">", m) == "not shown here (opposite sign; its unadjusted 95% CI excludes 0)"
+    assert verdict(">", Measured("x", 0.01, False, "t", ci=[-0.001, 0.02])) == "not shown here (same sign)"
 
 
 def _zs_test(baseline, label, diff, p_holm, significant):
@@ -103,7 +110,7 @@ def test_the_dssm_text_below_id_claim_never_reads_an_id_plus_text_tower(tmp_path
 
 
 @pytest.mark.parametrize("small, large, want", [
-    ("opt-125m", "opt-350m", "not shown at this scale"),  # one family: the claim is tested
+    ("opt-125m", "opt-350m", "not shown here"),  # one family: the claim is tested
     ("minilm-l6", "embeddinggemma-300m", "not tested here: different model families (embeddinggemma, minilm)"),
 ])
 def test_the_size_claim_is_tested_only_within_one_model_family(tmp_path, small, large, want):

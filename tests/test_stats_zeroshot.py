@@ -75,6 +75,27 @@ def test_zero_shot_verdicts_are_paired_tests_in_one_holm_family(tiny_dataset, tm
         assert re.search(rf"\*\*(above|below|no clear difference from) {re.escape(name)}", answer), name
 
 
+def test_choice_is_tested_on_the_first_pick_for_every_side(tiny_dataset, tmp_path):
+    # a choice reply names one candidate and leaves the rest tied, a trained model orders them all: ndcg@10 would
+    # score the two differently, so the tests read hr@1 (what was asked) for the LLM, random, popularity and
+    # the trained model alike
+    from tcf.experiments.report import write_report
+
+    runs = make_runs(tiny_dataset, tmp_path, "zeroshot.protocol=choice", "zeroshot.n_candidates=4")
+    md = write_report(runs).read_text()
+    zs = json.loads((runs / "report" / "report.json").read_text())["zeroshot"][0]
+    assert zs["tested_on"] == "hr@1"
+    tests = {t["baseline"]: t for t in zs["tests"]}
+    own = np.load(runs / "zs" / "per_user_test.npy")
+    cols = json.loads((runs / "zs" / "results.json").read_text())["per_user_columns"]
+    hr1 = own[cols.index("hr@1")]
+    want = paired_test(hr1, np.full(len(hr1), 0.25), n=2000)
+    assert tests["random"]["p_value"] == pytest.approx(want["p_value"])
+    assert tests["random"]["diff"] == pytest.approx(hr1.mean() - 0.25)
+    answer = md.split("**How far is zero-shot prompting from trained models?**")[1].split("## ")[0]
+    assert re.search(r"\(choice\): hr@1 \d\.\d{4}", answer)
+
+
 def test_trained_models_are_scored_on_the_candidates_split(tiny_dataset, tmp_path):
     from tcf.experiments.report import ReportSettings, trained_on_candidates
     from tcf.experiments.results import group_runs, load_runs

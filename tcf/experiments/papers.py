@@ -6,7 +6,8 @@ which no answer tests (the text-vs-ID answer may pick a frozen tower), gets its 
 The verdict is read from the sign and the significance of that test:
 
 - the paper says ``a > b`` (or ``<``): *same direction* when the test is significant that way, *opposite* when
-  it is significant the other way, otherwise *not shown at this scale* (the sign is reported, not counted);
+  it is significant the other way, otherwise *not shown here* (the sign is reported, not counted, and so is an
+  unadjusted CI that excludes 0: significant alone, not after the family's correction);
 - the paper says ``a >= b`` ("comparable or better"; ``<=`` likewise): *same direction* when significant that
   way, *opposite* when significant the other way, otherwise *not contradicted* — which says nothing about
   power: the row shows the difference's 95% CI, the range of differences the data leave open.
@@ -65,7 +66,10 @@ CLAIMS = (
     Claim(TCF, "a bigger item encoder helps (within one family, OPT 125M → 175B)", "largest vs smallest encoder",
           ">", one_family=True),
     Claim(f"{TCF}; {LLMRANK}", "zero-shot LLM prompting below trained recommenders", "zero-shot vs trained", "<"),
-    Claim(LLMRANK, "small zero-shot LLMs near or below popularity", "zero-shot vs popularity", "<="),
+    # LLMRank reports popularity and position biases of ChatGPT-scale rankers, not a small model's score against
+    # popularity: that expectation is this study's, drawn from those biases, and the row says so
+    Claim(f"this study's expectation for a small model, after {LLMRANK}'s popularity and position biases",
+          "a small zero-shot LLM near or below popularity", "zero-shot vs popularity", "<="),
 )
 
 
@@ -101,7 +105,10 @@ def _verdict(expect: str, m: Measured) -> str:
         return "**same direction**" if up == (expect == ">=") else "**opposite**"
     agrees = up == (expect == ">")
     if not m.significant:
-        return "not shown at this scale" + (" (same sign)" if agrees else " (opposite sign)")
+        alone = m.ci and all(isinstance(x, (int, float)) and math.isfinite(x) for x in m.ci) and \
+            (m.ci[0] > 0 or m.ci[1] < 0)
+        return (f"not shown here ({'same' if agrees else 'opposite'} sign"
+                + ("; its unadjusted 95% CI excludes 0" if alone else "") + ")")
     return "**same direction**" if agrees else "**opposite**"
 
 
@@ -150,6 +157,8 @@ def _tuned_vs_id(groups: list[Group], claim: Claim, s: ReportSettings, planned: 
             found.append((what, Finding("tuned vs ID", head, tuned, ids, c, "", ("", ""), planned_seeds=planned,
                                         chosen_seeds=chosen_seeds(m, *kinds))))
     holm_family([f.c for _, f in found])
+    if len(found) == 1:  # its own family of one: say so, as a corrected p would
+        found = [(what[:-1] + "; the table's own test, one in its family: no correction)", f) for what, f in found]
     stops = plateau_stops([r for g in groups for r in g.runs])
     for _, f in found:
         if note := plateau_note((f.a, f.b), stops):
@@ -159,7 +168,7 @@ def _tuned_vs_id(groups: list[Group], claim: Claim, s: ReportSettings, planned: 
             for what, f in found]
 
 
-def _from_zeroshot(zs: list[dict], claim: Claim) -> list[Measured]:
+def _from_zeroshot(zs: list[dict], claim: Claim, s: ReportSettings) -> list[Measured]:
     want = "trained" if claim.question == "zero-shot vs trained" else "pop"
     out = []
     for row in zs:
@@ -167,7 +176,8 @@ def _from_zeroshot(zs: list[dict], claim: Claim) -> list[Measured]:
             untestable = t["p_value"] is None and str(t.get("no_test", "")).startswith("not testable")
             if not t["baseline"].startswith(want) or (t["p_value"] is None and not untestable):
                 continue
-            what = f"{row['model']} ({row['protocol']}) vs {t['label']}"
+            tested_on = f", on {row['metric']}" if row.get("metric") and row["metric"] != s.metrics[0] else ""
+            what = f"{row['model']} ({row['protocol']}{tested_on}) vs {t['label']}"
             if untestable:
                 out.append(Measured(what, t.get("diff") or 0.0, False, t["no_test"], None, untested="not testable"))
                 continue
@@ -192,7 +202,7 @@ def against_papers(found: list[Finding], zs: list[dict], s: ReportSettings, grou
             "verdict |",
             "|---|---|---|---|---:|---|---|"]
     for claim in CLAIMS:
-        got = (_from_zeroshot(zs, claim) if claim.question.startswith("zero-shot")
+        got = (_from_zeroshot(zs, claim, s) if claim.question.startswith("zero-shot")
                else _tuned_vs_id(list(groups), claim, s, found[0].planned_seeds if found else None)
                if claim.question == "fine-tuned vs ID"
                else _from_findings(found, claim, s))
@@ -203,7 +213,8 @@ def against_papers(found: list[Finding], zs: list[dict], s: ReportSettings, grou
                         f"{m.evidence} | {verdict(claim.expect, m)} |")
     return ["These papers ran other datasets, encoder sizes and budgets: a row says whether the *direction* of "
             "their finding holds in this experiment, with this report's own test (a = the first-named side). "
-            "*Not shown at this scale* means the difference here is not significant after correction (the Holm "
+            "*Not shown here* (not at this scale: these data, encoders and seeds) means the difference is not "
+            "significant after correction (the Holm "
             "family its evidence names: the report answer's its test comes from, or the table's own); it neither "
             "confirms nor contradicts the paper. *Not contradicted* (for a claim of "
             "\"comparable or better\") is no "

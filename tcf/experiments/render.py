@@ -53,8 +53,9 @@ def _zs_clause(t: dict) -> str:
 
 
 def answer_zeroshot(rows: list[dict], s: ReportSettings) -> list[str]:
-    m, out = s.metrics[0], []
+    out = []
     for row in rows:
+        m = row.get("metric") or s.metrics[0]  # choice: hr@1 (tcf.experiments.rescore.zs_metric)
         own = metric_mean(row["metrics"], m)
         if own is None:
             continue

@@ -25,6 +25,15 @@ from tcf.experiments.results import HEAD_NAMES, TOWER_NAMES, Group, RunResult, S
 from tcf.experiments.stats import PAIRED, PAIRED_RESAMPLES, USERS_AND_SEEDS, _seed_tables, p_words, users_and_seeds
 
 
+def zs_metric(run: RunResult, s: ReportSettings) -> str:
+    """The metric a zero-shot run is tested on: hr@1 under ``choice`` (pick 1 of a short list), else the report's
+    first.  A choice reply names one candidate and leaves the rest tied, while popularity and a trained model
+    order them all, so ndcg@10 would score the LLM's other candidates at their tie's expectation and a
+    baseline's at their ranks; hr@1 scores the first pick alone, the same way for each (and the LLM's ndcg@10
+    there is hr@1 rescaled, so it adds nothing)."""
+    return "hr@1" if run.config.get("zeroshot.protocol") == "choice" else s.metrics[0]
+
+
 def zeroshot_rows(runs: list[RunResult], trained: list[Group], s: ReportSettings,
                   planned: int | None = None) -> list[dict]:
     """One row per zero-shot run: its metrics, compliance, and the baselines on its own candidate lists
@@ -43,7 +52,8 @@ def zeroshot_rows(runs: list[RunResult], trained: list[Group], s: ReportSettings
                "partial": compliance.get("partial"), "baselines": {}, "notes": []}
         for name, b in (split.get("baselines") or {}).items():
             row["baselines"][name] = b.get("metrics", {}) if isinstance(b, dict) else {}
-        row["ci95"] = (split.get("metrics", {}).get(s.metrics[0]) or {}).get("ci95")
+        row["metric"] = zs_metric(r, s)
+        row["ci95"] = (split.get("metrics", {}).get(row["metric"]) or {}).get("ci95")
         scored = trained_on_candidates(r, trained, s, notes=row["notes"])
         row["baselines"].update({name: v["metrics"] for name, v in scored.items()})
         row["tests"] = zeroshot_tests(r, row, scored, s, planned)
@@ -60,7 +70,7 @@ def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings
     """The trained configuration of each head (same dataset) best on validation, every seed's checkpoint scored
     on the zero-shot run's candidate lists: name -> {metrics, users, per_user (each user's value averaged over
     the seeds scored), seeds (those scored), noise}.  ``noise`` is the seed noise *on these lists*
-    (:class:`SeedNoise` of s.metrics[0], from the pool :func:`tcf.experiments.stats.seed_noise` reads: the
+    (:class:`SeedNoise` of the run's test metric, :func:`zs_metric`, from the pool :func:`tcf.experiments.stats.seed_noise` reads: the
     head's configurations of that tower kind with 2+ seeds, else all its towers, each scored here too), so that
     the zero-shot run is tested against the configuration rather than one checkpoint; None for one seed.
     The run whose top items are the lists' hard negatives (``zeroshot.hard_run``) is left out, said in
@@ -70,7 +80,7 @@ def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings
     path, fingerprint = cand.get("path"), zs.record.dataset.get("fingerprint")
     if not path and not cand.get("key"):
         return {}
-    hard, m = hard_run_of(zs), s.metrics[0]
+    hard, m, tm = hard_run_of(zs), s.metrics[0], zs_metric(zs, s)  # selected on m (validation), tested on tm
     memo: dict[str, tuple[dict | None, str]] = {}
 
     def score(run: RunResult) -> tuple[dict | None, str]:
@@ -112,8 +122,9 @@ def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings
         noise = None
         if len(done) > 1:
             pool = [g for g in same if hard is None or not any(is_hard_run(r, hard) for r in g.runs)]
-            noise = _seed_tables(pool, head, best.first.tower, m, None, None, per_user)[1]
-        out[name] = {**_seed_averaged([score(r)[0] for r in done], m), "seeds": seeds, "noise": noise}
+            noise = _seed_tables(pool, head, best.first.tower, tm, None, None, per_user)[1]
+        out[name] = {**_seed_averaged([score(r)[0] for r in done], tm), "seeds": seeds, "noise": noise,
+                     "finished": len(best.runs)}
     return out
 
 
@@ -323,16 +334,22 @@ def zs_evidence(t: dict) -> str:
 
 def zs_provisional(t: dict) -> str:
     """"provisional: on 2 of 3 seeds" for a test against a trained configuration with fewer seeds scored than
-    planned; "" otherwise."""
-    k, planned = t.get("seeds"), t.get("planned")
-    return f"provisional: on {k} of {planned} seeds" if k and planned and k < planned else ""
+    planned while some are still to train; where all have trained and a checkpoint is missing, which finishing
+    runs will not mend, says so instead; "" otherwise."""
+    k, planned, finished = t.get("seeds"), t.get("planned"), t.get("finished")
+    if not (k and planned and k < planned):
+        return ""
+    if finished and finished >= planned:  # every seed trained; a checkpoint missing here will not come by itself
+        return (f"on {k} of its {finished} seeds: the others' checkpoints are not here to score on these lists "
+                "(retrain them to complete it)")
+    return f"provisional: on {k} of {planned} seeds"
 
 
 def zeroshot_tests(run: RunResult, row: dict, scored: dict, s: ReportSettings, planned: int = 1) -> list[dict]:
     """One Holm family per zero-shot run: paired tests over its users against random (each user's exact
     expectation), popularity (the run's own stored test, else re-scored) and each trained configuration on the
     same candidate lists (its ``seeds`` scored, of ``planned``: fewer make the verdict provisional)."""
-    m, tests = s.metrics[0], []
+    m, tests = row.get("metric") or zs_metric(run, s), []
     own = run.per_user(m, s.split)
     rand = metric_mean(row["baselines"].get("random", {}), m)
     if rand is not None:  # every list has the same length: one exact expectation for every user
@@ -354,7 +371,7 @@ def zeroshot_tests(run: RunResult, row: dict, scored: dict, s: ReportSettings, p
             else:
                 tests.append(_paired_zs(name, f"the {name}", own, v["users"], v["per_user"][m], b_mean,
                                         trained=len(v.get("seeds") or [0])))
-            tests[-1].update(seeds=len(v.get("seeds") or [0]), planned=planned)
+            tests[-1].update(seeds=len(v.get("seeds") or [0]), planned=planned, finished=v.get("finished"))
     adjusted = holm([t["p_value"] for t in tests])
     family = sum(p is not None for p in adjusted)
     for t, p in zip(tests, adjusted):
