@@ -366,30 +366,49 @@ def test_runs_from_several_code_revisions_are_listed(tmp_path):
     assert code_line([r for r in runs_of(tmp_path) if r.folder.name in ("r1", "r2")]) is None
 
 
-def test_a_run_stopped_on_a_plateau_a_sister_left_is_counted_and_its_answers_say_so(tmp_path):
+def test_a_run_stopped_where_a_sister_trained_on_to_better_is_counted_and_its_answers_say_so(tmp_path):
     from tcf.experiments.diagnostics import plateau_line, plateau_stops
 
-    flat = [0.03] * 16  # patience 5 would stop a run like this after its plateau; it ran 16 epochs
+    flat = [0.03] * 16  # patience 5 stopped it after 16 epochs
     put(tmp_path, "ft-s0", flat, seed=0, tower="finetune", encoder="m")
-    # the same head, tower kind and encoder on another seed: at epoch 16 it is at 0.0305 (within 3%), then leaves
+    # the same settings on another seed: at epoch 16 it stands at 0.0305 (within 5%), then trains on to 0.06
     put(tmp_path, "ft-s1", [0.03] * 15 + [0.0305] * 10 + [0.06] * 6, seed=1, tower="finetune", encoder="m")
-    # another encoder that climbs far: not a sister (a better encoder says nothing of this run's plateau)
+    # another encoder that climbs far: not a sister (a better encoder says nothing of this run's pause)
     put(tmp_path, "other-s0", [0.03] * 10 + [0.09] * 10, seed=0, tower="finetune", encoder="big")
-    # a sister already ahead at the same epoch (0.04 > 0.03 + 3%) does not count against a run either
-    put(tmp_path, "ahead-s0", [0.031] * 16, seed=0, tower="lora", encoder="m")
-    put(tmp_path, "ahead-s1", [0.04] * 16 + [0.08] * 5, seed=1, tower="lora", encoder="m")
-    # capped by train.epochs, not stopped by patience: not counted
+    # a sister above (0.04 > 0.031 + 5%) or below (0.025) the stopped run's level at its last epoch: another
+    # course, not the same pause
+    put(tmp_path, "lo-s0", [0.031] * 16, seed=0, tower="lora", encoder="m")
+    put(tmp_path, "lo-s1", [0.04] * 16 + [0.08] * 5, seed=1, tower="lora", encoder="m")
+    put(tmp_path, "lo-s2", [0.025] * 16 + [0.08] * 5, seed=2, tower="lora", encoder="m")
+    # train.epochs ended it, not patience: not counted
     put(tmp_path, "cap-s0", [0.03] * 16, seed=0, tower="finetune", encoder="m", epochs=16)
+    put(tmp_path, "cap-s1", [0.03] * 16 + [0.06] * 3, seed=1, tower="finetune", encoder="m", epochs=16)
     for k in range(2):  # frozen towers of the same encoder: the fine-tuned-vs-frozen answer compares with them
         put(tmp_path, f"fz-s{k}", [0.05 + 0.001 * k] * 12, seed=k, tower="frozen", encoder="m")
     stops = plateau_stops(runs_of(tmp_path))
     assert [(x.run.folder.name, x.sister.folder.name, x.epochs) for x in stops] == [("ft-s0", "ft-s1", 16)]
     assert abs(stops[0].sister_then - 0.0305) < 1e-12 and stops[0].sister_best == 0.06
     line = plateau_line(runs_of(tmp_path))
-    assert line.startswith("Plateaus (computed from each run's per-epoch validation score): 1 of 8 trained runs")
-    assert "SASRec finetune: 1 of 4 runs (e.g. `ft-s0` stopped after epoch 16 at 0.0300, where `ft-s1` was at " \
+    assert line.startswith("Stopped early (computed from each run's per-epoch validation score): 1 of 10 trained")
+    assert "SASRec finetune: 1 of 5 runs (e.g. `ft-s0` stopped after epoch 16 at 0.0300, where `ft-s1` was at " \
            "0.0305 and went on to 0.0600 at epoch 26)" in line
     md = write_report(tmp_path).read_text()
-    assert "- Plateaus (computed" in md
-    # the answer comparing the fine-tuned seeds with the frozen ones counts the stopped run among its 4
-    assert "1 of its 4 runs stopped on a plateau a sister run left, see 'Plateaus')" in md
+    assert "- Stopped early (computed" in md
+    # the answer comparing the fine-tuned seeds with the frozen ones counts the stopped run, on its side
+    assert "stopped early where a sister run trained on to a better best: 1 of 2 on the first side, 0 of 2 on " \
+           "the second side, see 'Stopped early')" in md
+
+
+def test_a_plateau_before_min_epochs_is_no_close_call(tmp_path):
+    # 8 epochs without a better score (2-9), then better: with patience 5 it survived only because
+    # train.min_epochs (10) held stopping off, so it is not a plateau it "came within" patience of; a shorter
+    # patience could not have stopped it there either, only from epoch 10 on
+    folder = put(tmp_path, "m", [0.1] + [0.05] * 8 + [0.2, 0.3] + [0.25] * 5, patience=5)
+    res = json.loads((folder / "results.json").read_text())
+    res["config"]["train"]["min_epochs"] = 10
+    (folder / "results.json").write_text(json.dumps(res))
+    x = stopping(runs_of(tmp_path)[0])
+    assert x.longest == 0 and x.shorter is None
+    put(tmp_path, "p", [0.1] + [0.05] * 3 + [0.2] + [0.15] * 5, patience=5)  # no min_epochs: a 3-epoch close call
+    y = stopping(next(r for r in runs_of(tmp_path) if r.folder.name == "p"))
+    assert y.longest == 3 and y.shorter == (2, 3, 0.1)

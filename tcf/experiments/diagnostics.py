@@ -6,6 +6,7 @@ non-zero one.  Computed from the records, so the sentences never go stale as run
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,22 +40,25 @@ def stopping(run: RunResult) -> Stopping | None:
     """The run's early-stopping history (the validation score its trainer monitored, ``valid_*`` in each epoch's
     record, better only when strictly so): its longest survived plateau, whether train.epochs ended it, and
     where a patience NEAR epochs shorter would have stopped it (the first plateau that long, as the trainer,
-    which replays the same epochs under the same seed, would have met it).  None without a usable history."""
+    which replays the same epochs under the same seed, would have met it).  Under train.min_epochs only the
+    epochs from it on count: earlier, no plateau could stop the run.  None without a usable history."""
     history = run.record.to_dict().get("history") or []
     patience, cap = run.config.get("train.patience"), run.config.get("train.epochs")
     key = next((k for k in (history[0] if history else {}) if k.startswith("valid_")), None)
     values = [h.get(key) for h in history] if key else []
     if not values or patience is None or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
         return None
-    short = int(patience) - NEAR
-    best, bad, longest, shorter = -math.inf, 0, 0, None
+    short, least = int(patience) - NEAR, int(run.config.get("train.min_epochs") or 0)
+    best, bad, longest, shorter, near = -math.inf, 0, 0, None, 0
     for epoch, v in enumerate(values, 1):
         if v > best:  # the trainer's rule: strictly better
-            longest = max(longest, bad)
-            best, bad = v, 0
+            longest = max(longest, near)
+            best, bad, near = v, 0, 0
         else:
             bad += 1
-            if shorter is None and short >= 1 and bad == short:
+            if epoch >= least:  # before train.min_epochs no plateau can stop the run: it is no close call
+                near = bad
+            if shorter is None and short >= 1 and bad >= short and epoch >= least:
                 shorter = (epoch - bad + 1, epoch, best)
     capped = cap is not None and len(values) >= int(cap) and bad < int(patience)
     final = max(values)
@@ -93,14 +97,14 @@ def stopping_line(runs: list[RunResult]) -> str | None:
 
 
 PLATEAU_GAIN = 0.10  # a sister run's later best must exceed the stopped run's best by this share to count
-PLATEAU_LEVEL = 0.03  # ... having been no further on by the same epoch: its best then at most this share above
+PLATEAU_LEVEL = 0.05  # ... having been at its level by the same epoch: within this share of its best
 
 
 @dataclass(frozen=True)
 class PlateauStop:
-    """A run patience stopped where a run of the same head, tower kind and encoder (another seed, or another
-    setting such as the fine-tuned depth) was no further on at the same epoch, and went on to a clearly better
-    best."""
+    """A run patience stopped where a sister run (the same configuration on another seed, or the same settings
+    under another train.min_epochs) stood at the same level by the same epoch, and went on to a clearly better
+    best: training on was worth it there."""
 
     run: RunResult
     epochs: int  # epochs the stopped run trained
@@ -111,46 +115,58 @@ class PlateauStop:
     sister_best_epoch: int
 
 
-def _valid_curve(run: RunResult) -> list[float] | None:
+def _valid_curve(run: RunResult) -> tuple[str, list[float]] | None:
+    """(the monitored ``valid_*`` key, its value at epochs 1, 2, ...) from the run's history; None unless the
+    history is one value per epoch from epoch 1, every one a finite number."""
     history = run.record.to_dict().get("history") or []
     key = next((k for k in (history[0] if history else {}) if k.startswith("valid_")), None)
-    values = [h.get(key) for h in history] if key else []
-    ok = values and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
-    return [float(v) for v in values] if ok else None
+    if key is None or [h.get("epoch") for h in history] != list(range(1, len(history) + 1)):
+        return None
+    values = [h.get(key) for h in history]
+    ok = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+    return (key, [float(v) for v in values]) if ok else None
+
+
+def _kin(run: RunResult) -> str:
+    """What sisters share: every setting but the seed and train.min_epochs (tcf.experiments.results.group_key)."""
+    from tcf.experiments.results import group_key
+
+    cfg = json.loads(group_key(run))
+    cfg.pop("train.min_epochs", None)
+    return json.dumps(cfg, sort_keys=True, default=str)
 
 
 def plateau_stops(runs: list[RunResult]) -> list[PlateauStop]:
-    """Runs stopped on a plateau that a sister run left: a sister (same head, tower kind and encoder; any seed or
-    other setting) whose best validation score by the stopped run's last epoch was at most PLATEAU_LEVEL above the
-    stopped run's best, and whose own best later exceeded it by more than PLATEAU_GAIN of it.  Patience cannot tell
-    such a plateau from convergence; a sister's curve shows that training past it went on to a better model.
-    Runs of other encoders are not sisters: a better encoder climbing past a run's best says nothing of that
-    run's plateau.  The sister with the highest best is named."""
-    curves = {id(r): c for r in runs if r.task == "train" for c in [_valid_curve(r)] if c}
+    """Runs patience stopped where a sister (same settings but the seed or train.min_epochs; same monitored
+    metric) stood within PLATEAU_LEVEL of the stopped run's best by its last epoch and whose own best later
+    exceeded it by more than PLATEAU_GAIN: patience cannot tell such a pause from convergence, and a sister
+    at the same point trained on to a better model.  A lower bound: where every sister stopped too, nothing
+    shows what training on would have given.  The sister with the highest best is named."""
+    trained = [r for r in runs if r.task == "train"]
+    curves = {id(r): c for r in trained if (c := _valid_curve(r))}
+    kin = {id(r): _kin(r) for r in trained if id(r) in curves}
     out = []
-    for r in runs:
-        mine = curves.get(id(r))
-        if not mine:
+    for r in trained:
+        if id(r) not in curves:
             continue
+        key, mine = curves[id(r)]
         cap = r.config.get("train.epochs")
         if cap is not None and len(mine) >= int(cap):
             continue  # train.epochs ended it, not patience
-        e, best = len(mine), max(mine)
-        found = None
-        for s in runs:
-            theirs = curves.get(id(s))
-            if s is r or not theirs or len(theirs) <= e or _kin(s) != _kin(r):
+        e, best, found = len(mine), max(mine), None
+        for s in trained:
+            if s is r or id(s) not in curves or kin[id(s)] != kin[id(r)] or curves[id(s)][0] != key:
+                continue
+            theirs = curves[id(s)][1]
+            if len(theirs) <= e:
                 continue
             then, final = max(theirs[:e]), max(theirs)
-            if then <= best * (1 + PLATEAU_LEVEL) and final > best * (1 + PLATEAU_GAIN) and (found is None or final > found.sister_best):
+            if abs(then - best) <= PLATEAU_LEVEL * best and final > best * (1 + PLATEAU_GAIN) \
+                    and (found is None or final > found.sister_best):
                 found = PlateauStop(r, e, best, s, then, final, theirs.index(final) + 1)
         if found is not None:
             out.append(found)
     return out
-
-
-def _kin(run: RunResult) -> tuple:
-    return run.head, run.tower, run.encoder
 
 
 def plateau_line(runs: list[RunResult]) -> str | None:
@@ -167,24 +183,27 @@ def plateau_line(runs: list[RunResult]) -> str | None:
         worst = max(xs, key=lambda x: (x.sister_best - x.best) / x.best)
         parts.append(f"{HEAD_NAMES.get(head, head)} {tower}: {len(xs)} of {total[(head, tower)]} runs "
                      f"(e.g. `{worst.run.folder.name}` stopped after epoch {worst.epochs} at {worst.best:.4f}, where "
-                     f"`{worst.sister.folder.name}` was at {worst.sister_then:.4f} and went on to {worst.sister_best:.4f} "
-                     f"at epoch {worst.sister_best_epoch})")
-    return (f"Plateaus (computed from each run's per-epoch validation score): {len(stops)} of {len(trained)} trained "
-            "runs were stopped by patience on a plateau that a sister run left (a run of the same head, tower kind "
-            f"and encoder, another seed or setting, no further on by the same epoch (its best then at most "
-            f"{PLATEAU_LEVEL:.0%} above), whose best later exceeded the "
-            f"stopped run's by more than {PLATEAU_GAIN:.0%}): " + "; ".join(parts) + ". Patience cannot tell such a "
-            "plateau from convergence, so a comparison with such runs on a side can measure when training stopped "
-            "rather than the tower (each answer's line counts them); train.min_epochs holds stopping off for a "
-            "given number of epochs.")
+                     f"`{worst.sister.folder.name}` was at {worst.sister_then:.4f} and went on to "
+                     f"{worst.sister_best:.4f} at epoch {worst.sister_best_epoch})")
+    return (f"Stopped early (computed from each run's per-epoch validation score): {len(stops)} of {len(trained)} "
+            "trained runs were stopped by patience where a sister run (the same settings on another seed, or "
+            f"under another train.min_epochs) stood at the same level by the same epoch (within "
+            f"{PLATEAU_LEVEL:.0%}) and went on to a best more than {PLATEAU_GAIN:.0%} higher: " + "; ".join(parts)
+            + ". Patience cannot tell such a pause from convergence, so a comparison with such runs on a side can "
+            "measure when training stopped as well as the tower (each answer's line counts them, by side). A lower "
+            "bound: where every sister stopped as early, nothing here shows what training on would give; "
+            "train.min_epochs holds stopping off for a given number of epochs.")
 
 
 def plateau_note(groups, stops: list[PlateauStop]) -> str:
-    """"3 of its 6 runs stopped on a plateau a sister left" for a comparison of ``groups``; "" for none."""
-    mine = [r for g in groups for r in g.runs]
+    """"stopped early, a sister later better: 0 of 3 runs on the first side, 2 of 3 on the second" for a
+    comparison of ``groups`` (a, b); "" where none is."""
     stopped = {id(x.run) for x in stops}
-    n = sum(1 for r in mine if id(r) in stopped)
-    return f"{n} of its {len(mine)} runs stopped on a plateau a sister run left, see 'Plateaus'" if n else ""
+    counts = [(sum(1 for r in g.runs if id(r) in stopped), len(g.runs)) for g in groups]
+    if not any(n for n, _ in counts):
+        return ""
+    sides = ", ".join(f"{n} of {k} on the {side} side" for (n, k), side in zip(counts, ("first", "second")))
+    return f"stopped early where a sister run trained on to a better best: {sides}, see 'Stopped early'"
 
 
 MIN_LUCK_DEVIATIONS = 8  # fewer: r's 95% interval spans most of [-1, 1]; said as too few to tell
@@ -564,8 +583,9 @@ def position_line(runs: list[RunResult]) -> str | None:
 
 
 def annotate(found: list, groups: list[Group], s) -> None:
-    """Give each answer's test the notes the report's measurements attach to it: how many of its runs stopped on
-    a plateau a sister run left, and whether its verdict holds with each side's own seed noise ("fragile")."""
+    """Give each answer's test the notes the report's measurements attach to it: how many of its runs, by side,
+    stopped where a sister run trained on to a better best, and whether its verdict holds with each side's own seed
+    noise (a sensitivity reading on few df, not a finding)."""
     stops = plateau_stops([r for g in groups for r in g.runs])
     for f in found:
         note = plateau_note((f.a, f.b), stops)
@@ -573,8 +593,8 @@ def annotate(found: list, groups: list[Group], s) -> None:
             f.notes.append(note)
     for f, a, b, _ in own_noise(found, s.metrics[0], s.split, s.alpha):
         if not (b is not None and b < s.alpha):
-            f.notes.append(f"fragile: Holm-adjusted p {a:.2g} -> {'no test' if b is None else f'{b:.2g}'} with its "
-                           "own configurations' seed noise, see 'Seed noise per configuration'")
+            f.notes.append(f"sensitive to each configuration's own seed noise (few df): Holm-adjusted p {a:.2g} -> "
+                           f"{'no test' if b is None else f'{b:.2g}'}, see 'Seed noise per configuration'")
 
 
 def diagnostics(groups: list[Group], metric: str, split: str, found: list = (), s=None,

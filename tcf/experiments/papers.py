@@ -198,8 +198,8 @@ def _diff(m: Measured) -> str:
 def against_papers(found: list[Finding], zs: list[dict], s: ReportSettings, groups: list[Group] = ()) -> list[str]:
     """Markdown lines: one table row per claim and matching test of this experiment (a claim without one says
     so)."""
-    rows = ["| paper | finding | paper's direction | here | difference in " + s.metrics[0] + " [95% CI] | test | "
-            "verdict |",
+    rows = ["| paper | finding | paper's direction | here | difference in " + s.metrics[0] + " (or the metric the "
+            "row names) [95% CI] | test | verdict |",
             "|---|---|---|---|---:|---|---|"]
     for claim in CLAIMS:
         got = (_from_zeroshot(zs, claim, s) if claim.question.startswith("zero-shot")

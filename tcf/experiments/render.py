@@ -198,9 +198,11 @@ def plot_zeroshot(rows: list[dict], s: ReportSettings, path: Path, title: str) -
     plt = _plt()
     names = ["zero-shot LLM"] + sorted({n for r in rows for n in r["baselines"]}, key=lambda n: (n.startswith("t"), n))
     height = 1.0 + 0.28 * len(names) * len(rows)
-    fig, axes = plt.subplots(1, len(s.metrics), figsize=(6.4 * len(s.metrics), height + 1.0), squeeze=False)
+    # a row tested on another metric (choice: hr@1, tcf.experiments.rescore.zs_metric) gets that panel too
+    metrics = [*s.metrics, *sorted({r["metric"] for r in rows if r.get("metric") and r["metric"] not in s.metrics})]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6.4 * len(metrics), height + 1.0), squeeze=False)
     width = 0.8 / len(names)
-    for ax, metric in zip(axes[0], s.metrics):
+    for ax, metric in zip(axes[0], metrics):
         for j, name in enumerate(names):
             vals = [metric_mean(r["metrics"] if j == 0 else r["baselines"].get(name, {}), metric) for r in rows]
             bars = ax.barh(np.arange(len(rows)) + j * width, [v or 0.0 for v in vals], height=width * 0.92,

@@ -236,6 +236,7 @@ def _summary(trained: list[Group], zs: list[dict], found: list[Finding], s: Repo
         "zeroshot": [{"model": r["model"], "protocol": r["protocol"], "compliance": r["compliance"],
                       **{m: metric_mean(r["metrics"], m) for m in s.metrics}, "tested_on": r.get("metric"),
                       "ci95": r.get("ci95"), "tests": r.get("tests", []),
-                      "baselines": {n: metric_mean(b, s.metrics[0]) for n, b in r["baselines"].items()},
+                      "baselines": {n: metric_mean(b, r.get("metric") or s.metrics[0])
+                                    for n, b in r["baselines"].items()},
                       "notes": r.get("notes", [])} for r in zs],
         "comparisons": [f.record(s) for f in found]}

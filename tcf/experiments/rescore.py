@@ -341,7 +341,7 @@ def zs_provisional(t: dict) -> str:
         return ""
     if finished and finished >= planned:  # every seed trained; a checkpoint missing here will not come by itself
         return (f"on {k} of its {finished} seeds: the others' checkpoints are not here to score on these lists "
-                "(retrain them to complete it)")
+                "(restore them, or rerun those seeds and replace their records, to complete it)")
     return f"provisional: on {k} of {planned} seeds"
 
 
