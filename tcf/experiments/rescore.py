@@ -69,10 +69,10 @@ def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings
                           notes: list[str] | None = None) -> dict[str, dict]:
     """The trained configuration of each head (same dataset) best on validation, every seed's checkpoint scored
     on the zero-shot run's candidate lists: name -> {metrics, users, per_user (each user's value averaged over
-    the seeds scored), seeds (those scored), noise}.  ``noise`` is the seed noise *on these lists*
-    (:class:`SeedNoise` of the run's test metric, :func:`zs_metric`, from the pool :func:`tcf.experiments.stats.seed_noise` reads: the
-    head's configurations of that tower kind with 2+ seeds, else all its towers, each scored here too), so that
-    the zero-shot run is tested against the configuration rather than one checkpoint; None for one seed.
+    the seeds scored), seeds (those scored), finished (its runs), noise}.  ``noise``: the seed noise *on these
+    lists* of the run's test metric (:func:`zs_metric`), from the pool :func:`tcf.experiments.stats.seed_noise`
+    reads (the head's configurations of that tower kind with 2+ seeds, else all its towers, each scored here
+    too), so the zero-shot run is tested against the configuration, not one checkpoint; None for one seed.
     The run whose top items are the lists' hard negatives (``zeroshot.hard_run``) is left out, said in
     ``notes``: its rank of the target among them equals its full-catalogue rank, and the lists were made hard
     for it alone, so it is no baseline there (nor a measure of seed noise on them)."""
@@ -123,8 +123,7 @@ def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings
         if len(done) > 1:
             pool = [g for g in same if hard is None or not any(is_hard_run(r, hard) for r in g.runs)]
             noise = _seed_tables(pool, head, best.first.tower, tm, None, None, per_user)[1]
-        out[name] = {**_seed_averaged([score(r)[0] for r in done], tm), "seeds": seeds, "noise": noise,
-                     "finished": len(best.runs)}
+        out[name] = {**_seed_averaged([score(r)[0] for r in done], tm), "seeds": seeds, "noise": noise, "finished": len(best.runs)}
     return out
 
 
