@@ -412,3 +412,61 @@ def test_a_plateau_before_min_epochs_is_no_close_call(tmp_path):
     put(tmp_path, "p", [0.1] + [0.05] * 3 + [0.2] + [0.15] * 5, patience=5)  # no min_epochs: a 3-epoch close call
     y = stopping(next(r for r in runs_of(tmp_path) if r.folder.name == "p"))
     assert y.longest == 3 and y.shorter == (2, 3, 0.1)
+
+
+def _post_hoc_folder(root: Path, with_post: bool) -> None:
+    """SASRec ID, frozen and fine-tuned towers (4 seeds each: every kind's own pool testable) and, with ``with_post``, the fine-tuned tower
+    again under train.min_epochs 60: better on validation than every planned tower, its seeds far apart."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_stats_report import put as put_user
+
+    rng = np.random.default_rng(5)
+    base = rng.random(300) * 0.3
+    arms = [("id", 0, 0.0, 0.002), ("frozen", 0, 0.01, 0.002), ("finetune", 0, 0.02, 0.002)]
+    arms += [("finetune", 60, 0.05, 0.03)] if with_post else []
+    for tower, least, shift, spread in arms:
+        for k in range(4):
+            folder = put_user(root, f"{tower}-{least}-s{k}", tower=tower, seed=k,
+                              per_user=base + shift + spread * (k - 1.5) + rng.normal(0, 0.01, 300))
+            res = json.loads((folder / "results.json").read_text())
+            res["config"]["train"] = {"min_epochs": least, "patience": 10}
+            res["config"]["model"]["finetune_layers"] = 1
+            (folder / "results.json").write_text(json.dumps(res))
+
+
+def test_post_hoc_runs_stay_out_of_the_planned_answers_and_are_answered_on_their_own(tmp_path):
+    from tcf.config import from_dict
+    from tcf.experiments.answers import ReportSettings, findings, planned_groups, post_hoc_findings
+
+    _post_hoc_folder(tmp_path / "all", True)
+    _post_hoc_folder(tmp_path / "planned", False)
+    s = from_dict(ReportSettings, {"post_hoc": {"train.min_epochs": 60}}, "report")
+    groups = group_runs(runs_of(tmp_path / "all"))
+    planned = planned_groups(groups, s)
+    assert len(groups) == 4 and len(planned) == 3
+    # the planned answers read as if the post-hoc runs did not exist: no selection picks them (the post-hoc tower
+    # leads on validation), no seed-noise pool or Holm family holds them
+    got = [f.record(s) for f in findings(planned, s)]
+    alone = [f.record(s) for f in findings(group_runs(runs_of(tmp_path / "planned")), s)]
+    strip = ("a", "b")  # labels name train.min_epochs only where two values are present
+    assert [{k: v for k, v in r.items() if k not in strip} for r in got] == \
+           [{k: v for k, v in r.items() if k not in strip} for r in alone]
+    text_vs_id = next(f for f in findings(planned, s) if f.question == "text vs ID")
+    assert text_vs_id.a.first.config.get("train.min_epochs") == 0
+    assert next(f for f in findings(groups, s) if f.question == "text vs ID").a.first.config.get(
+        "train.min_epochs") == 60  # what happened before: the post-hoc tower was chosen
+    post = post_hoc_findings(groups, s)
+    assert sorted(f.question for f in post) == ["post hoc vs frozen", "post hoc vs planned"]
+    twin = next(f for f in post if f.question == "post hoc vs planned")
+    assert twin.a.first.config.get("train.min_epochs") == 60 and twin.b.first.config.get("train.min_epochs") == 0
+    # each side's seed noise is its own stopping rule's: the post-hoc seeds' wide spread is not the twin's
+    a_noise, b_noise = twin.c.noise
+    assert "(train.min_epochs 60)" in a_noise.where and "min_epochs" not in b_noise.where
+    assert a_noise.var > 25 * b_noise.var
+    md = write_report(tmp_path / "all", settings={"post_hoc": {"train.min_epochs": 60}}).read_text()
+    assert "## Post-hoc runs" in md and "against its planned twin" in md
+    rec = json.loads((tmp_path / "all" / "report" / "report.json").read_text())
+    assert rec["post_hoc"]["settings"] == {"train.min_epochs": 60} and len(rec["post_hoc"]["comparisons"]) == 2
+    assert all("min_epochs=60" not in c["a"] + c["b"] for c in rec["comparisons"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -43,6 +43,9 @@ class ReportSettings:
     papers: bool = False  # an "against the papers" section (tcf.experiments.papers)
     controls: list[str] = field(default_factory=list)  # run folders of positive controls: their answers shown here
     caveats: list[str] = field(default_factory=list)  # what a reader must know to read the answers (design limits)
+    # settings that mark runs added after the planned ones were seen (an amendment): kept out of the planned
+    # answers (their selections, seed-noise pools and Holm families) and answered on their own (post_hoc_findings)
+    post_hoc: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- helpers
@@ -305,15 +308,16 @@ def _interleave(main: list[Finding], cold: list[Finding]) -> list[Finding]:
     return [x for f in main for x in (f, by_head.get(f.head)) if x is not None]
 
 
-def fine_tuned_vs_frozen(groups: list[Group], s: ReportSettings) -> list[Finding]:
-    """Every fine-tuned / LoRA group against the frozen setting of its head and encoder best on validation."""
+def fine_tuned_vs_frozen(groups: list[Group], s: ReportSettings, pool: list[Group] | None = None) -> list[Finding]:
+    """Every fine-tuned / LoRA group against the frozen setting of its head and encoder best on validation (seed
+    noise pooled over ``pool``, default ``groups``)."""
     m, out = s.metrics[0], []
     frozen = [g for g in groups if g.first.tower == "frozen"]
     for tuned in (g for g in groups if g.first.tower in TUNED):
         r = tuned.first
         peers = [g for g in frozen if g.first.head == r.head and g.first.encoder == r.encoder]
         base = select(peers, m)
-        c = compare(tuned, base, m, s.split, alpha=s.alpha, pool=groups) if base is not None else None
+        c = compare(tuned, base, m, s.split, alpha=s.alpha, pool=pool or groups) if base is not None else None
         if c is None:
             continue
         extra = f" [{extra_settings(tuned)}]" if extra_settings(tuned) else ""
@@ -529,6 +533,57 @@ def findings(groups: list[Group], s: ReportSettings, planned_seeds: int | None =
     return found
 
 
+def is_post_hoc(g: Group, s: ReportSettings) -> bool:
+    """Whether the group is one of report.post_hoc's runs (every setting it names has its value)."""
+    return bool(s.post_hoc) and all(g.first.config.get(k) == v for k, v in s.post_hoc.items())
+
+
+def planned_groups(groups: list[Group], s: ReportSettings) -> list[Group]:
+    """The groups the planned answers read: all but report.post_hoc's."""
+    return [g for g in groups if not is_post_hoc(g, s)]
+
+
+POST_HOC_QUESTIONS = {  # finding.question -> the question answered in the post-hoc section
+    "post hoc vs frozen": "Does fine-tuning beat a frozen encoder, on the post-hoc runs?",
+    "post hoc vs planned": "Do the post-hoc runs differ from their planned twins (the same settings otherwise)?",
+}
+
+
+def _twin(g: Group, groups: list[Group], s: ReportSettings) -> Group | None:
+    """The planned group with g's settings but report.post_hoc's (None where there is none)."""
+    want = {k: v for k, v in g.settings.items() if k not in s.post_hoc}
+    for o in planned_groups(groups, s):
+        if o.first.head == g.first.head and {k: v for k, v in o.settings.items() if k not in s.post_hoc} == want:
+            return o
+    return None
+
+
+def post_hoc_findings(groups: list[Group], s: ReportSettings, planned_seeds: int | None = None) -> list[Finding]:
+    """The post-hoc runs' own answers, each question one Holm family: every post-hoc fine-tuned or LoRA group
+    against the planned frozen setting of its head and encoder best on validation (as the planned answer
+    chooses it), and every post-hoc group against its planned twin.  Seed noise is pooled per stopping rule
+    (tcf.experiments.stats.stopping_rule), so the post-hoc runs' own spread is theirs."""
+    if not s.post_hoc:
+        return []
+    post = [g for g in groups if is_post_hoc(g, s)]
+    frozen = [g for g in planned_groups(groups, s) if g.first.tower == "frozen"]
+    vs_frozen = fine_tuned_vs_frozen(frozen + post, s, pool=groups)
+    m, twins = s.metrics[0], []
+    for g in post:
+        twin = _twin(g, groups, s)
+        c = compare(g, twin, m, s.split, alpha=s.alpha, pool=groups) if twin is not None else None
+        if c is not None:
+            r = twin.first
+            twins.append(Finding("post hoc vs planned", r.head, g, twin, c,
+                                 f"{HEAD_NAMES.get(r.head, r.head)} with {r.encoder}: {TOWER_NAMES[r.tower]} "
+                                 f"[{extra_settings(g)}] against its planned twin: {m} ",
+                                 ("the post-hoc run scores higher", "the post-hoc run scores lower")))
+    found = [*[replace(f, question="post hoc vs frozen") for f in vs_frozen], *_family(twins)]
+    for f in found:
+        f.planned_seeds = planned_seeds or max((len(g.runs) for g in groups), default=1)
+    return found
+
+
 def method_note(s: ReportSettings) -> str:
     """How the answers were reached, said once above them."""
     note = (f"Towers and baselines are selected on {SELECT_SPLIT} {s.metrics[0]} (the text tower, ID setting or "
@@ -539,7 +594,8 @@ def method_note(s: ReportSettings) -> str:
             "retraining with another seed gives as well as what another sample of users would — the users' part "
             "of its variance from the paired differences of each user's value averaged over the group's seeds, "
             "the seeds' part from the spread of a seed's mean about its configuration's mean less the user-by-seed "
-            "share already in the users' part, pooled over the configurations of the same head and tower kind with "
+            "share already in the users' part, pooled over the configurations of the same head, tower kind and "
+            "stopping rule (train.min_epochs) with "
             "two or more seeds, or borrowed from the head's other towers where that kind has seen fewer than "
             f"{MIN_SEED_DF} seed deviations (the line names the pool, its seed sd and df; fewer than {MIN_SEED_DF} "
             "on both sides, or on the only side that has any: not testable). Student's t, Welch–Satterthwaite "

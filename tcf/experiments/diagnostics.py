@@ -605,6 +605,8 @@ def diagnostics(groups: list[Group], metric: str, split: str, found: list = (), 
     lines = [stopping_line(runs), plateau_line(runs), seed_luck_line(groups, metric, split), machines_line(runs), code_line(runs),
              position_line(list(zeroshot))]
     if s is not None:
+        from tcf.experiments.answers import planned_groups
+
         lines += [zero_noise_line(found, s.alpha), own_noise_line(found, metric, split, s.alpha),
-                  runner_up_line(groups, found, s)]
+                  runner_up_line(planned_groups(groups, s), found, s)]  # the candidates the answers chose among
     return [x for x in lines if x]

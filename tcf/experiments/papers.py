@@ -30,6 +30,7 @@ from tcf.experiments.answers import (
     ReportSettings,
     chosen_seeds,
     labelled,
+    planned_groups,
     select,
     signed,
 )
@@ -141,7 +142,8 @@ def _label(g) -> str:
 def _tuned_vs_id(groups: list[Group], claim: Claim, s: ReportSettings, planned: int | None = None) -> list[Measured]:
     """The fine-tuned (or LoRA) tower best on validation against the ID setting best on validation, per head (one
     Holm family): the report's text-vs-ID answer may pick a frozen tower, which is not what the claim is about."""
-    m, found = s.metrics[0], []
+    m, found, every = s.metrics[0], [], groups
+    groups = planned_groups(groups, s)  # the candidates: report.post_hoc's runs are not (their sisters still count)
     planned = planned or max((len(g.runs) for g in groups), default=1)
     for head in sorted({g.first.head for g in groups}):
         if claim.head and head != claim.head:
@@ -159,7 +161,7 @@ def _tuned_vs_id(groups: list[Group], claim: Claim, s: ReportSettings, planned: 
     holm_family([f.c for _, f in found])
     if len(found) == 1:  # its own family of one: say so, as a corrected p would
         found = [(what[:-1] + "; the table's own test, one in its family: no correction)", f) for what, f in found]
-    stops = plateau_stops([r for g in groups for r in g.runs])
+    stops = plateau_stops([r for g in every for r in g.runs])
     for _, f in found:
         if note := plateau_note((f.a, f.b), stops):
             f.notes.append(note)

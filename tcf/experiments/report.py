@@ -27,6 +27,7 @@ from pathlib import Path
 from tcf.config import from_dict
 from tcf.experiments.answers import (  # noqa: F401 - names code and tests import from tcf.experiments.report
     HEAD_NAMES,
+    POST_HOC_QUESTIONS,
     QUESTIONS,
     SELECT_SPLIT,
     TOWER_NAMES,
@@ -37,6 +38,8 @@ from tcf.experiments.answers import (  # noqa: F401 - names code and tests impor
     method_note,
     order_key,
     params_text,
+    planned_groups,
+    post_hoc_findings,
     scaling_series,
 )
 from tcf.experiments.diagnostics import annotate, zero_noise_line
@@ -81,22 +84,26 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
     runs = [r for r in runs if out not in r.folder.parents and r.folder != out]
     runs, failed, foreign = _in_plan(plan, runs, failed)
     trained = group_runs([r for r in runs if r.task == "train"])
-    zs = zeroshot_rows(runs, trained, s, planned_seeds(plan))
+    zs = zeroshot_rows(runs, planned_groups(trained, s), s, planned_seeds(plan))
     title = s.title or f"{plan.get('name') or runs_dir.name}: {len(runs)} run(s)"
     out.mkdir(parents=True, exist_ok=True)
     figures = {name: fn(data, s, out / f"{name}.png", title) if data else False
                for name, fn, data in (("scaling", plot_scaling, trained), ("towers", plot_towers, trained),
                                       ("zeroshot", plot_zeroshot, zs))}
-    found = findings(trained, s, planned_seeds(plan))  # every test once, for the answers and report.json
-    annotate(found, trained, s)
+    found = findings(planned_groups(trained, s), s, planned_seeds(plan))  # every test once (answers, report.json)
+    post = post_hoc_findings(trained, s, planned_seeds(plan))
+    for x in (found, post):
+        annotate(x, trained, s)  # stopping notes read every run, report.post_hoc's too
     controls, control_records = _controls(s)
     spent = {**cost(runs), **({"ledger": ledger} if (ledger := ledger_time(runs_dir, to_last_done=True)) else {})}
-    md = markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s, controls)
+    md = markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s, [*post_hoc_lines(post, s), *controls])
     md[md.index("## Answers"):md.index("## Answers")] = [cost_line(spent), ""]
     md += run_accounting(plan, trained, zs, failed, foreign)
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
     summary = {**_summary(trained, zs, found, s), **({"not_in_experiment": foreign} if foreign else {}),
-               **({"controls": control_records} if control_records else {}), "cost": spent}
+               **({"controls": control_records} if control_records else {}),
+               **({"post_hoc": {"settings": s.post_hoc, "comparisons": [f.record(s) for f in post]}} if s.post_hoc else {}),
+               "cost": spent}
     atomic_write_text(out / "report.json", json.dumps(summary, indent=2, default=float) + "\n")
     return out / "report.md"
 
@@ -197,6 +204,22 @@ def _controls(s: ReportSettings) -> tuple[list[str], list[dict]]:
         records.append({"path": str(folder), "runs": len(runs), "planned": planned,
                         "comparisons": [f.record(cs) for f in found]})
     return (["## Positive controls", "", *md] if md else []), records
+
+
+def post_hoc_lines(post: list[Finding], s: ReportSettings) -> list[str]:
+    """The "Post-hoc runs" section: report.post_hoc's runs answered on their own ([] without the setting)."""
+    if not s.post_hoc:
+        return []
+    marks = ", ".join(f"{k}={v}" for k, v in s.post_hoc.items())
+    md = ["## Post-hoc runs", "",
+          f"Runs with [{marks}] were added to the plan after its runs had been seen (the caveats above say why). They "
+          "are left out of the answers above (as candidates of their selections, from their seed-noise pools and "
+          "Holm families) and answered here, each question its own Holm family, their seed noise pooled over their "
+          "own stopping rule. Their tables' rows carry the same mark.", ""]
+    for key, question in POST_HOC_QUESTIONS.items():
+        lines = [f.line(s) for f in post if f.question == key]
+        md += [f"**{question}**", "", *[f"- {x}" for x in lines or ["none finished yet."]], ""]
+    return md
 
 
 def planned_seeds(plan: dict) -> int | None:

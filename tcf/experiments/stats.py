@@ -6,8 +6,9 @@ same users are compared by a t-test over users and seeds: the paired difference 
 (averaged over the group's seeds) gives the users' part of the variance, var(d)/U, which already holds
 the user-by-seed interaction; the seeds' part is sigma_b^2/n per side, sigma_b^2 estimated from the spread
 of seed means about their configuration's mean less the interaction's share (seed x user residual mean
-square / U), pooled over the configurations of the same head *and tower kind* with two or more seeds
-(seed noise differs by kind), else borrowed from the head's other towers and said so on the line.
+square / U), pooled over the configurations of the same head, *tower kind* and stopping rule
+(train.min_epochs) with two or more seeds (seed noise differs by kind), else borrowed from the head's
+other towers and said so on the line.
 Student's t with Welch–Satterthwaite degrees of freedom (no test where the seed noise rests on under 3
 seed deviations), and the 95% CI of the difference D +- t * se (unadjusted for multiplicity).  Seed
 effects of two configurations are taken as independent although both use the same seed values (2020,
@@ -225,22 +226,31 @@ def _tables(groups: list[Group], metric: str, split: str, users: np.ndarray | No
     return out
 
 
+def stopping_rule(g: Group) -> int:
+    """The group's train.min_epochs (0 where unset): seed noise is pooled per stopping rule, since runs that
+    patience may stop on a plateau spread otherwise than runs held to train on."""
+    return int(g.first.config.get("train.min_epochs") or 0)
+
+
 def seed_noise(pool: list[Group] | None, head: str, tower: str, metric: str, split: str,
-               users: np.ndarray | None = None) -> SeedNoise | None:
-    """:func:`noise_from_tables` over the groups of ``pool`` with this head and tower kind and 2+ seeds (seed
-    noise differs between kinds: a frozen tower's is not a fine-tuned one's); where that kind has seen fewer
+               users: np.ndarray | None = None, rule: int = 0) -> SeedNoise | None:
+    """:func:`noise_from_tables` over the groups of ``pool`` with this head, tower kind and stopping rule
+    (:func:`stopping_rule`) and 2+ seeds (seed noise differs between kinds: a frozen tower's is not a
+    fine-tuned one's); where that kind has seen fewer
     than MIN_SEED_DF seed deviations (one configuration of 3 seeds has 2), over all the head's towers, and
     ``where`` says it is borrowed.  On ``users`` alone (a slice) when given.  None when no group of the head
     has 2 seeds with per-user records."""
-    return _seed_tables(pool, head, tower, metric, split, users)[1]
+    return _seed_tables(pool, head, tower, metric, split, users, rule=rule)[1]
 
 
-def _seed_tables(pool, head, tower, metric, split, users, per_user=None) -> tuple[list[np.ndarray], SeedNoise | None]:
+def _seed_tables(pool, head, tower, metric, split, users, per_user=None, rule: int = 0
+                 ) -> tuple[list[np.ndarray], SeedNoise | None]:
     """:func:`seed_noise` and the tables it rests on (``per_user``: see :func:`_tables`)."""
     same = [g for g in pool or () if g.first.head == head]
     name, kind = HEAD_NAMES.get(head, head), TOWER_NAMES.get(tower, tower)
-    own_t = _tables([g for g in same if g.first.tower == tower], metric, split, users, per_user)
-    own = noise_from_tables(own_t, f"{name} {kind}")
+    own_t = _tables([g for g in same if g.first.tower == tower and stopping_rule(g) == rule], metric, split,
+                    users, per_user)
+    own = noise_from_tables(own_t, f"{name} {kind}" + (f" (train.min_epochs {rule})" if rule else ""))
     if own is not None and own.seed_df >= MIN_SEED_DF:
         return own_t, own
     wide_t = _tables(same, metric, split, users, per_user)
@@ -370,8 +380,8 @@ def compare(a: Group, b: Group, metric: str, split: str, alpha: float = 0.05,
 
 def _noise(pool, a: Group, b: Group, metric: str, split: str, users=None):
     ka, kb = (a.first.head, a.first.tower), (b.first.head, b.first.tower)
-    ta, na = _seed_tables(pool, *ka, metric, split, users)
-    tb, nb = _seed_tables(pool, *kb, metric, split, users)
+    ta, na = _seed_tables(pool, *ka, metric, split, users, rule=stopping_rule(a))
+    tb, nb = _seed_tables(pool, *kb, metric, split, users, rule=stopping_rule(b))
     if na is not None and nb is not None and na.where == nb.where:  # one pool read twice: one component
         nb = na
 
