@@ -414,9 +414,10 @@ def test_a_plateau_before_min_epochs_is_no_close_call(tmp_path):
     assert y.longest == 3 and y.shorter == (2, 3, 0.1)
 
 
-def _post_hoc_folder(root: Path, with_post: bool) -> None:
-    """SASRec ID, frozen and fine-tuned towers (4 seeds each: every kind's own pool testable) and, with ``with_post``, the fine-tuned tower
-    again under train.min_epochs 60: better on validation than every planned tower, its seeds far apart."""
+def _post_hoc_folder(root: Path, with_post: bool, post_seeds: int = 4, lonely: bool = False) -> None:
+    """SASRec ID, frozen and fine-tuned towers (4 seeds each: every kind's own pool testable) and, with
+    ``with_post``, the fine-tuned tower again under train.min_epochs 60: better on validation than every planned
+    tower, its seeds far apart; with ``lonely`` a post-hoc LoRA tower too, which no planned run twins."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -424,10 +425,11 @@ def _post_hoc_folder(root: Path, with_post: bool) -> None:
 
     rng = np.random.default_rng(5)
     base = rng.random(300) * 0.3
-    arms = [("id", 0, 0.0, 0.002), ("frozen", 0, 0.01, 0.002), ("finetune", 0, 0.02, 0.002)]
-    arms += [("finetune", 60, 0.05, 0.03)] if with_post else []
-    for tower, least, shift, spread in arms:
-        for k in range(4):
+    arms = [("id", 0, 0.0, 0.002, 4), ("frozen", 0, 0.01, 0.002, 4), ("finetune", 0, 0.02, 0.002, 4)]
+    arms += [("finetune", 60, 0.05, 0.03, post_seeds)] if with_post else []
+    arms += [("lora", 60, 0.03, 0.03, post_seeds)] if lonely else []
+    for tower, least, shift, spread, seeds in arms:
+        for k in range(seeds):
             folder = put_user(root, f"{tower}-{least}-s{k}", tower=tower, seed=k,
                               per_user=base + shift + spread * (k - 1.5) + rng.normal(0, 0.01, 300))
             res = json.loads((folder / "results.json").read_text())
@@ -461,12 +463,38 @@ def test_post_hoc_runs_stay_out_of_the_planned_answers_and_are_answered_on_their
     assert sorted(f.question for f in post) == ["post hoc vs frozen", "post hoc vs planned"]
     twin = next(f for f in post if f.question == "post hoc vs planned")
     assert twin.a.first.config.get("train.min_epochs") == 60 and twin.b.first.config.get("train.min_epochs") == 0
-    # each side's seed noise is its own stopping rule's: the post-hoc seeds' wide spread is not the twin's
+    # each side's seed noise is its own population's: the post-hoc seeds' wide spread is not the twin's
     a_noise, b_noise = twin.c.noise
-    assert "(train.min_epochs 60)" in a_noise.where and "min_epochs" not in b_noise.where
+    assert a_noise.where == "SASRec fine-tuned text (post hoc)" and b_noise.where == "SASRec fine-tuned text"
     assert a_noise.var > 25 * b_noise.var
-    md = write_report(tmp_path / "all", settings={"post_hoc": {"train.min_epochs": 60}}).read_text()
+    md = write_report(tmp_path / "all", settings={"post_hoc": {"train.min_epochs": 60}, "papers": True}).read_text()
     assert "## Post-hoc runs" in md and "against its planned twin" in md
+    answers, rest = md.split("## Post-hoc runs")
+    assert "min_epochs=60" not in answers  # nor in a computed line (runner-up, selection luck) above the section
+    assert "led the runner-up, fine-tuned text (minilm-l6)" not in answers and "led the runner-up" in answers
+    assert "min_epochs=60" not in rest.split("## Against the papers")[1].split("\n## ")[0]
     rec = json.loads((tmp_path / "all" / "report" / "report.json").read_text())
     assert rec["post_hoc"]["settings"] == {"train.min_epochs": 60} and len(rec["post_hoc"]["comparisons"]) == 2
     assert all("min_epochs=60" not in c["a"] + c["b"] for c in rec["comparisons"])
+    assert [g.get("post_hoc", False) for g in rec["groups"]].count(True) == 1
+
+
+def test_post_hoc_runs_with_too_few_seeds_borrow_from_post_hoc_runs_only(tmp_path):
+    from tcf.config import from_dict
+    from tcf.experiments.answers import ReportSettings, post_hoc_findings
+
+    _post_hoc_folder(tmp_path, True, post_seeds=3, lonely=True)  # 2 deviations each: the own pool is too small
+    s = from_dict(ReportSettings, {"post_hoc": {"train": {"min_epochs": "60"}}}, "report")  # nested, a string
+    groups = group_runs(runs_of(tmp_path))
+    twin = next(f for f in post_hoc_findings(groups, s) if f.question == "post hoc vs planned")
+    a_noise, b_noise = twin.c.noise
+    assert a_noise.where == "SASRec, all towers (post hoc) (borrowed)" and a_noise.configs == 2
+    assert b_noise.where == "SASRec fine-tuned text"
+    md = write_report(tmp_path, settings={"post_hoc": {"train.min_epochs": 60}}).read_text()
+    assert "LoRA text (minilm-l6) [train.min_epochs=60]: no planned twin" in md
+
+
+def test_a_post_hoc_setting_that_is_no_run_setting_is_an_error(tmp_path):
+    _post_hoc_folder(tmp_path, True)
+    with pytest.raises(ValueError, match="'train.min_epoch' is not a run setting"):
+        write_report(tmp_path, settings={"post_hoc": {"train.min_epoch": 60}})

@@ -7,6 +7,7 @@ adjusted p-values decide.  Which test compares two groups is :mod:`tcf.experimen
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -308,16 +309,18 @@ def _interleave(main: list[Finding], cold: list[Finding]) -> list[Finding]:
     return [x for f in main for x in (f, by_head.get(f.head)) if x is not None]
 
 
-def fine_tuned_vs_frozen(groups: list[Group], s: ReportSettings, pool: list[Group] | None = None) -> list[Finding]:
+def fine_tuned_vs_frozen(groups: list[Group], s: ReportSettings, pool: list[Group] | None = None,
+                         part_of=None) -> list[Finding]:
     """Every fine-tuned / LoRA group against the frozen setting of its head and encoder best on validation (seed
-    noise pooled over ``pool``, default ``groups``)."""
+    noise pooled over ``pool``, default ``groups``, by population ``part_of``: tcf.experiments.stats)."""
     m, out = s.metrics[0], []
     frozen = [g for g in groups if g.first.tower == "frozen"]
     for tuned in (g for g in groups if g.first.tower in TUNED):
         r = tuned.first
         peers = [g for g in frozen if g.first.head == r.head and g.first.encoder == r.encoder]
         base = select(peers, m)
-        c = compare(tuned, base, m, s.split, alpha=s.alpha, pool=pool or groups) if base is not None else None
+        c = (compare(tuned, base, m, s.split, alpha=s.alpha, pool=pool or groups, part_of=part_of)
+             if base is not None else None)
         if c is None:
             continue
         extra = f" [{extra_settings(tuned)}]" if extra_settings(tuned) else ""
@@ -533,9 +536,45 @@ def findings(groups: list[Group], s: ReportSettings, planned_seeds: int | None =
     return found
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    """{"train": {"min_epochs": 60}} and {"train.min_epochs": 60} alike -> {"train.min_epochs": 60}."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def _same(x, y) -> bool:
+    """A config value equals report.post_hoc's: 60, 60.0 and "60" alike."""
+    if x == y or str(x) == str(y):
+        return True
+    try:
+        return float(x) == float(y)
+    except (TypeError, ValueError):
+        return False
+
+
+def check_post_hoc(s: ReportSettings) -> None:
+    """report.post_hoc names settings a run has: a typo would leave every post-hoc run in the planned answers."""
+    import typing
+
+    from tcf.run.config import RunConfig
+
+    for key in _flat(s.post_hoc):
+        node, parts = RunConfig, key.split(".")
+        for i, part in enumerate(parts):
+            hints = typing.get_type_hints(node) if dataclasses.is_dataclass(node) else {}
+            if part not in hints:
+                raise ValueError(f"report.post_hoc: {key!r} is not a run setting (no {part!r} in "
+                                 f"{'.'.join(parts[:i]) or 'the run config'})")
+            node = hints[part]
+
+
 def is_post_hoc(g: Group, s: ReportSettings) -> bool:
     """Whether the group is one of report.post_hoc's runs (every setting it names has its value)."""
-    return bool(s.post_hoc) and all(g.first.config.get(k) == v for k, v in s.post_hoc.items())
+    want = _flat(s.post_hoc)
+    return bool(want) and all(_same(g.first.config.get(k), v) for k, v in want.items())
 
 
 def planned_groups(groups: list[Group], s: ReportSettings) -> list[Group]:
@@ -547,13 +586,15 @@ POST_HOC_QUESTIONS = {  # finding.question -> the question answered in the post-
     "post hoc vs frozen": "Does fine-tuning beat a frozen encoder, on the post-hoc runs?",
     "post hoc vs planned": "Do the post-hoc runs differ from their planned twins (the same settings otherwise)?",
 }
+POST_HOC = " (post hoc)"  # the seed-noise population label of report.post_hoc's runs
 
 
 def _twin(g: Group, groups: list[Group], s: ReportSettings) -> Group | None:
     """The planned group with g's settings but report.post_hoc's (None where there is none)."""
-    want = {k: v for k, v in g.settings.items() if k not in s.post_hoc}
+    marks = _flat(s.post_hoc)
+    want = {k: v for k, v in g.settings.items() if k not in marks}
     for o in planned_groups(groups, s):
-        if o.first.head == g.first.head and {k: v for k, v in o.settings.items() if k not in s.post_hoc} == want:
+        if o.first.head == g.first.head and {k: v for k, v in o.settings.items() if k not in marks} == want:
             return o
     return None
 
@@ -561,17 +602,23 @@ def _twin(g: Group, groups: list[Group], s: ReportSettings) -> Group | None:
 def post_hoc_findings(groups: list[Group], s: ReportSettings, planned_seeds: int | None = None) -> list[Finding]:
     """The post-hoc runs' own answers, each question one Holm family: every post-hoc fine-tuned or LoRA group
     against the planned frozen setting of its head and encoder best on validation (as the planned answer
-    chooses it), and every post-hoc group against its planned twin.  Seed noise is pooled per stopping rule
-    (tcf.experiments.stats.stopping_rule), so the post-hoc runs' own spread is theirs."""
+    chooses it), and every post-hoc group against its planned twin (a group without one: a "no twin" finding
+    with no test).  The post-hoc runs' seed noise is pooled among themselves only (own kind, else borrowed from
+    their other towers), the planned side's among the planned runs."""
     if not s.post_hoc:
         return []
+
+    def part_of(g: Group) -> str:
+        return POST_HOC if is_post_hoc(g, s) else ""
+
     post = [g for g in groups if is_post_hoc(g, s)]
     frozen = [g for g in planned_groups(groups, s) if g.first.tower == "frozen"]
-    vs_frozen = fine_tuned_vs_frozen(frozen + post, s, pool=groups)
+    vs_frozen = fine_tuned_vs_frozen(frozen + [g for g in post if g.first.tower in TUNED], s, pool=groups,
+                                     part_of=part_of)
     m, twins = s.metrics[0], []
     for g in post:
         twin = _twin(g, groups, s)
-        c = compare(g, twin, m, s.split, alpha=s.alpha, pool=groups) if twin is not None else None
+        c = compare(g, twin, m, s.split, alpha=s.alpha, pool=groups, part_of=part_of) if twin is not None else None
         if c is not None:
             r = twin.first
             twins.append(Finding("post hoc vs planned", r.head, g, twin, c,
@@ -584,6 +631,11 @@ def post_hoc_findings(groups: list[Group], s: ReportSettings, planned_seeds: int
     return found
 
 
+def untwinned(groups: list[Group], s: ReportSettings) -> list[Group]:
+    """Post-hoc groups without a planned twin (the post-hoc section names them)."""
+    return [g for g in groups if is_post_hoc(g, s) and _twin(g, groups, s) is None]
+
+
 def method_note(s: ReportSettings) -> str:
     """How the answers were reached, said once above them."""
     note = (f"Towers and baselines are selected on {SELECT_SPLIT} {s.metrics[0]} (the text tower, ID setting or "
@@ -594,8 +646,7 @@ def method_note(s: ReportSettings) -> str:
             "retraining with another seed gives as well as what another sample of users would — the users' part "
             "of its variance from the paired differences of each user's value averaged over the group's seeds, "
             "the seeds' part from the spread of a seed's mean about its configuration's mean less the user-by-seed "
-            "share already in the users' part, pooled over the configurations of the same head, tower kind and "
-            "stopping rule (train.min_epochs) with "
+            "share already in the users' part, pooled over the configurations of the same head and tower kind with "
             "two or more seeds, or borrowed from the head's other towers where that kind has seen fewer than "
             f"{MIN_SEED_DF} seed deviations (the line names the pool, its seed sd and df; fewer than {MIN_SEED_DF} "
             "on both sides, or on the only side that has any: not testable). Student's t, Welch–Satterthwaite "

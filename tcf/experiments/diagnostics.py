@@ -601,12 +601,13 @@ def diagnostics(groups: list[Group], metric: str, split: str, found: list = (), 
                 zeroshot: list[RunResult] = ()) -> list[str]:
     """The report's computed caveats (markdown bullet texts); ``s`` the ReportSettings (the lines on the
     answers' tests need it)."""
-    runs = [r for g in groups for r in g.runs]
-    lines = [stopping_line(runs), plateau_line(runs), seed_luck_line(groups, metric, split), machines_line(runs), code_line(runs),
-             position_line(list(zeroshot))]
-    if s is not None:
-        from tcf.experiments.answers import planned_groups
+    from tcf.experiments.answers import planned_groups
 
+    runs = [r for g in groups for r in g.runs]  # run accounting and stopping read every run, post hoc too
+    planned = planned_groups(groups, s) if s is not None else groups  # what the answers chose among
+    lines = [stopping_line(runs), plateau_line(runs), seed_luck_line(planned, metric, split), machines_line(runs),
+             code_line(runs), position_line(list(zeroshot))]
+    if s is not None:
         lines += [zero_noise_line(found, s.alpha), own_noise_line(found, metric, split, s.alpha),
-                  runner_up_line(planned_groups(groups, s), found, s)]  # the candidates the answers chose among
+                  runner_up_line(planned, found, s)]
     return [x for x in lines if x]

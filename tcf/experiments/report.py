@@ -27,20 +27,25 @@ from pathlib import Path
 from tcf.config import from_dict
 from tcf.experiments.answers import (  # noqa: F401 - names code and tests import from tcf.experiments.report
     HEAD_NAMES,
+    POST_HOC,
     POST_HOC_QUESTIONS,
     QUESTIONS,
     SELECT_SPLIT,
     TOWER_NAMES,
     Finding,
     ReportSettings,
+    check_post_hoc,
     findings,
     group_label,
+    is_post_hoc,
+    labelled,
     method_note,
     order_key,
     params_text,
     planned_groups,
     post_hoc_findings,
     scaling_series,
+    untwinned,
 )
 from tcf.experiments.diagnostics import annotate, zero_noise_line
 from tcf.experiments.render import (  # noqa: F401
@@ -80,6 +85,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
     if settings is None or isinstance(settings, dict):
         settings = from_dict(ReportSettings, {**(plan.get("report") or {}), **(settings or {})}, "report")
     s = settings
+    check_post_hoc(s)
     runs, failed = load_runs(runs_dir)
     runs = [r for r in runs if out not in r.folder.parents and r.folder != out]
     runs, failed, foreign = _in_plan(plan, runs, failed)
@@ -96,7 +102,8 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
         annotate(x, trained, s)  # stopping notes read every run, report.post_hoc's too
     controls, control_records = _controls(s)
     spent = {**cost(runs), **({"ledger": ledger} if (ledger := ledger_time(runs_dir, to_last_done=True)) else {})}
-    md = markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s, [*post_hoc_lines(post, s), *controls])
+    md = markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s,
+                  [*post_hoc_lines(post, trained, s), *controls])
     md[md.index("## Answers"):md.index("## Answers")] = [cost_line(spent), ""]
     md += run_accounting(plan, trained, zs, failed, foreign)
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
@@ -206,18 +213,22 @@ def _controls(s: ReportSettings) -> tuple[list[str], list[dict]]:
     return (["## Positive controls", "", *md] if md else []), records
 
 
-def post_hoc_lines(post: list[Finding], s: ReportSettings) -> list[str]:
+def post_hoc_lines(post: list[Finding], trained: list[Group], s: ReportSettings) -> list[str]:
     """The "Post-hoc runs" section: report.post_hoc's runs answered on their own ([] without the setting)."""
     if not s.post_hoc:
         return []
     marks = ", ".join(f"{k}={v}" for k, v in s.post_hoc.items())
+    n = sum(len(g.runs) for g in trained if is_post_hoc(g, s))
     md = ["## Post-hoc runs", "",
-          f"Runs with [{marks}] were added to the plan after its runs had been seen (the caveats above say why). They "
-          "are left out of the answers above (as candidates of their selections, from their seed-noise pools and "
-          "Holm families) and answered here, each question its own Holm family, their seed noise pooled over their "
-          "own stopping rule. Their tables' rows carry the same mark.", ""]
+          f"Runs with [{marks}] ({n} finished) were added to the plan after its runs had been seen (the caveats above "
+          "say why). They are left out of the answers above (as candidates of their selections, from their seed-noise "
+          "pools and Holm families) and answered here, each question its own Holm family, their seed noise pooled "
+          f"among post-hoc runs only (pools named '…{POST_HOC}'), the planned side's among planned runs. Their tables' rows "
+          "carry the same mark.", ""]
+    alone = [f"{labelled(g)}: no planned twin (no planned group has its settings but [{marks}])"
+             for g in untwinned(trained, s)]
     for key, question in POST_HOC_QUESTIONS.items():
-        lines = [f.line(s) for f in post if f.question == key]
+        lines = [f.line(s) for f in post if f.question == key] + (alone if key == "post hoc vs planned" else [])
         md += [f"**{question}**", "", *[f"- {x}" for x in lines or ["none finished yet."]], ""]
     return md
 
@@ -254,7 +265,8 @@ def _summary(trained: list[Group], zs: list[dict], found: list[Finding], s: Repo
     return {"split": s.split, "groups": [
         {"head": g.first.head, "tower": g.first.tower, "encoder": g.first.encoder,
          "encoder_parameters": g.first.encoder_parameters, "settings": g.settings, "seeds": g.seeds,
-         "runs": [r.folder.name for r in g.runs], **{m: stat(g.stat(m, s.split)) for m in s.metrics}}
+         "runs": [r.folder.name for r in g.runs], **{m: stat(g.stat(m, s.split)) for m in s.metrics},
+         **({"post_hoc": True} if is_post_hoc(g, s) else {})}
         for g in sorted(trained, key=order_key)],
         "zeroshot": [{"model": r["model"], "protocol": r["protocol"], "compliance": r["compliance"],
                       **{m: metric_mean(r["metrics"], m) for m in s.metrics}, "tested_on": r.get("metric"),

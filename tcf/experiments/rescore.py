@@ -22,15 +22,7 @@ from tcf.eval.metrics import holm, metrics_from_ranks, paired_test, target_ranks
 from tcf.experiments.answers import ReportSettings, chosen_on, extra_settings, select
 from tcf.experiments.derived import derived
 from tcf.experiments.results import HEAD_NAMES, TOWER_NAMES, Group, RunResult, Stat, _seed_average
-from tcf.experiments.stats import (
-    PAIRED,
-    PAIRED_RESAMPLES,
-    USERS_AND_SEEDS,
-    _seed_tables,
-    p_words,
-    stopping_rule,
-    users_and_seeds,
-)
+from tcf.experiments.stats import PAIRED, PAIRED_RESAMPLES, USERS_AND_SEEDS, _seed_tables, p_words, users_and_seeds
 
 
 def zs_metric(run: RunResult, s: ReportSettings) -> str:
@@ -130,7 +122,7 @@ def trained_on_candidates(zs: RunResult, trained: list[Group], s: ReportSettings
         noise = None
         if len(done) > 1:
             pool = [g for g in same if hard is None or not any(is_hard_run(r, hard) for r in g.runs)]
-            noise = _seed_tables(pool, head, best.first.tower, tm, None, None, per_user, stopping_rule(best))[1]
+            noise = _seed_tables(pool, head, best.first.tower, tm, None, None, per_user)[1]
         out[name] = {**_seed_averaged([score(r)[0] for r in done], tm), "seeds": seeds, "noise": noise, "finished": len(best.runs)}
     return out
 

@@ -6,9 +6,9 @@ same users are compared by a t-test over users and seeds: the paired difference 
 (averaged over the group's seeds) gives the users' part of the variance, var(d)/U, which already holds
 the user-by-seed interaction; the seeds' part is sigma_b^2/n per side, sigma_b^2 estimated from the spread
 of seed means about their configuration's mean less the interaction's share (seed x user residual mean
-square / U), pooled over the configurations of the same head, *tower kind* and stopping rule
-(train.min_epochs) with two or more seeds (seed noise differs by kind), else borrowed from the head's
-other towers and said so on the line.
+square / U), pooled over the configurations of the same head *and tower kind* with two or more seeds
+(seed noise differs by kind), else borrowed from the head's other towers and said so on the line; a
+report's post-hoc runs (report.post_hoc) are a population of their own, pooled apart (``part_of``).
 Student's t with Welch–Satterthwaite degrees of freedom (no test where the seed noise rests on under 3
 seed deviations), and the 95% CI of the difference D +- t * se (unadjusted for multiplicity).  Seed
 effects of two configurations are taken as independent although both use the same seed values (2020,
@@ -28,6 +28,7 @@ different kinds are not combined.  A statistic that is not finite is no test, ne
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -226,35 +227,31 @@ def _tables(groups: list[Group], metric: str, split: str, users: np.ndarray | No
     return out
 
 
-def stopping_rule(g: Group) -> int:
-    """The group's train.min_epochs (0 where unset): seed noise is pooled per stopping rule, since runs that
-    patience may stop on a plateau spread otherwise than runs held to train on."""
-    return int(g.first.config.get("train.min_epochs") or 0)
+PartOf = Callable[[Group], str]  # a group -> the population its seed noise is pooled within ("": the main one)
 
 
 def seed_noise(pool: list[Group] | None, head: str, tower: str, metric: str, split: str,
-               users: np.ndarray | None = None, rule: int = 0) -> SeedNoise | None:
-    """:func:`noise_from_tables` over the groups of ``pool`` with this head, tower kind and stopping rule
-    (:func:`stopping_rule`) and 2+ seeds (seed noise differs between kinds: a frozen tower's is not a
-    fine-tuned one's); where that kind has seen fewer
+               users: np.ndarray | None = None, part: str = "", part_of: PartOf | None = None) -> SeedNoise | None:
+    """:func:`noise_from_tables` over the groups of ``pool`` with this head and tower kind and 2+ seeds (seed
+    noise differs between kinds: a frozen tower's is not a fine-tuned one's); where that kind has seen fewer
     than MIN_SEED_DF seed deviations (one configuration of 3 seeds has 2), over all the head's towers, and
     ``where`` says it is borrowed.  On ``users`` alone (a slice) when given.  None when no group of the head
     has 2 seeds with per-user records."""
-    return _seed_tables(pool, head, tower, metric, split, users, rule=rule)[1]
+    return _seed_tables(pool, head, tower, metric, split, users, part=part, part_of=part_of)[1]
 
 
-def _seed_tables(pool, head, tower, metric, split, users, per_user=None, rule: int = 0
-                 ) -> tuple[list[np.ndarray], SeedNoise | None]:
-    """:func:`seed_noise` and the tables it rests on (``per_user``: see :func:`_tables`)."""
-    same = [g for g in pool or () if g.first.head == head]
+def _seed_tables(pool, head, tower, metric, split, users, per_user=None, part: str = "",
+                 part_of: PartOf | None = None) -> tuple[list[np.ndarray], SeedNoise | None]:
+    """:func:`seed_noise` and the tables it rests on (``per_user``: see :func:`_tables`).  With ``part_of``,
+    only the groups of population ``part`` pool (own and borrowed), and the label names it."""
+    same = [g for g in pool or () if g.first.head == head and (part_of(g) if part_of else "") == part]
     name, kind = HEAD_NAMES.get(head, head), TOWER_NAMES.get(tower, tower)
-    own_t = _tables([g for g in same if g.first.tower == tower and stopping_rule(g) == rule], metric, split,
-                    users, per_user)
-    own = noise_from_tables(own_t, f"{name} {kind}" + (f" (train.min_epochs {rule})" if rule else ""))
+    own_t = _tables([g for g in same if g.first.tower == tower], metric, split, users, per_user)
+    own = noise_from_tables(own_t, f"{name} {kind}{part}")
     if own is not None and own.seed_df >= MIN_SEED_DF:
         return own_t, own
     wide_t = _tables(same, metric, split, users, per_user)
-    wide = noise_from_tables(wide_t, f"{name}, all towers (borrowed)")
+    wide = noise_from_tables(wide_t, f"{name}, all towers{part} (borrowed)")
     return (wide_t, wide) if wide is not None and (own is None or wide.seed_df > own.seed_df) else (own_t, own)
 
 
@@ -365,23 +362,24 @@ def on_shared_seeds(a: Group, b: Group) -> tuple[Group, Group, tuple | None]:
 
 
 def compare(a: Group, b: Group, metric: str, split: str, alpha: float = 0.05,
-            pool: list[Group] | None = None) -> Comparison | None:
+            pool: list[Group] | None = None, part_of: PartOf | None = None) -> Comparison | None:
     """``a`` against ``b`` on ``split``, on the seeds both have (:func:`on_shared_seeds`): the t-test over users
     and seeds when both have per-user records on the same users, its seed noise pooled over ``pool`` (the
     report's groups); else a labelled fallback (the paired test over users alone, Welch over seeds, or a
     z-test from two CIs over users)."""
     of = (len(a.runs), len(b.runs))
     a, b, shared = on_shared_seeds(a, b)
-    c = _compare(a, b, metric, split, alpha, pool)
+    c = _compare(a, b, metric, split, alpha, pool, part_of)
     if c is not None and shared is not None:
         c.shared, c.of_seeds = shared, of
     return c
 
 
-def _noise(pool, a: Group, b: Group, metric: str, split: str, users=None):
+def _noise(pool, a: Group, b: Group, metric: str, split: str, users=None, part_of: PartOf | None = None):
     ka, kb = (a.first.head, a.first.tower), (b.first.head, b.first.tower)
-    ta, na = _seed_tables(pool, *ka, metric, split, users, rule=stopping_rule(a))
-    tb, nb = _seed_tables(pool, *kb, metric, split, users, rule=stopping_rule(b))
+    pa, pb = (part_of(a), part_of(b)) if part_of else ("", "")
+    ta, na = _seed_tables(pool, *ka, metric, split, users, part=pa, part_of=part_of)
+    tb, nb = _seed_tables(pool, *kb, metric, split, users, part=pb, part_of=part_of)
     if na is not None and nb is not None and na.where == nb.where:  # one pool read twice: one component
         nb = na
 
@@ -412,14 +410,15 @@ def _noise(pool, a: Group, b: Group, metric: str, split: str, users=None):
     return na, nb
 
 
-def _compare(a: Group, b: Group, metric: str, split: str, alpha: float, pool=None) -> Comparison | None:
+def _compare(a: Group, b: Group, metric: str, split: str, alpha: float, pool=None,
+             part_of: PartOf | None = None) -> Comparison | None:
     sa, sb = a.stat(metric, split), b.stat(metric, split)
     if sa is None or sb is None:
         return None
     seeds = (len(a.runs), len(b.runs))
     ua, ub = a.user_values(metric, split), b.user_values(metric, split)
     if ua is not None and ub is not None and np.array_equal(ua[0], ub[0]):
-        return paired(sa, sb, ua[1], ub[1], seeds, alpha, _noise(pool, a, b, metric, split))
+        return paired(sa, sb, ua[1], ub[1], seeds, alpha, _noise(pool, a, b, metric, split, part_of=part_of))
     if not (math.isfinite(sa.mean) and math.isfinite(sb.mean)):
         return Comparison(sa, sb, None, reason=NOT_FINITE, seeds=seeds)
     xa, xb = _seed_means(a, metric, split), _seed_means(b, metric, split)
