@@ -467,9 +467,15 @@ def test_post_hoc_runs_stay_out_of_the_planned_answers_and_are_answered_on_their
     a_noise, b_noise = twin.c.noise
     assert a_noise.where == "SASRec fine-tuned text (post hoc)" and b_noise.where == "SASRec fine-tuned text"
     assert a_noise.var > 25 * b_noise.var
+    vs_frozen = next(f for f in post if f.question == "post hoc vs frozen")
+    assert [n.where for n in vs_frozen.c.noise] == ["SASRec fine-tuned text (post hoc)", "SASRec frozen text"]
     md = write_report(tmp_path / "all", settings={"post_hoc": {"train.min_epochs": 60}, "papers": True}).read_text()
     assert "## Post-hoc runs" in md and "against its planned twin" in md
     answers, rest = md.split("## Post-hoc runs")
+    from tcf.experiments.diagnostics import seed_luck_line
+
+    luck = seed_luck_line(planned, "ndcg@10", "test")  # selection luck measured on the planned runs only
+    assert luck and luck in answers and seed_luck_line(groups, "ndcg@10", "test") not in answers
     assert "min_epochs=60" not in answers  # nor in a computed line (runner-up, selection luck) above the section
     assert "led the runner-up, fine-tuned text (minilm-l6)" not in answers and "led the runner-up" in answers
     assert "min_epochs=60" not in rest.split("## Against the papers")[1].split("\n## ")[0]
@@ -494,7 +500,32 @@ def test_post_hoc_runs_with_too_few_seeds_borrow_from_post_hoc_runs_only(tmp_pat
     assert "LoRA text (minilm-l6) [train.min_epochs=60]: no planned twin" in md
 
 
-def test_a_post_hoc_setting_that_is_no_run_setting_is_an_error(tmp_path):
+def test_post_hoc_runs_with_too_few_seed_deviations_are_not_tested_on_the_planned_runs_noise(tmp_path):
+    from tcf.config import from_dict
+    from tcf.experiments.answers import ReportSettings, post_hoc_findings
+
+    _post_hoc_folder(tmp_path, True, post_seeds=2)  # 1 deviation: the planned pool must not be assumed for it
+    s = from_dict(ReportSettings, {"post_hoc": {"train.min_epochs": 60}}, "report")
+    post = post_hoc_findings(group_runs(runs_of(tmp_path)), s)
+    assert len(post) == 2
+    for f in post:
+        assert f.c.p_value is None and "not testable" in f.line(s) and "(post hoc) rests on 1 seed deviation" in \
+            f.line(s) and "pooled with" not in f.line(s)
+
+
+@pytest.mark.parametrize("post_hoc, error", [
+    ({"train.min_epoch": 60}, "unknown setting 'train.min_epoch'"),
+    ({"train": 5}, "'train' is a section of the run config"),
+    ({"seed": 0}, "not a setting a configuration's runs share"),
+    ({"train.min_epochs": "6x"}, "expected an integer"),
+    ({"train": {}}, "names no setting"),
+    ({"train.min_epochs": 600}, "marks none of the 16 planned runs"),
+])
+def test_a_post_hoc_setting_that_cannot_mark_the_amendment_is_an_error(tmp_path, post_hoc, error):
     _post_hoc_folder(tmp_path, True)
-    with pytest.raises(ValueError, match="'train.min_epoch' is not a run setting"):
-        write_report(tmp_path, settings={"post_hoc": {"train.min_epoch": 60}})
+    plan = {"runs": [{"id": f.name, "config": json.loads((f / "results.json").read_text())["config"]}
+                     for f in sorted(tmp_path.iterdir())]}
+    (tmp_path / "experiment.json").write_text(json.dumps(plan))
+    with pytest.raises(ValueError, match=error):
+        write_report(tmp_path, settings={"post_hoc": post_hoc})
+    write_report(tmp_path, settings={"post_hoc": {"train.min_epochs": 60}})  # the right one reports

@@ -7,7 +7,6 @@ adjusted p-values decide.  Which test compares two groups is :mod:`tcf.experimen
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -545,36 +544,74 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _same(x, y) -> bool:
-    """A config value equals report.post_hoc's: 60, 60.0 and "60" alike."""
-    if x == y or str(x) == str(y):
-        return True
-    try:
-        return float(x) == float(y)
-    except (TypeError, ValueError):
-        return False
+_MARKS: dict[str, dict] = {}
 
 
-def check_post_hoc(s: ReportSettings) -> None:
-    """report.post_hoc names settings a run has: a typo would leave every post-hoc run in the planned answers."""
-    import typing
+def post_hoc_marks(s: ReportSettings) -> dict:
+    """report.post_hoc as the settings it names, each value read as RunConfig reads it (``"60"`` -> 60): ``{}``
+    without it.  A key that is no run setting, a setting a group's runs differ in (name, seed, tracking) or
+    that names no leaf, or a value the setting cannot take, is an error: a mistake here would leave every
+    post-hoc run in the planned answers, or none of the planned ones."""
+    from tcf.config import flatten, from_dict
+    from tcf.experiments.results import NOT_A_SETTING
+    from tcf.run.config import RunConfig, identity_free, resolved
 
-    from tcf.run.config import RunConfig
+    key = json.dumps(s.post_hoc, sort_keys=True, default=str)
+    if key not in _MARKS:
+        flat = _flat(s.post_hoc)
+        if s.post_hoc and not flat:
+            raise ValueError(f"report.post_hoc: {s.post_hoc!r} names no setting")
+        sections = {d.rsplit(".", 1)[0] for d in flatten(resolved(RunConfig())) if "." in d}
+        for k in flat:
+            if k in sections:
+                raise ValueError(f"report.post_hoc: {k!r} is a section of the run config, not a setting")
+            if k in NOT_A_SETTING or identity_free(k):
+                raise ValueError(f"report.post_hoc: {k!r} is not a setting a configuration's runs share (the "
+                                 "runs of one configuration differ in it), so it cannot mark post-hoc ones")
+        nested: dict = {}
+        for k, v in flat.items():
+            *path, leaf = k.split(".")
+            node = nested
+            for part in path:
+                node = node.setdefault(part, {})
+            node[leaf] = v
+        try:
+            read = flatten(resolved(from_dict(RunConfig, nested)))
+        except Exception as e:  # noqa: BLE001 - from_dict names the key and what it expected
+            raise ValueError(f"report.post_hoc: {e}") from e
+        missing = [k for k in flat if k not in read]
+        if missing:
+            raise ValueError(f"report.post_hoc: {missing[0]!r} is not a single run setting")
+        _MARKS[key] = {k: read[k] for k in flat}
+    return _MARKS[key]
 
-    for key in _flat(s.post_hoc):
-        node, parts = RunConfig, key.split(".")
-        for i, part in enumerate(parts):
-            hints = typing.get_type_hints(node) if dataclasses.is_dataclass(node) else {}
-            if part not in hints:
-                raise ValueError(f"report.post_hoc: {key!r} is not a run setting (no {part!r} in "
-                                 f"{'.'.join(parts[:i]) or 'the run config'})")
-            node = hints[part]
+
+def check_post_hoc(s: ReportSettings, configs: list[dict]) -> None:
+    """report.post_hoc must mark some of the planned runs' ``configs`` (experiment.json), and not all."""
+    marks = post_hoc_marks(s)
+    if not marks or not configs:
+        return
+    from tcf.experiments.results import settings_of
+
+    hits = sum(all(settings_of(c).get(k) == v for k, v in marks.items()) for c in configs)
+    if hits == 0 or hits == len(configs):
+        raise ValueError(f"report.post_hoc {marks} marks {'none' if hits == 0 else 'every one'} of the "
+                         f"{len(configs)} planned runs: check its settings and values")
 
 
 def is_post_hoc(g: Group, s: ReportSettings) -> bool:
-    """Whether the group is one of report.post_hoc's runs (every setting it names has its value)."""
-    want = _flat(s.post_hoc)
-    return bool(want) and all(_same(g.first.config.get(k), v) for k, v in want.items())
+    """Whether the group's runs are report.post_hoc's (every setting it names has its value, as RunConfig reads
+    it, defaults filled in); a group mixing post-hoc and planned runs is an error."""
+    marks = post_hoc_marks(s)
+    if not marks:
+        return False
+    from tcf.experiments.results import run_settings
+
+    hits = {all(run_settings(r).get(k) == v for k, v in marks.items()) for r in g.runs}
+    if len(hits) > 1:
+        raise ValueError(f"report.post_hoc {marks}: the runs of {', '.join(r.folder.name for r in g.runs)} are "
+                         "one configuration, some post hoc and some not")
+    return hits.pop()
 
 
 def planned_groups(groups: list[Group], s: ReportSettings) -> list[Group]:
@@ -591,7 +628,7 @@ POST_HOC = " (post hoc)"  # the seed-noise population label of report.post_hoc's
 
 def _twin(g: Group, groups: list[Group], s: ReportSettings) -> Group | None:
     """The planned group with g's settings but report.post_hoc's (None where there is none)."""
-    marks = _flat(s.post_hoc)
+    marks = post_hoc_marks(s)
     want = {k: v for k, v in g.settings.items() if k not in marks}
     for o in planned_groups(groups, s):
         if o.first.head == g.first.head and {k: v for k, v in o.settings.items() if k not in marks} == want:

@@ -32,6 +32,7 @@ from tcf.experiments.answers import (  # noqa: F401 - names code and tests impor
     QUESTIONS,
     SELECT_SPLIT,
     TOWER_NAMES,
+    TUNED,
     Finding,
     ReportSettings,
     check_post_hoc,
@@ -44,6 +45,7 @@ from tcf.experiments.answers import (  # noqa: F401 - names code and tests impor
     params_text,
     planned_groups,
     post_hoc_findings,
+    post_hoc_marks,
     scaling_series,
     untwinned,
 )
@@ -85,7 +87,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
     if settings is None or isinstance(settings, dict):
         settings = from_dict(ReportSettings, {**(plan.get("report") or {}), **(settings or {})}, "report")
     s = settings
-    check_post_hoc(s)
+    check_post_hoc(s, [r.get("config") or {} for r in plan.get("runs") or [] if isinstance(r, dict)])
     runs, failed = load_runs(runs_dir)
     runs = [r for r in runs if out not in r.folder.parents and r.folder != out]
     runs, failed, foreign = _in_plan(plan, runs, failed)
@@ -217,7 +219,7 @@ def post_hoc_lines(post: list[Finding], trained: list[Group], s: ReportSettings)
     """The "Post-hoc runs" section: report.post_hoc's runs answered on their own ([] without the setting)."""
     if not s.post_hoc:
         return []
-    marks = ", ".join(f"{k}={v}" for k, v in s.post_hoc.items())
+    marks = ", ".join(f"{k}={v}" for k, v in post_hoc_marks(s).items())
     n = sum(len(g.runs) for g in trained if is_post_hoc(g, s))
     md = ["## Post-hoc runs", "",
           f"Runs with [{marks}] ({n} finished) were added to the plan after its runs had been seen (the caveats above "
@@ -225,10 +227,18 @@ def post_hoc_lines(post: list[Finding], trained: list[Group], s: ReportSettings)
           "pools and Holm families) and answered here, each question its own Holm family, their seed noise pooled "
           f"among post-hoc runs only (pools named '…{POST_HOC}'), the planned side's among planned runs. Their tables' rows "
           "carry the same mark.", ""]
-    alone = [f"{labelled(g)}: no planned twin (no planned group has its settings but [{marks}])"
-             for g in untwinned(trained, s)]
+    groups = [g for g in trained if is_post_hoc(g, s)]
+    lonely = untwinned(trained, s)
+    left = {"post hoc vs frozen": [f"{labelled(g)}: not compared (no planned frozen run of its head and encoder "
+                                   "with results to compare)" for g in groups if g.first.tower in TUNED
+                                   and not any(f.a is g for f in post if f.question == "post hoc vs frozen")],
+            "post hoc vs planned": [f"{labelled(g)}: " + ("no planned twin (no planned group has its settings but "
+                                                          f"[{marks}])" if g in lonely else
+                                                          "not compared (no results to compare with its twin's)")
+                                    for g in groups
+                                    if not any(f.a is g for f in post if f.question == "post hoc vs planned")]}
     for key, question in POST_HOC_QUESTIONS.items():
-        lines = [f.line(s) for f in post if f.question == key] + (alone if key == "post hoc vs planned" else [])
+        lines = [f.line(s) for f in post if f.question == key] + left[key]
         md += [f"**{question}**", "", *[f"- {x}" for x in lines or ["none finished yet."]], ""]
     return md
 

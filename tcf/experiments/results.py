@@ -228,14 +228,30 @@ def _settings(run: RunResult) -> dict:
     """The run's settings as today's RunConfig reads them: a key added since (or written out at its default)
     takes its default, so seeds recorded before and after a new setting appeared compare equal; settings that
     do not change what a run computes (its name, tracking) are left out, as run ids leave them out."""
+    return settings_of(run.record.config, run.config)
+
+
+def settings_of(config: dict, fallback: dict | None = None) -> dict:
+    """:func:`_settings` of a recorded (nested) config; ``fallback`` (flat) where this version cannot read it."""
     from tcf.config import from_dict
     from tcf.run.config import RunConfig, identity_free, resolved
 
     try:
-        cfg = flatten(resolved(from_dict(RunConfig, run.record.config)))
+        cfg = flatten(resolved(from_dict(RunConfig, config)))
     except Exception:  # noqa: BLE001 - a config this version cannot read is compared as it was written
-        cfg = dict(run.config)
+        cfg = dict(fallback if fallback is not None else flatten(config))
     return {k: v for k, v in cfg.items() if k not in NOT_A_SETTING and not identity_free(k)}
+
+
+_RUN_SETTINGS: dict[int, tuple] = {}
+
+
+def run_settings(run: RunResult) -> dict:
+    """:func:`_settings`, computed once per run object."""
+    hit = _RUN_SETTINGS.get(id(run))
+    if hit is None or hit[0] is not run:
+        hit = _RUN_SETTINGS[id(run)] = (run, _settings(run))
+    return hit[1]
 
 
 def group_key(run: RunResult) -> str:

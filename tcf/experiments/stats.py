@@ -395,7 +395,8 @@ def _noise(pool, a: Group, b: Group, metric: str, split: str, users=None, part_o
     # be checked on 1-2 deviations, and a new head (a random initialisation above all) may be the noisier: with
     # twice the sd a review simulated 11-13% false positives at 5%, so the lacking side's share counts 4x (its
     # sd doubled), which holds the test near 5% up to that and makes it conservative under equal noise.
-    if rank(na) != rank(nb):
+    # Not across populations (part_of): a post-hoc run's seed noise is not assumed to be the planned runs'.
+    if rank(na) != rank(nb) and not (part_of and part_of(a) != part_of(b)):
         (known, tk), (own, to), lacking = ((na, ta), (nb, tb), b) if rank(na) > rank(nb) else ((nb, tb), (na, ta), a)
         who = HEAD_NAMES.get(lacking.first.head, lacking.first.head)
         assume = (f"equal seed noise assumed, and {who}'s share of it counted 4x (sd doubled) in case a new head is "
