@@ -535,15 +535,6 @@ def findings(groups: list[Group], s: ReportSettings, planned_seeds: int | None =
     return found
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    """{"train": {"min_epochs": 60}} and {"train.min_epochs": 60} alike -> {"train.min_epochs": 60}."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flat(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
 _MARKS: dict[str, dict] = {}
 
 
@@ -558,7 +549,7 @@ def post_hoc_marks(s: ReportSettings) -> dict:
 
     key = json.dumps(s.post_hoc, sort_keys=True, default=str)
     if key not in _MARKS:
-        flat = _flat(s.post_hoc)
+        flat = {k: v for k, v in flatten(s.post_hoc).items() if v != {}}  # an empty section names nothing
         if s.post_hoc and not flat:
             raise ValueError(f"report.post_hoc: {s.post_hoc!r} names no setting")
         sections = {d.rsplit(".", 1)[0] for d in flatten(resolved(RunConfig())) if "." in d}
