@@ -36,18 +36,29 @@ class Stopping:
         return self.patience - self.longest
 
 
+def _valid_curve(run: RunResult) -> tuple[str, list[float]] | None:
+    """(the monitored ``valid_*`` key, its value at epochs 1, 2, ...) from the run's history; None unless the
+    history is one value per epoch from epoch 1, every one a finite number."""
+    history = run.record.to_dict().get("history") or []
+    key = next((k for k in (history[0] if history else {}) if k.startswith("valid_")), None)
+    if key is None or [h.get("epoch") for h in history] != list(range(1, len(history) + 1)):
+        return None
+    values = [h.get(key) for h in history]
+    ok = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+    return (key, [float(v) for v in values]) if ok else None
+
+
 def stopping(run: RunResult) -> Stopping | None:
     """The run's early-stopping history (the validation score its trainer monitored, ``valid_*`` in each epoch's
     record, better only when strictly so): its longest survived plateau, whether train.epochs ended it, and
     where a patience NEAR epochs shorter would have stopped it (the first plateau that long, as the trainer,
     which replays the same epochs under the same seed, would have met it).  Under train.min_epochs only the
-    epochs from it on count: earlier, no plateau could stop the run.  None without a usable history."""
-    history = run.record.to_dict().get("history") or []
-    patience, cap = run.config.get("train.patience"), run.config.get("train.epochs")
-    key = next((k for k in (history[0] if history else {}) if k.startswith("valid_")), None)
-    values = [h.get(key) for h in history] if key else []
-    if not values or patience is None or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+    epochs from it on count: earlier, no plateau could stop the run.  None without a usable history (one finite
+    score per epoch from epoch 1, as ``_valid_curve`` reads it) or without train.patience."""
+    curve, patience, cap = _valid_curve(run), run.config.get("train.patience"), run.config.get("train.epochs")
+    if curve is None or patience is None:
         return None
+    key, values = curve
     short, least = int(patience) - NEAR, int(run.config.get("train.min_epochs") or 0)
     best, bad, longest, shorter, near = -math.inf, 0, 0, None, 0
     for epoch, v in enumerate(values, 1):
@@ -115,18 +126,6 @@ class PlateauStop:
     sister_best_epoch: int
 
 
-def _valid_curve(run: RunResult) -> tuple[str, list[float]] | None:
-    """(the monitored ``valid_*`` key, its value at epochs 1, 2, ...) from the run's history; None unless the
-    history is one value per epoch from epoch 1, every one a finite number."""
-    history = run.record.to_dict().get("history") or []
-    key = next((k for k in (history[0] if history else {}) if k.startswith("valid_")), None)
-    if key is None or [h.get("epoch") for h in history] != list(range(1, len(history) + 1)):
-        return None
-    values = [h.get(key) for h in history]
-    ok = all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
-    return (key, [float(v) for v in values]) if ok else None
-
-
 def _kin(run: RunResult) -> str:
     """What sisters share: every setting but the seed and train.min_epochs (tcf.experiments.results.group_key)."""
     from tcf.experiments.results import group_key
@@ -136,14 +135,20 @@ def _kin(run: RunResult) -> str:
     return json.dumps(cfg, sort_keys=True, default=str)
 
 
-def plateau_stops(runs: list[RunResult]) -> list[PlateauStop]:
+def _curves(runs: list[RunResult]) -> dict[int, tuple[str, list[float]]]:
+    """Each trained run's validation curve (``_valid_curve``) by ``id(run)``, runs without a usable one left out."""
+    return {id(r): c for r in runs if r.task == "train" and (c := _valid_curve(r))}
+
+
+def plateau_stops(runs: list[RunResult], curves: dict | None = None) -> list[PlateauStop]:
     """Runs patience stopped where a sister (same settings but the seed or train.min_epochs; same monitored
     metric) stood within PLATEAU_LEVEL of the stopped run's best by its last epoch and whose own best later
     exceeded it by more than PLATEAU_GAIN: patience cannot tell such a pause from convergence, and a sister
     at the same point trained on to a better model.  A lower bound: where every sister stopped too, nothing
-    shows what training on would have given.  The sister with the highest best is named."""
+    shows what training on would have given.  The sister with the highest best is named.  ``curves``: ``_curves``
+    of these runs where the caller already has them."""
     trained = [r for r in runs if r.task == "train"]
-    curves = {id(r): c for r in trained if (c := _valid_curve(r))}
+    curves = _curves(trained) if curves is None else curves
     kin = {id(r): _kin(r) for r in trained if id(r) in curves}
     out = []
     for r in trained:
@@ -170,10 +175,11 @@ def plateau_stops(runs: list[RunResult]) -> list[PlateauStop]:
 
 
 def plateau_line(runs: list[RunResult]) -> str | None:
-    stops = plateau_stops(runs)
-    trained = [r for r in runs if r.task == "train" and _valid_curve(r)]
+    curves = _curves(runs)
+    stops = plateau_stops(runs, curves)
     if not stops:
         return None
+    trained = [r for r in runs if id(r) in curves]
     kinds: dict[tuple[str, str], list[PlateauStop]] = {}
     for x in stops:
         kinds.setdefault((x.run.head, x.run.tower), []).append(x)
