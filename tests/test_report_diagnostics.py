@@ -414,10 +414,12 @@ def test_a_plateau_before_min_epochs_is_no_close_call(tmp_path):
     assert y.longest == 3 and y.shorter == (2, 3, 0.1)
 
 
-def _post_hoc_folder(root: Path, with_post: bool, post_seeds: int = 4, lonely: bool = False) -> None:
+def _post_hoc_folder(root: Path, with_post: bool, post_seeds: int = 4, lonely: bool = False,
+                     post_spread: float = 0.03) -> None:
     """SASRec ID, frozen and fine-tuned towers (4 seeds each: every kind's own pool testable) and, with
     ``with_post``, the fine-tuned tower again under train.min_epochs 60: better on validation than every planned
-    tower, its seeds far apart; with ``lonely`` a post-hoc LoRA tower too, which no planned run twins."""
+    tower, its seeds ``post_spread`` apart (far); with ``lonely`` a post-hoc LoRA tower too, which no planned run
+    twins."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -426,7 +428,7 @@ def _post_hoc_folder(root: Path, with_post: bool, post_seeds: int = 4, lonely: b
     rng = np.random.default_rng(5)
     base = rng.random(300) * 0.3
     arms = [("id", 0, 0.0, 0.002, 4), ("frozen", 0, 0.01, 0.002, 4), ("finetune", 0, 0.02, 0.002, 4)]
-    arms += [("finetune", 60, 0.05, 0.03, post_seeds)] if with_post else []
+    arms += [("finetune", 60, 0.05, post_spread, post_seeds)] if with_post else []
     arms += [("lora", 60, 0.03, 0.03, post_seeds)] if lonely else []
     for tower, least, shift, spread, seeds in arms:
         for k in range(seeds):
@@ -511,6 +513,21 @@ def test_post_hoc_runs_with_too_few_seed_deviations_are_not_tested_on_the_planne
     for f in post:
         assert f.c.p_value is None and "not testable" in f.line(s) and "(post hoc) rests on 1 seed deviation" in \
             f.line(s) and "pooled with" not in f.line(s)
+
+
+@pytest.mark.parametrize("spread, caveat", [(0.0, True), (0.03, False)])
+def test_a_post_hoc_test_on_a_seed_noise_estimate_of_0_carries_the_computed_caveat_in_its_section(
+        tmp_path, spread, caveat):
+    # seeds apart by nothing but the user-by-seed noise: the post-hoc pool is estimated as 0, so its tests treat
+    # the checkpoints as fixed; the section says so (and redoes them), as the planned answers' caveats would
+    _post_hoc_folder(tmp_path, True, post_spread=spread)
+    md = write_report(tmp_path, settings={"post_hoc": {"train.min_epochs": 60}}).read_text()
+    above, section = md.split("## Post-hoc runs")
+    line = next((x for x in section.splitlines() if x.startswith("- Seed noise estimated as 0")), None)
+    assert (line is not None) is caveat and "Seed noise estimated as 0" not in above
+    if caveat:
+        assert "read a seed-noise estimate of 0 (SASRec fine-tuned text (post hoc))" in line
+        assert "SASRec fine-tuned text (minilm-l6) [train.min_epochs=60] vs frozen text (minilm-l6)" in line
 
 
 @pytest.mark.parametrize("post_hoc, error", [

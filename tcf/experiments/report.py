@@ -240,7 +240,8 @@ def post_hoc_lines(post: list[Finding], trained: list[Group], s: ReportSettings)
     for key, question in POST_HOC_QUESTIONS.items():
         lines = [f.line(s) for f in post if f.question == key] + left[key]
         md += [f"**{question}**", "", *[f"- {x}" for x in lines or ["none finished yet."]], ""]
-    return md
+    zero = zero_noise_line(post, s.alpha)  # the planned tests' caveat, on the post-hoc tests' own families
+    return md + ([f"- {zero}", ""] if zero else [])
 
 
 def planned_seeds(plan: dict) -> int | None:
