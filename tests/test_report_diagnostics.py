@@ -432,8 +432,10 @@ def _post_hoc_folder(root: Path, with_post: bool, post_seeds: int = 4, lonely: b
     arms += [("lora", 60, 0.03, 0.03, post_seeds)] if lonely else []
     for tower, least, shift, spread, seeds in arms:
         for k in range(seeds):
+            noise = rng.normal(0, 0.01, 300)
+            noise -= noise.mean() if spread == 0 else 0  # no spread: every seed's mean exactly the same
             folder = put_user(root, f"{tower}-{least}-s{k}", tower=tower, seed=k,
-                              per_user=base + shift + spread * (k - 1.5) + rng.normal(0, 0.01, 300))
+                              per_user=base + shift + spread * (k - 1.5) + noise)
             res = json.loads((folder / "results.json").read_text())
             res["config"]["train"] = {"min_epochs": least, "patience": 10}
             res["config"]["model"]["finetune_layers"] = 1
@@ -518,16 +520,27 @@ def test_post_hoc_runs_with_too_few_seed_deviations_are_not_tested_on_the_planne
 @pytest.mark.parametrize("spread, caveat", [(0.0, True), (0.03, False)])
 def test_a_post_hoc_test_on_a_seed_noise_estimate_of_0_carries_the_computed_caveat_in_its_section(
         tmp_path, spread, caveat):
-    # seeds apart by nothing but the user-by-seed noise: the post-hoc pool is estimated as 0, so its tests treat
-    # the checkpoints as fixed; the section says so (and redoes them), as the planned answers' caveats would
+    # post-hoc seeds with exactly equal means (the user-by-seed noise centred): the post-hoc pool is estimated as
+    # 0 by construction, so its tests treat the checkpoints as fixed; the section says so and redoes them, as the
+    # planned answers' caveats would, with the largest estimate among the planned tests too
     _post_hoc_folder(tmp_path, True, post_spread=spread)
     md = write_report(tmp_path, settings={"post_hoc": {"train.min_epochs": 60}}).read_text()
     above, section = md.split("## Post-hoc runs")
-    line = next((x for x in section.splitlines() if x.startswith("- Seed noise estimated as 0")), None)
-    assert (line is not None) is caveat and "Seed noise estimated as 0" not in above
-    if caveat:
+    lines = section.split("\n## ")[0].splitlines()
+    at = next((k for k, x in enumerate(lines) if x.startswith("- Seed noise estimated as 0")), None)
+    assert (at is not None) is caveat and "Seed noise estimated as 0" not in above
+    if caveat:  # under a lead of its own, not as one more bullet of the last question's list
+        assert lines[at - 2:at] == ["Computed caveat on these tests:", ""]
+        line = lines[at]
         assert "read a seed-noise estimate of 0 (SASRec fine-tuned text (post hoc))" in line
         assert "SASRec fine-tuned text (minilm-l6) [train.min_epochs=60] vs frozen text (minilm-l6)" in line
+        from tcf.config import from_dict
+        from tcf.experiments.answers import ReportSettings, findings, planned_groups
+        groups = group_runs(runs_of(tmp_path))
+        s = from_dict(ReportSettings, {"post_hoc": {"train.min_epochs": 60}}, "report")
+        largest = max((n for f in findings(planned_groups(groups, s), s) if f.c.basis for n, _, _ in f.c.basis[3]),
+                      key=lambda n: n.var)  # the planned tests' largest estimate: the one put in place
+        assert f"in its place (sd {largest.var ** 0.5:.4f}, {largest.where}," in line
 
 
 @pytest.mark.parametrize("post_hoc, error", [

@@ -140,15 +140,18 @@ def _curves(runs: list[RunResult]) -> dict[int, tuple[str, list[float]]]:
     return {id(r): c for r in runs if r.task == "train" and (c := _valid_curve(r))}
 
 
-def plateau_stops(runs: list[RunResult], curves: dict | None = None) -> list[PlateauStop]:
+def plateau_stops(runs: list[RunResult]) -> list[PlateauStop]:
     """Runs patience stopped where a sister (same settings but the seed or train.min_epochs; same monitored
     metric) stood within PLATEAU_LEVEL of the stopped run's best by its last epoch and whose own best later
     exceeded it by more than PLATEAU_GAIN: patience cannot tell such a pause from convergence, and a sister
     at the same point trained on to a better model.  A lower bound: where every sister stopped too, nothing
-    shows what training on would have given.  The sister with the highest best is named.  ``curves``: ``_curves``
-    of these runs where the caller already has them."""
+    shows what training on would have given.  The sister with the highest best is named."""
+    return _plateau_stops(runs, _curves(runs))
+
+
+def _plateau_stops(runs: list[RunResult], curves: dict[int, tuple[str, list[float]]]) -> list[PlateauStop]:
+    """plateau_stops, given ``curves = _curves(runs)`` of these very runs (keyed by ``id(run)``)."""
     trained = [r for r in runs if r.task == "train"]
-    curves = _curves(trained) if curves is None else curves
     kin = {id(r): _kin(r) for r in trained if id(r) in curves}
     out = []
     for r in trained:
@@ -176,7 +179,7 @@ def plateau_stops(runs: list[RunResult], curves: dict | None = None) -> list[Pla
 
 def plateau_line(runs: list[RunResult]) -> str | None:
     curves = _curves(runs)
-    stops = plateau_stops(runs, curves)
+    stops = _plateau_stops(runs, curves)
     if not stops:
         return None
     trained = [r for r in runs if id(r) in curves]
@@ -268,7 +271,7 @@ def _adjusted(c) -> float | None:
     return c.p_value if c.p_holm is None else c.p_holm
 
 
-def zero_noise(found: list, alpha: float) -> dict | None:
+def zero_noise(found: list, alpha: float, also: list = ()) -> dict | None:
     """The answers' t-tests over users and seeds that read a seed-noise pool estimated as exactly 0 (its seed
     means spread no more than the user-by-seed interaction alone gives, so the test treats those checkpoints as
     fixed; a near-zero estimate is not redone), tested again with the largest non-zero estimate among the
@@ -277,7 +280,9 @@ def zero_noise(found: list, alpha: float) -> dict | None:
     compared.  -> {slice: {pools, alt, hit, tests: [(finding, adjusted p as reported, with alt)], flips}}: ``hit``
     the tests that read a zero estimate, ``tests`` every member of their families, ``flips`` those whose verdict
     at ``alpha`` changes; None when none reads one.
-    ``found``: the report's Findings (``.c`` each comparison, Holm families set)."""
+    ``found``: the report's Findings (``.c`` each comparison, Holm families set); ``also``: more Findings whose
+    estimates count among the candidates for the one put in place (the planned answers', for the post-hoc tests:
+    one largest estimate for both), not tested again themselves."""
     tested = [f for f in found if f.c.basis is not None and f.c.p_value is not None]
     out = {}
     for where in sorted({_slice(f) for f in tested}):
@@ -286,7 +291,9 @@ def zero_noise(found: list, alpha: float) -> dict | None:
         if not hit:
             continue
         estimates = {(n.where, n.var, n.df): n for f in mine for n, _, _ in f.c.basis[3]}
-        alt = max((n for n in estimates.values() if n.var > 0), key=lambda n: (n.var, n.where), default=None)
+        more = [n for f in also if f.c.basis is not None and _slice(f) == where for n, _, _ in f.c.basis[3]]
+        alt = max((n for n in [*estimates.values(), *more] if n.var > 0), key=lambda n: (n.var, n.where),
+                  default=None)
         out[where] = z = {"pools": sorted({n.where for n in estimates.values() if n.var == 0}), "alt": alt,
                           "hit": hit, "tests": []}
         if alt is None:
@@ -319,8 +326,8 @@ def _name(f) -> str:
     return f"{ha} {labelled(f.a)} vs {hb + ' ' if hb != ha else ''}{labelled(f.b)}{cold}"
 
 
-def zero_noise_line(found: list, alpha: float) -> str | None:
-    slices = zero_noise(found, alpha)
+def zero_noise_line(found: list, alpha: float, also: list = ()) -> str | None:
+    slices = zero_noise(found, alpha, also)
     if slices is None:
         return None
     parts = []

@@ -105,7 +105,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
     controls, control_records = _controls(s)
     spent = {**cost(runs), **({"ledger": ledger} if (ledger := ledger_time(runs_dir, to_last_done=True)) else {})}
     md = markdown(title, runs_dir, plan, trained, zs, failed, figures, found, s,
-                  [*post_hoc_lines(post, trained, s), *controls])
+                  [*post_hoc_lines(post, trained, s, found), *controls])
     md[md.index("## Answers"):md.index("## Answers")] = [cost_line(spent), ""]
     md += run_accounting(plan, trained, zs, failed, foreign)
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
@@ -215,8 +215,10 @@ def _controls(s: ReportSettings) -> tuple[list[str], list[dict]]:
     return (["## Positive controls", "", *md] if md else []), records
 
 
-def post_hoc_lines(post: list[Finding], trained: list[Group], s: ReportSettings) -> list[str]:
-    """The "Post-hoc runs" section: report.post_hoc's runs answered on their own ([] without the setting)."""
+def post_hoc_lines(post: list[Finding], trained: list[Group], s: ReportSettings,
+                   found: list[Finding] = ()) -> list[str]:
+    """The "Post-hoc runs" section: report.post_hoc's runs answered on their own ([] without the setting);
+    ``found`` the planned answers' tests, whose seed-noise estimates its seed-noise-0 caveat chooses among too."""
     if not s.post_hoc:
         return []
     marks = ", ".join(f"{k}={v}" for k, v in post_hoc_marks(s).items())
@@ -240,8 +242,8 @@ def post_hoc_lines(post: list[Finding], trained: list[Group], s: ReportSettings)
     for key, question in POST_HOC_QUESTIONS.items():
         lines = [f.line(s) for f in post if f.question == key] + left[key]
         md += [f"**{question}**", "", *[f"- {x}" for x in lines or ["none finished yet."]], ""]
-    zero = zero_noise_line(post, s.alpha)  # the planned tests' caveat, on the post-hoc tests' own families
-    return md + ([f"- {zero}", ""] if zero else [])
+    zero = zero_noise_line(post, s.alpha, found)  # the planned tests' caveat, on the post-hoc tests' families
+    return md + (["Computed caveat on these tests:", "", f"- {zero}", ""] if zero else [])
 
 
 def planned_seeds(plan: dict) -> int | None:
