@@ -271,6 +271,11 @@ def _adjusted(c) -> float | None:
     return c.p_value if c.p_holm is None else c.p_holm
 
 
+def _tested(found: list) -> list:
+    """The Findings whose t-test ran (a seed-noise basis and a p value)."""
+    return [f for f in found if f.c.basis is not None and f.c.p_value is not None]
+
+
 def zero_noise(found: list, alpha: float, also: list = ()) -> dict | None:
     """The answers' t-tests over users and seeds that read a seed-noise pool estimated as exactly 0 (its seed
     means spread no more than the user-by-seed interaction alone gives, so the test treats those checkpoints as
@@ -281,9 +286,9 @@ def zero_noise(found: list, alpha: float, also: list = ()) -> dict | None:
     the tests that read a zero estimate, ``tests`` every member of their families, ``flips`` those whose verdict
     at ``alpha`` changes; None when none reads one.
     ``found``: the report's Findings (``.c`` each comparison, Holm families set); ``also``: more Findings whose
-    estimates count among the candidates for the one put in place (the planned answers', for the post-hoc tests:
-    one largest estimate for both), not tested again themselves."""
-    tested = [f for f in found if f.c.basis is not None and f.c.p_value is not None]
+    tested estimates count among the candidates for the one put in place (the planned answers', for the post-hoc
+    tests: one largest estimate for both), not tested again themselves."""
+    tested, candidates = _tested(found), _tested(also)
     out = {}
     for where in sorted({_slice(f) for f in tested}):
         mine = [f for f in tested if _slice(f) == where]
@@ -291,7 +296,7 @@ def zero_noise(found: list, alpha: float, also: list = ()) -> dict | None:
         if not hit:
             continue
         estimates = {(n.where, n.var, n.df): n for f in mine for n, _, _ in f.c.basis[3]}
-        more = [n for f in also if f.c.basis is not None and _slice(f) == where for n, _, _ in f.c.basis[3]]
+        more = [n for f in candidates if _slice(f) == where for n, _, _ in f.c.basis[3]]
         alt = max((n for n in [*estimates.values(), *more] if n.var > 0), key=lambda n: (n.var, n.where),
                   default=None)
         out[where] = z = {"pools": sorted({n.where for n in estimates.values() if n.var == 0}), "alt": alt,
