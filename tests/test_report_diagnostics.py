@@ -529,6 +529,8 @@ def test_a_post_hoc_test_on_a_seed_noise_estimate_of_0_carries_the_computed_cave
     lines = section.split("\n## ")[0].splitlines()
     at = next((k for k, x in enumerate(lines) if x.startswith("- Seed noise estimated as 0")), None)
     assert (at is not None) is caveat and "Seed noise estimated as 0" not in above
+    rec = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert ("seed_noise_zero" in rec["post_hoc"]) is caveat and "seed_noise_zero" not in rec
     if caveat:  # under a lead of its own, not as one more bullet of the last question's list
         assert lines[at - 2:at] == ["Computed caveat on these tests:", ""]
         line = lines[at]
@@ -541,6 +543,12 @@ def test_a_post_hoc_test_on_a_seed_noise_estimate_of_0_carries_the_computed_cave
         largest = max((n for f in findings(planned_groups(groups, s), s) if f.c.basis for n, _, _ in f.c.basis[3]),
                       key=lambda n: n.var)  # the planned tests' largest estimate: the one put in place
         assert f"in its place (sd {largest.var ** 0.5:.4f}, {largest.where}," in line
+        (z,) = rec["post_hoc"]["seed_noise_zero"]  # report.json carries the caveat's numbers
+        assert z["users"] == "all" and z["pools_at_zero"] == ["SASRec fine-tuned text (post hoc)"]
+        assert z["substitute"]["pool"] == largest.where and z["substitute"]["sd"] == pytest.approx(largest.var ** 0.5)
+        assert z["tests"] and all(f"{t['comparison']} {t['p_holm_reported']:.2g} -> {t['p_holm_with_substitute']:.2g}"
+                                  in line for t in z["tests"] if t["reads_zero"])
+        assert any(t["reads_zero"] for t in z["tests"])
 
 
 @pytest.mark.parametrize("post_hoc, error", [

@@ -358,6 +358,21 @@ def zero_noise_line(found: list, alpha: float, also: list = ()) -> str | None:
             + "; ".join(parts) + ".")
 
 
+def zero_noise_record(found: list, alpha: float, also: list = ()) -> list[dict]:
+    """:func:`zero_noise` as records for report.json, the numbers of :func:`zero_noise_line`: one per slice of
+    users (all, cold) with a test that reads a seed-noise estimate of 0; [] when none does."""
+    out = []
+    for where, z in (zero_noise(found, alpha, also) or {}).items():
+        alt, hit, flips = z["alt"], {id(f) for f in z["hit"]}, {id(f) for f in z.get("flips", [])}
+        out.append({"users": where, "pools_at_zero": z["pools"],
+                    "substitute": None if alt is None else {"pool": alt.where, "sd": math.sqrt(alt.var), "df": alt.df},
+                    "alpha": alpha,
+                    "tests": [{"comparison": _name(f), "question": f.question, "reads_zero": id(f) in hit,
+                               "p_holm_reported": a, "p_holm_with_substitute": b, "verdict_changes": id(f) in flips}
+                              for f, a, b in z.get("tests", [])]})
+    return out
+
+
 def own_noise(found: list, metric: str, split: str, alpha: float) -> list[tuple]:
     """The answers' t-tests on all users tested again with each side's seed noise the larger of the pooled
     estimate it read and one from its own configuration's seeds alone: a pool assumes that the configurations of

@@ -49,7 +49,7 @@ from tcf.experiments.answers import (  # noqa: F401 - names code and tests impor
     scaling_series,
     untwinned,
 )
-from tcf.experiments.diagnostics import annotate, zero_noise_line
+from tcf.experiments.diagnostics import annotate, zero_noise_line, zero_noise_record
 from tcf.experiments.render import (  # noqa: F401
     answer_lines,
     answer_zeroshot,
@@ -111,7 +111,9 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
     summary = {**_summary(trained, zs, found, s), **({"not_in_experiment": foreign} if foreign else {}),
                **({"controls": control_records} if control_records else {}),
-               **({"post_hoc": {"settings": s.post_hoc, "comparisons": [f.record(s) for f in post]}} if s.post_hoc else {}),
+               **_zero_noise_json(found, s.alpha),
+               **({"post_hoc": {"settings": s.post_hoc, "comparisons": [f.record(s) for f in post],
+                                **_zero_noise_json(post, s.alpha, found)}} if s.post_hoc else {}),
                "cost": spent}
     atomic_write_text(out / "report.json", json.dumps(summary, indent=2, default=float) + "\n")
     return out / "report.md"
@@ -211,7 +213,7 @@ def _controls(s: ReportSettings) -> tuple[list[str], list[dict]]:
                *(["Its caveats:", "", *[f"- {c.strip()}" for c in caveats], ""] if caveats else []),
                *answer_lines(finding_answers(found, cs))]
         records.append({"path": str(folder), "runs": len(runs), "planned": planned,
-                        "comparisons": [f.record(cs) for f in found]})
+                        "comparisons": [f.record(cs) for f in found], **_zero_noise_json(found, cs.alpha)})
     return (["## Positive controls", "", *md] if md else []), records
 
 
@@ -244,6 +246,12 @@ def post_hoc_lines(post: list[Finding], trained: list[Group], s: ReportSettings,
         md += [f"**{question}**", "", *[f"- {x}" for x in lines or ["none finished yet."]], ""]
     zero = zero_noise_line(post, s.alpha, found)  # the planned tests' caveat, on the post-hoc tests' families
     return md + (["Computed caveat on these tests:", "", f"- {zero}", ""] if zero else [])
+
+
+def _zero_noise_json(found: list[Finding], alpha: float, also: list[Finding] = ()) -> dict:
+    """report.json's ``seed_noise_zero``: the computed seed-noise-0 caveat's redone tests, where any test reads
+    an estimate of 0 (as report.md's caveat line)."""
+    return {"seed_noise_zero": z} if (z := zero_noise_record(found, alpha, also)) else {}
 
 
 def planned_seeds(plan: dict) -> int | None:
