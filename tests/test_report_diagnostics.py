@@ -5,6 +5,7 @@ tests resting on a seed-noise estimate of 0 give with a non-zero one."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -549,6 +550,22 @@ def test_a_post_hoc_test_on_a_seed_noise_estimate_of_0_carries_the_computed_cave
         assert z["tests"] and all(f"{t['comparison']} {t['p_holm_reported']:.2g} -> {t['p_holm_with_substitute']:.2g}"
                                   in line for t in z["tests"] if t["reads_zero"])
         assert any(t["reads_zero"] for t in z["tests"])
+
+
+def test_a_post_hoc_run_with_two_planned_twins_is_an_error_not_a_pick(tmp_path):
+    from tcf.config import from_dict
+    from tcf.experiments.answers import ReportSettings, post_hoc_findings
+
+    _post_hoc_folder(tmp_path, True)
+    for f in sorted(tmp_path.glob("finetune-0-s*")):  # the planned tower again, at min_epochs 30: a second twin
+        twin = tmp_path / f.name.replace("-0-", "-30-")
+        shutil.copytree(f, twin)
+        res = json.loads((twin / "results.json").read_text())
+        res["config"]["train"]["min_epochs"] = 30
+        (twin / "results.json").write_text(json.dumps(res))
+    s = from_dict(ReportSettings, {"post_hoc": {"train.min_epochs": 60}}, "report")
+    with pytest.raises(ValueError, match="has 2 planned twins"):
+        post_hoc_findings(group_runs(runs_of(tmp_path)), s)
 
 
 @pytest.mark.parametrize("post_hoc, error", [

@@ -621,10 +621,13 @@ def _twin(g: Group, groups: list[Group], s: ReportSettings) -> Group | None:
     """The planned group with g's settings but report.post_hoc's (None where there is none)."""
     marks = post_hoc_marks(s)
     want = {k: v for k, v in g.settings.items() if k not in marks}
-    for o in planned_groups(groups, s):
-        if o.first.head == g.first.head and {k: v for k, v in o.settings.items() if k not in marks} == want:
-            return o
-    return None
+    twins = [o for o in planned_groups(groups, s)
+             if o.first.head == g.first.head and {k: v for k, v in o.settings.items() if k not in marks} == want]
+    if len(twins) > 1:  # which one it is compared with would be an accident of order
+        raise ValueError(f"report.post_hoc {marks}: {group_label(g)} has {len(twins)} planned twins "
+                         f"({'; '.join(group_label(o) for o in twins)}), which differ from it only in the marked "
+                         "settings; make the plan's runs differ in something else, or leave them out of the plan")
+    return twins[0] if twins else None
 
 
 def post_hoc_findings(groups: list[Group], s: ReportSettings, planned_seeds: int | None = None) -> list[Finding]:
