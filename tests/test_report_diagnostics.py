@@ -584,3 +584,22 @@ def test_a_post_hoc_setting_that_cannot_mark_the_amendment_is_an_error(tmp_path,
     with pytest.raises(ValueError, match=error):
         write_report(tmp_path, settings={"post_hoc": post_hoc})
     write_report(tmp_path, settings={"post_hoc": {"train.min_epochs": 60}})  # the right one reports
+
+
+def test_post_hoc_towers_are_marked_in_the_plots(tmp_path, monkeypatch):
+    from tcf.config import from_dict
+    from tcf.experiments import render
+    from tcf.experiments.answers import ReportSettings
+
+    _post_hoc_folder(tmp_path, True)
+    s = from_dict(ReportSettings, {"post_hoc": {"train.min_epochs": 60}}, "report")
+    figures = []
+    monkeypatch.setattr(render, "_save_figure", lambda plt, fig, *a, **k: figures.append(fig) or True)
+    groups = group_runs(runs_of(tmp_path))
+    render.plot_towers(groups, s, tmp_path / "towers.png", "t")
+    (towers,) = figures
+    ax = towers.axes[0]
+    names = [t.get_text() for t in ax.get_yticklabels()]
+    hatched = [names[k] for k, bar in enumerate(ax.patches[:len(names)]) if bar.get_hatch()]
+    assert hatched == [n for n in names if n.endswith("(post hoc)")] and len(hatched) == 1
+    assert "train.min_epochs=60" in hatched[0]

@@ -18,6 +18,7 @@ from tcf.experiments.answers import (
     ReportSettings,
     extra_settings,
     group_label,
+    is_post_hoc,
     method_note,
     on_common_seeds,
     order_key,
@@ -112,13 +113,20 @@ def _size_ticks(ax, series: dict) -> None:
     ax.set_xlim(xs[0] / 1.8, xs[-1] * 1.8)
 
 
-def _save_figure(plt, fig, path: Path, title: str, *, legend_from=None, ncol: int = 4, bottom=None) -> bool:
-    """Title, an optional shared legend under the axes (``bottom(legend rows)`` is the space it keeps), save, close."""
+def _save_figure(plt, fig, path: Path, title: str, *, legend_from=None, ncol: int = 4) -> bool:
+    """Title, an optional shared legend under the axes, save, close.  The legend takes as many columns (at most
+    ``ncol``) as its longest label leaves room for across the figure, and the figure grows by its rows, so no
+    label is cut at the edge and the axes keep their height."""
     rect = (0, 0, 1, 1)
     if legend_from is not None:
         handles, labels = legend_from.get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=min(ncol, len(labels)), fontsize=8, frameon=False)
-        rect = (0, bottom(-(-len(labels) // ncol)), 1, 1)
+        width, height = fig.get_size_inches()
+        fits = int(width * 72 / (4.8 * (max(map(len, labels)) + 8)))  # 8-pt text: about 4.8 pt a character
+        cols = max(1, min(ncol, len(labels), fits))
+        extra = 0.25 + 0.19 * -(-len(labels) // cols)  # inches: one 8-pt row and its spacing each
+        fig.set_size_inches(width, height + extra)
+        fig.legend(handles, labels, loc="lower center", ncol=cols, fontsize=8, frameon=False)
+        rect = (0, extra / (height + extra), 1, 1)
     fig.suptitle(title)
     fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=120)
@@ -141,8 +149,10 @@ def plot_scaling(groups: list[Group], s: ReportSettings, path: Path, title: str)
             stats = [g.stat(metric, s.split) for g in cut]
             keep = [(p, st) for (p, _, _), st in zip(pts, stats) if st is not None]
             err = np.array([_err(st) for _, st in keep]).T
+            post = is_post_hoc(pts[0][2], s)  # hollow markers: not among the planned answers' towers
             ax.errorbar([p for p, _ in keep], [st.mean for _, st in keep], yerr=err, ls=ls, marker=marker,
-                        capsize=3, color=color[r.head], label=label + on)
+                        capsize=3, color=color[r.head], label=label + on + (" (post hoc)" if post else ""),
+                        **({"markerfacecolor": "white", "markersize": 7} if post else {}))
         for head, c in color.items():
             base = select([g for g in groups if g.first.head == head and g.first.tower == "id"], s.metrics[0])
             st = base.stat(metric, s.split) if base else None
@@ -159,8 +169,7 @@ def plot_scaling(groups: list[Group], s: ReportSettings, path: Path, title: str)
         ax.set_ylabel(f"{metric.upper()} on {s.split} (mean, 95% CI)")
         ax.set_title(f"{metric.upper()} vs encoder size")
         ax.grid(True, which="major", alpha=0.3)
-    return _save_figure(plt, fig, path, title, legend_from=axes[0][0], ncol=4,
-                        bottom=lambda rows: 0.06 + 0.04 * (rows - 1))
+    return _save_figure(plt, fig, path, title, legend_from=axes[0][0], ncol=4)
 
 
 def plot_towers(groups: list[Group], s: ReportSettings, path: Path, title: str) -> bool:
@@ -171,19 +180,28 @@ def plot_towers(groups: list[Group], s: ReportSettings, path: Path, title: str) 
     plt = _plt()
     colors = dict(zip(TOWER_ORDER, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
     rows = {h: sorted([g for g in groups if g.first.head == h], key=order_key) for h in heads}
+
+    def name(g: Group) -> str:
+        return (group_label(g, False) + (f" [{extra_settings(g)}]" if extra_settings(g) else "")
+                + (" (post hoc)" if is_post_hoc(g, s) else ""))
+
     height = max(2.2, 0.42 * max(len(v) for v in rows.values()) + 1.3)
-    fig, axes = plt.subplots(len(heads), len(s.metrics), figsize=(6.2 * len(s.metrics), height * len(heads)),
+    labels = 0.3 + 4.8 / 72 * max(len(name(g)) for g in groups)  # inches of 8-pt tick labels, left column only
+    fig, axes = plt.subplots(len(heads), len(s.metrics), figsize=(4.6 * len(s.metrics) + labels, height * len(heads)),
                              squeeze=False)
     for i, head in enumerate(heads):
+        first = None
         for ax, metric in zip(axes[i], s.metrics):
             gs = [g for g in rows[head] if g.stat(metric, s.split) is not None]
+            first, same = first or gs, gs == first  # a column with the first one's rows leaves its labels to it
             stats = [g.stat(metric, s.split) for g in gs]
             err = np.array([_err(st) for st in stats]).T
-            ax.barh(range(len(gs)), [st.mean for st in stats], xerr=err, capsize=3,
-                    color=[colors.get(g.first.tower, "0.5") for g in gs])
-            ax.set_yticks(range(len(gs)), [group_label(g, False)
-                                           + (f" [{extra_settings(g)}]" if extra_settings(g) else "")
-                                           for g in gs], fontsize=8)
+            bars = ax.barh(range(len(gs)), [st.mean for st in stats], xerr=err, capsize=3,
+                           color=[colors.get(g.first.tower, "0.5") for g in gs])
+            for bar, g in zip(bars, gs):
+                if is_post_hoc(g, s):  # hatched: not among the planned answers' towers
+                    bar.set(hatch="//", edgecolor="white", alpha=0.75)
+            ax.set_yticks(range(len(gs)), [""] * len(gs) if same else [name(g) for g in gs], fontsize=8)
             ax.invert_yaxis()
             ax.set_xlabel(f"{s.split} {metric.upper()} (mean, 95% CI)")
             ax.set_title(f"{HEAD_NAMES.get(head, head)}: {metric.upper()} by item tower")
@@ -218,8 +236,7 @@ def plot_zeroshot(rows: list[dict], s: ReportSettings, path: Path, title: str) -
         ax.set_xlabel(f"{metric.upper()} on {s.split}, ranking each user's candidate list")
         ax.set_title(f"Zero-shot {metric.upper()} vs baselines on the same candidates")
         ax.grid(True, axis="x", alpha=0.3)
-    return _save_figure(plt, fig, path, title, legend_from=axes[0][0], ncol=5,
-                        bottom=lambda rows: (0.15 + 0.22 * rows) / (height + 1.0))
+    return _save_figure(plt, fig, path, title, legend_from=axes[0][0], ncol=5)
 
 
 # ---------------------------------------------------------------- markdown
