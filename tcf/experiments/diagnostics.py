@@ -435,8 +435,8 @@ def own_noise_line(found: list, metric: str, split: str, alpha: float) -> str | 
     moved = "; ".join(f"{_name(f)}: {a:.2g} -> {'no test' if b is None else f'{b:.2g}'}{took(sides)}"
                       for f, a, b, sides in flips)
     verdict = (f"{len(flips)} of the {len(tests)} differences the answers claim would not hold (Holm-adjusted p as "
-               f"reported -> so read: {moved})" if flips else f"each of the {len(tests)} differences the answers claim "
-               "holds")
+               f"reported -> so read: {moved})" if flips else ("the one difference the answers claim holds"
+               if len(tests) == 1 else f"each of the {len(tests)} differences the answers claim holds"))
     rest = f"; the other {len(held)} hold (the largest of their adjusted p so read: {max(held):.2g})" if flips and held \
         else (f" (the largest adjusted p so read: {max(held):.2g})" if held else "")
     return ("Seed noise per configuration (computed, on the answers' metric, all users): the tests pool seed noise "

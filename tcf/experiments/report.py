@@ -49,7 +49,7 @@ from tcf.experiments.answers import (  # noqa: F401 - names code and tests impor
     scaling_series,
     untwinned,
 )
-from tcf.experiments.diagnostics import annotate, zero_noise_line, zero_noise_record
+from tcf.experiments.diagnostics import annotate, own_noise_line, zero_noise_line, zero_noise_record
 from tcf.experiments.render import (  # noqa: F401
     answer_lines,
     answer_zeroshot,
@@ -244,8 +244,10 @@ def post_hoc_lines(post: list[Finding], trained: list[Group], s: ReportSettings,
     for key, question in POST_HOC_QUESTIONS.items():
         lines = [f.line(s) for f in post if f.question == key] + left[key]
         md += [f"**{question}**", "", *[f"- {x}" for x in lines or ["none finished yet."]], ""]
-    zero = zero_noise_line(post, s.alpha, found)  # the planned tests' caveat, on the post-hoc tests' families
-    return md + (["Computed caveat on these tests:", "", f"- {zero}", ""] if zero else [])
+    computed = [x for x in (zero_noise_line(post, s.alpha, found),  # the planned tests' caveats, on these tests
+                            own_noise_line(post, s.metrics[0], s.split, s.alpha)) if x]
+    return md + ([f"Computed caveat{'s' if len(computed) > 1 else ''} on these tests:", "",
+                  *[f"- {x}" for x in computed], ""] if computed else [])
 
 
 def _zero_noise_json(found: list[Finding], alpha: float, also: list[Finding] = ()) -> dict:
