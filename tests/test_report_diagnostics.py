@@ -304,7 +304,7 @@ def test_a_configuration_whose_seeds_spread_more_than_its_pool_is_tested_again_w
         assert f"SASRec frozen text (m1) vs ID: {a:.2g} -> {b:.2g}; own seed sd {own_sd:.4f} for frozen text (m1) " \
                f"(pooled {pooled_sd:.4f})" in line
     else:
-        assert f"the one difference the answers claim holds (the largest adjusted p so read: {b:.2g})" in line
+        assert f"the one difference the answers claim holds (its adjusted p so read: {b:.2g})" in line
 
 
 def test_a_verdict_whose_towers_were_chosen_on_fewer_seeds_than_planned_is_provisional(tmp_path):
@@ -613,4 +613,55 @@ def test_a_post_hoc_difference_is_read_again_on_its_own_configurations_seed_nois
     section = md.split("## Post-hoc runs")[1].split("\n## ")[0]
     own = [x for x in section.splitlines() if x.startswith("- Seed noise per configuration")]
     assert len(own) == 1 and "Computed caveat" in section.split(own[0])[0]
-    assert "each of the 2 differences the answers claim holds" in own[0]
+    # the post-hoc tests' own claims, not the planned answers'; the configurations they compare counted, not assumed
+    assert "each of the 2 differences the post-hoc tests claim holds" in own[0] and "the answers claim" not in own[0]
+    assert "of the 4 configurations these tests compare" in own[0]
+    # the amendment's tests adjusted within each question (2 + 1 here), and read again as one family of all 3
+    (one,) = [x for x in section.splitlines() if x.startswith("- One Holm family")]
+    assert "adjusted instead as one family of all 3, each of the 2 differences claimed holds" in one
+    assert "share their seed, data and code" in section  # the twin test's independence assumption is stated
+    rec = json.loads((tmp_path / "report" / "report.json").read_text())["post_hoc"]
+    own_json = rec["own_seed_noise"]  # report.json carries the line's numbers, each pointing at its comparison
+    assert len(own_json) == 2 and all(x["holds"] and x["p_holm_own_noise"] < 0.05 for x in own_json)
+    for x in own_json:
+        c = rec["comparisons"][x["comparison_index"]]
+        assert c["question"] == x["question"] and c["p_holm"] == pytest.approx(x["p_holm_reported"])
+        assert f"{c['a']}" in x["comparison"]
+
+
+def test_a_controls_post_hoc_runs_stay_out_of_its_answers_in_the_main_report(tmp_path):
+    # a control folder whose own plan marks post-hoc runs: the main report's section on it answers its planned
+    # runs only (as its own report does), never choosing the post-hoc tower as its best on validation
+    ctl, main = tmp_path / "ctl", tmp_path / "main"
+    _post_hoc_folder(ctl, True)
+    _post_hoc_folder(main, False)
+    (ctl / "experiment.json").write_text(json.dumps({"report": {"post_hoc": {"train.min_epochs": 60}}}))
+    md = write_report(main, settings={"controls": [str(ctl)]}).read_text()
+    assert "Its post-hoc runs (train.min_epochs=60) are left out of the answers below" in md
+    (control,) = json.loads((main / "report" / "report.json").read_text())["controls"]
+    assert control["comparisons"] and not any("min_epochs=60" in c["a"] + c["b"] for c in control["comparisons"])
+
+
+def test_the_scaling_plots_id_baseline_is_never_a_post_hoc_run(tmp_path, monkeypatch):
+    from tcf.config import from_dict
+    from tcf.experiments import render
+    from tcf.experiments.answers import ReportSettings
+
+    _post_hoc_folder(tmp_path, False)
+    for f in sorted(tmp_path.glob("id-0-s*")):  # ID again at min_epochs 60: a post-hoc candidate
+        g = tmp_path / f.name.replace("id-0", "id-60")
+        shutil.copytree(f, g)
+        res = json.loads((g / "results.json").read_text())
+        res["config"]["train"]["min_epochs"] = 60
+        (g / "results.json").write_text(json.dumps(res))
+    for f in tmp_path.glob("frozen-*"):  # a measured encoder size: the plot draws
+        res = json.loads((f / "results.json").read_text())
+        res["parameters"] = {"encoder": 22_700_000}
+        (f / "results.json").write_text(json.dumps(res))
+    s = from_dict(ReportSettings, {"post_hoc": {"train.min_epochs": 60}}, "report")
+    groups = group_runs(runs_of(tmp_path))
+    chosen = []
+    monkeypatch.setattr(render, "select", lambda gs, metric: chosen.append(gs) or (gs[0] if gs else None))
+    monkeypatch.setattr(render, "_save_figure", lambda *a, **k: True)
+    render.plot_scaling(groups, s, tmp_path / "scaling.png", "t")
+    assert chosen and all(g.settings.get("train.min_epochs") != 60 for gs in chosen for g in gs)

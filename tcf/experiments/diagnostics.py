@@ -352,7 +352,8 @@ def zero_noise_line(found: list, alpha: float, also: list = ()) -> str | None:
         parts.append(f"{head}; with the largest non-zero estimate among the tests on these users in its place (sd "
                      f"{math.sqrt(alt.var):.4f}, {alt.where}, {alt.df:.3g} df), {verdict} in their families "
                      f"(Holm-adjusted p as reported -> with it: {moved})")
-    return ("Seed noise estimated as 0 (computed, on the answers' metric): a test that reads a seed-noise estimate of "
+    return ("Seed noise estimated as 0 (computed, on the answers' metric, for the trained models' tests; the "
+            "zero-shot lines name their own estimate): a test that reads a seed-noise estimate of "
             "exactly 0 (the spread of the pool's seed means is within what the user-by-seed interaction alone gives) "
             "treats those checkpoints as fixed; each is redone with a non-zero estimate in its place: "
             + "; ".join(parts) + ".")
@@ -367,10 +368,16 @@ def zero_noise_record(found: list, alpha: float, also: list = ()) -> list[dict]:
         out.append({"users": where, "pools_at_zero": z["pools"],
                     "substitute": None if alt is None else {"pool": alt.where, "sd": math.sqrt(alt.var), "df": alt.df},
                     "alpha": alpha,
-                    "tests": [{"comparison": _name(f), "question": f.question, "reads_zero": id(f) in hit,
+                    "tests": [{"comparison": _name(f), "comparison_index": _index(found, f), "question": f.question,
+                               "reads_zero": id(f) in hit,
                                "p_holm_reported": a, "p_holm_with_substitute": b, "verdict_changes": id(f) in flips}
                               for f, a, b in z.get("tests", [])]})
     return out
+
+
+def _index(found: list, f) -> int | None:
+    """``f``'s position in ``found``: its entry in report.json's ``comparisons`` (None when it is not there)."""
+    return next((i for i, x in enumerate(found) if x is f), None)
 
 
 def own_noise(found: list, metric: str, split: str, alpha: float) -> list[tuple]:
@@ -421,7 +428,9 @@ def own_noise(found: list, metric: str, split: str, alpha: float) -> list[tuple]
     return out
 
 
-def own_noise_line(found: list, metric: str, split: str, alpha: float) -> str | None:
+def own_noise_line(found: list, metric: str, split: str, alpha: float, claims: str = "the answers") -> str | None:
+    """:func:`own_noise` as the report's caveat line; ``claims`` names whose differences they are ("the answers",
+    the planned ones; "the post-hoc tests")."""
     tests = own_noise(found, metric, split, alpha)
     if not tests:
         return None
@@ -429,22 +438,62 @@ def own_noise_line(found: list, metric: str, split: str, alpha: float) -> str | 
 
     flips = [(f, a, b, sides) for f, a, b, sides in tests if not (b is not None and b < alpha)]
     held = [b for f, a, b, _ in tests if b is not None and b < alpha]
+    configs = len({id(g) for f in found if f.c.basis is not None and _slice(f) == "all" for g in (f.a, f.b)
+                   if len(g.seeds) >= 2})
 
     def took(sides):
         return "; own seed sd " + " and ".join(f"{sd:.4f} for {labelled(g)} (pooled {p:.4f})" for g, sd, p in sides)
     moved = "; ".join(f"{_name(f)}: {a:.2g} -> {'no test' if b is None else f'{b:.2g}'}{took(sides)}"
                       for f, a, b, sides in flips)
-    verdict = (f"{len(flips)} of the {len(tests)} differences the answers claim would not hold (Holm-adjusted p as "
-               f"reported -> so read: {moved})" if flips else ("the one difference the answers claim holds"
-               if len(tests) == 1 else f"each of the {len(tests)} differences the answers claim holds"))
-    rest = f"; the other {len(held)} hold (the largest of their adjusted p so read: {max(held):.2g})" if flips and held \
-        else (f" (the largest adjusted p so read: {max(held):.2g})" if held else "")
+    verdict = (f"{len(flips)} of the {len(tests)} differences {claims} claim would not hold (Holm-adjusted p as "
+               f"reported -> so read: {moved})" if flips else (f"the one difference {claims} claim holds"
+               if len(tests) == 1 else f"each of the {len(tests)} differences {claims} claim holds"))
+    one = len(held) == 1
+    rest = (f"; the other {len(held)} hold{'s' if one else ''} ({'its' if one else 'the largest of their'} adjusted p "
+            f"so read: {max(held):.2g})" if flips and held
+            else (f" ({'its' if one else 'the largest'} adjusted p so read: {max(held):.2g})" if held else ""))
     return ("Seed noise per configuration (computed, on the answers' metric, all users): the tests pool seed noise "
             "over the configurations of a kind, assuming their seeds spread alike; taking instead, for each side, "
             "its own configuration's seed spread wherever that is the larger, with its degrees of freedom (its seeds "
-            "less one, 2 for 3 seeds: a verdict can turn on those few df as much as on the larger spread, and of a "
-            "dozen configurations some exceed their pool by chance alone, so this is a sensitivity reading, not a "
-            f"finding), {verdict}{rest}.")
+            "less one, 2 for 3 seeds: a verdict can turn on those few df as much as on the larger spread, and of the "
+            f"{configs} configurations these tests compare some may exceed their pool by chance alone, so this is a "
+            f"sensitivity reading, not a finding), {verdict}{rest}.")
+
+
+def one_family(found: list, alpha: float) -> list[tuple]:
+    """Every tested finding of ``found`` Holm-adjusted as one family (the report adjusts within each question):
+    -> [(finding, adjusted p as reported, adjusted so)] for each difference the report claims."""
+    tested = [f for f in found if f.c.p_value is not None]
+    together = dict(zip(map(id, tested), holm([f.c.p_value for f in tested])))
+    return [(f, _adjusted(f.c), together[id(f)]) for f in tested
+            if _adjusted(f.c) is not None and _adjusted(f.c) < alpha]
+
+
+def one_family_line(found: list, alpha: float, what: str = "post-hoc") -> str | None:
+    """:func:`one_family` as a caveat line, where the questions are more than one family; None otherwise."""
+    tests = one_family(found, alpha)
+    n = sum(f.c.p_value is not None for f in found)
+    if not tests or n <= max((f.c.family or 0) for f in found):
+        return None
+    flips = [(f, a, b) for f, a, b in tests if not b < alpha]
+    moved = "; ".join(f"{_name(f)}: {a:.2g} -> {b:.2g}" for f, a, b in flips)
+    verdict = (f"{len(flips)} of the {len(tests)} differences claimed would not hold ({moved})" if flips
+               else ("the one difference claimed holds" if len(tests) == 1
+                     else f"each of the {len(tests)} differences claimed holds")
+               + " (Holm-adjusted p as reported -> so: " + "; ".join(f"{a:.2g} -> {b:.2g}" for _, a, b in tests) + ")")
+    return (f"One Holm family (computed): the {what} tests are adjusted within each question; adjusted instead "
+            f"as one family of all {n}, {verdict}.")
+
+
+def own_noise_record(found: list, metric: str, split: str, alpha: float) -> list[dict]:
+    """:func:`own_noise` for report.json, the numbers of :func:`own_noise_line`: one entry per difference the
+    report claims, with its adjusted p as reported and as read on each side's own seed noise."""
+    from tcf.experiments.answers import labelled
+
+    return [{"comparison": _name(f), "comparison_index": _index(found, f), "question": f.question,
+             "p_holm_reported": a, "p_holm_own_noise": b, "holds": b is not None and b < alpha,
+             "own_larger": [{"group": labelled(g), "own_sd": sd, "pooled_sd": p} for g, sd, p in sides]}
+            for f, a, b, sides in own_noise(found, metric, split, alpha)]
 
 
 def runner_up(groups: list[Group], found: list, s) -> list[tuple]:

@@ -23,6 +23,7 @@ from tcf.experiments.answers import (
     on_common_seeds,
     order_key,
     params_text,
+    planned_groups,
     scaling_series,
     select,
     signed,
@@ -154,7 +155,8 @@ def plot_scaling(groups: list[Group], s: ReportSettings, path: Path, title: str)
                         capsize=3, color=color[r.head], label=label + on + (" (post hoc)" if post else ""),
                         **({"markerfacecolor": "white", "markersize": 7} if post else {}))
         for head, c in color.items():
-            base = select([g for g in groups if g.first.head == head and g.first.tower == "id"], s.metrics[0])
+            base = select([g for g in planned_groups(groups, s)  # as the answers select: never a post-hoc run
+                           if g.first.head == head and g.first.tower == "id"], s.metrics[0])
             st = base.stat(metric, s.split) if base else None
             if st is None:
                 continue

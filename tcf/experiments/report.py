@@ -49,7 +49,14 @@ from tcf.experiments.answers import (  # noqa: F401 - names code and tests impor
     scaling_series,
     untwinned,
 )
-from tcf.experiments.diagnostics import annotate, own_noise_line, zero_noise_line, zero_noise_record
+from tcf.experiments.diagnostics import (
+    annotate,
+    one_family_line,
+    own_noise_line,
+    own_noise_record,
+    zero_noise_line,
+    zero_noise_record,
+)
 from tcf.experiments.render import (  # noqa: F401
     answer_lines,
     answer_zeroshot,
@@ -111,9 +118,9 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
     summary = {**_summary(trained, zs, found, s), **({"not_in_experiment": foreign} if foreign else {}),
                **({"controls": control_records} if control_records else {}),
-               **_zero_noise_json(found, s.alpha),
+               **_zero_noise_json(found, s),
                **({"post_hoc": {"settings": s.post_hoc, "comparisons": [f.record(s) for f in post],
-                                **_zero_noise_json(post, s.alpha, found)}} if s.post_hoc else {}),
+                                **_zero_noise_json(post, s, found)}} if s.post_hoc else {}),
                "cost": spent}
     atomic_write_text(out / "report.json", json.dumps(summary, indent=2, default=float) + "\n")
     return out / "report.md"
@@ -202,18 +209,22 @@ def _controls(s: ReportSettings) -> tuple[list[str], list[dict]]:
         cs = from_dict(ReportSettings, {**(plan.get("report") or {}), "controls": [], "papers": False}, "report")
         runs, failed = load_runs(folder)
         runs, failed, _ = _in_plan(plan, runs, failed)
+        check_post_hoc(cs, [r.get("config") or {} for r in plan.get("runs") or [] if isinstance(r, dict)])
         trained = group_runs([r for r in runs if r.task == "train"])
-        found = findings(trained, cs, planned_seeds(plan))
+        found = findings(planned_groups(trained, cs), cs, planned_seeds(plan))  # its own report answers its post hoc
         annotate(found, trained, cs)
         planned = len(planned_ids(plan) or [])
         done = f"{len(runs)} of {planned} planned runs finished" if planned else f"{len(runs)} runs"
         caveats = [*cs.caveats, *([z] if (z := zero_noise_line(found, cs.alpha)) else [])]
         md += [f"### {cs.title or plan.get('name') or folder.name}", "",
                f"`{folder}` ({done}; its own report: `{folder}/report/report.md`).", "",
+               *([f"Its post-hoc runs ({', '.join(f'{k}={v}' for k, v in post_hoc_marks(cs).items())}) are left "
+                  "out of the answers below, as in its own report, which answers them apart.", ""]
+                 if post_hoc_marks(cs) else []),
                *(["Its caveats:", "", *[f"- {c.strip()}" for c in caveats], ""] if caveats else []),
                *answer_lines(finding_answers(found, cs))]
         records.append({"path": str(folder), "runs": len(runs), "planned": planned,
-                        "comparisons": [f.record(cs) for f in found], **_zero_noise_json(found, cs.alpha)})
+                        "comparisons": [f.record(cs) for f in found], **_zero_noise_json(found, cs)})
     return (["## Positive controls", "", *md] if md else []), records
 
 
@@ -230,7 +241,9 @@ def post_hoc_lines(post: list[Finding], trained: list[Group], s: ReportSettings,
           "say why). They are left out of the answers above (as candidates of their selections, from their seed-noise "
           "pools and Holm families) and answered here, each question its own Holm family, their seed noise pooled "
           f"among post-hoc runs only (pools named '…{POST_HOC}'), the planned side's among planned runs. Their tables' rows "
-          "carry the same mark.", ""]
+          "carry the same mark. A post-hoc run and its planned twin share their seed, data and code, but the test "
+          "treats the two sides' seed effects as independent: where they go together this overstates the noise of "
+          "the difference, so a twin line's 'no clear difference' is no evidence that the two train alike.", ""]
     groups = [g for g in trained if is_post_hoc(g, s)]
     lonely = untwinned(trained, s)
     left = {"post hoc vs frozen": [f"{labelled(g)}: not compared (no planned frozen run of its head and encoder "
@@ -245,15 +258,17 @@ def post_hoc_lines(post: list[Finding], trained: list[Group], s: ReportSettings,
         lines = [f.line(s) for f in post if f.question == key] + left[key]
         md += [f"**{question}**", "", *[f"- {x}" for x in lines or ["none finished yet."]], ""]
     computed = [x for x in (zero_noise_line(post, s.alpha, found),  # the planned tests' caveats, on these tests
-                            own_noise_line(post, s.metrics[0], s.split, s.alpha)) if x]
+                            own_noise_line(post, s.metrics[0], s.split, s.alpha, "the post-hoc tests"),
+                            one_family_line(post, s.alpha)) if x]
     return md + ([f"Computed caveat{'s' if len(computed) > 1 else ''} on these tests:", "",
                   *[f"- {x}" for x in computed], ""] if computed else [])
 
 
-def _zero_noise_json(found: list[Finding], alpha: float, also: list[Finding] = ()) -> dict:
-    """report.json's ``seed_noise_zero``: the computed seed-noise-0 caveat's redone tests, where any test reads
-    an estimate of 0 (as report.md's caveat line)."""
-    return {"seed_noise_zero": z} if (z := zero_noise_record(found, alpha, also)) else {}
+def _zero_noise_json(found: list[Finding], s: ReportSettings, also: list[Finding] = ()) -> dict:
+    """report.json's ``seed_noise_zero`` and ``own_seed_noise``: the computed seed-noise caveats' redone tests (as
+    report.md's caveat lines), each where it has any."""
+    return {**({"seed_noise_zero": z} if (z := zero_noise_record(found, s.alpha, also)) else {}),
+            **({"own_seed_noise": o} if (o := own_noise_record(found, s.metrics[0], s.split, s.alpha)) else {})}
 
 
 def planned_seeds(plan: dict) -> int | None:
