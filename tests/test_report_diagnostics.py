@@ -665,3 +665,35 @@ def test_the_scaling_plots_id_baseline_is_never_a_post_hoc_run(tmp_path, monkeyp
     monkeypatch.setattr(render, "_save_figure", lambda *a, **k: True)
     render.plot_scaling(groups, s, tmp_path / "scaling.png", "t")
     assert chosen and all(g.settings.get("train.min_epochs") != 60 for gs in chosen for g in gs)
+
+
+def test_the_plots_mark_groups_on_fewer_seeds_than_planned(tmp_path, monkeypatch):
+    """A one-seed bar's interval leaves out seed noise, so its label says it stands on fewer seeds (as its
+    verdicts say "provisional"); a group on every planned seed, or a plot without a plan, says nothing."""
+    from tcf.config import from_dict
+    from tcf.experiments import render
+    from tcf.experiments.answers import ReportSettings
+
+    _post_hoc_folder(tmp_path, True, post_seeds=2)
+    for f in tmp_path.glob("frozen-*"):  # a measured encoder size: the scaling plot draws the frozen series
+        res = json.loads((f / "results.json").read_text())
+        res["parameters"] = {"encoder": 22_700_000}
+        (f / "results.json").write_text(json.dumps(res))
+    for f in sorted(tmp_path.glob("frozen-0-s*"))[1:]:  # frozen keeps one of its 4 seeds
+        shutil.rmtree(f)
+    s = from_dict(ReportSettings, {"post_hoc": {"train.min_epochs": 60}}, "report")
+    figures = []
+    monkeypatch.setattr(render, "_save_figure", lambda plt, fig, *a, **k: figures.append(fig) or True)
+    groups = group_runs(runs_of(tmp_path))
+    render.plot_towers(groups, s, tmp_path / "towers.png", "t", planned_seeds=4)
+    render.plot_scaling(groups, s, tmp_path / "scaling.png", "t", planned_seeds=4)
+    render.plot_towers(groups, s, tmp_path / "towers.png", "t")  # no plan: no note
+    towers, scaling, bare = figures
+    names = [t.get_text() for t in towers.axes[0].get_yticklabels()]
+    (frozen,) = [n for n in names if n.lower().startswith("frozen")]
+    (post,) = [n for n in names if n.endswith("(post hoc)")]
+    assert len(names) == 4 and sum("seeds)" in n for n in names) == 2
+    assert frozen.endswith("(1 of 4 seeds)") and post.endswith("(2 of 4 seeds) (post hoc)")
+    (series,) = [x for x in scaling.axes[0].get_legend_handles_labels()[1] if "ID baseline" not in x]
+    assert series.endswith("(1 of 4 seeds)")
+    assert not any("seeds)" in t.get_text() for t in bare.axes[0].get_yticklabels())

@@ -135,7 +135,14 @@ def _save_figure(plt, fig, path: Path, title: str, *, legend_from=None, ncol: in
     return True
 
 
-def plot_scaling(groups: list[Group], s: ReportSettings, path: Path, title: str) -> bool:
+def seeds_note(seeds: int, planned: int | None) -> str:
+    """" (1 of 3 seeds)" for a plotted group on fewer seeds than the plan has: its interval then leaves out the
+    seed noise of the missing seeds, as its verdicts are provisional ("" otherwise, or without a plan)."""
+    return f" ({seeds} of {planned} seeds)" if planned and seeds < planned else ""
+
+
+def plot_scaling(groups: list[Group], s: ReportSettings, path: Path, title: str,
+                 planned_seeds: int | None = None) -> bool:
     if not any(len(v) for v in scaling_series(groups, s.metrics[0], s.split).values()):
         return False
     plt = _plt()
@@ -152,7 +159,9 @@ def plot_scaling(groups: list[Group], s: ReportSettings, path: Path, title: str)
             err = np.array([_err(st) for _, st in keep]).T
             post = is_post_hoc(pts[0][2], s)  # hollow markers: not among the planned answers' towers
             ax.errorbar([p for p, _ in keep], [st.mean for _, st in keep], yerr=err, ls=ls, marker=marker,
-                        capsize=3, color=color[r.head], label=label + on + (" (post hoc)" if post else ""),
+                        capsize=3, color=color[r.head],
+                        label=label + on + seeds_note(min(len(g.seeds) for g in cut), planned_seeds)
+                        + (" (post hoc)" if post else ""),
                         **({"markerfacecolor": "white", "markersize": 7} if post else {}))
         for head, c in color.items():
             base = select([g for g in planned_groups(groups, s)  # as the answers select: never a post-hoc run
@@ -174,7 +183,8 @@ def plot_scaling(groups: list[Group], s: ReportSettings, path: Path, title: str)
     return _save_figure(plt, fig, path, title, legend_from=axes[0][0], ncol=4)
 
 
-def plot_towers(groups: list[Group], s: ReportSettings, path: Path, title: str) -> bool:
+def plot_towers(groups: list[Group], s: ReportSettings, path: Path, title: str,
+                planned_seeds: int | None = None) -> bool:
     heads = [h for h in sorted({g.first.head for g in groups})
              if len({g.first.tower for g in groups if g.first.head == h}) >= 2]
     if not heads:
@@ -185,7 +195,7 @@ def plot_towers(groups: list[Group], s: ReportSettings, path: Path, title: str) 
 
     def name(g: Group) -> str:
         return (group_label(g, False) + (f" [{extra_settings(g)}]" if extra_settings(g) else "")
-                + (" (post hoc)" if is_post_hoc(g, s) else ""))
+                + seeds_note(len(g.seeds), planned_seeds) + (" (post hoc)" if is_post_hoc(g, s) else ""))
 
     height = max(2.2, 0.42 * max(len(v) for v in rows.values()) + 1.3)
     labels = 0.3 + 4.8 / 72 * max(len(name(g)) for g in groups)  # inches of 8-pt tick labels, left column only

@@ -102,9 +102,10 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
     zs = zeroshot_rows(runs, planned_groups(trained, s), s, planned_seeds(plan))
     title = s.title or f"{plan.get('name') or runs_dir.name}: {len(runs)} run(s)"
     out.mkdir(parents=True, exist_ok=True)
-    figures = {name: fn(data, s, out / f"{name}.png", title) if data else False
-               for name, fn, data in (("scaling", plot_scaling, trained), ("towers", plot_towers, trained),
-                                      ("zeroshot", plot_zeroshot, zs))}
+    seeds = {"planned_seeds": planned_seeds(plan)}  # the trained plots mark groups on fewer seeds
+    figures = {name: fn(data, s, out / f"{name}.png", title, **kw) if data else False
+               for name, fn, data, kw in (("scaling", plot_scaling, trained, seeds),
+                                          ("towers", plot_towers, trained, seeds), ("zeroshot", plot_zeroshot, zs, {}))}
     found = findings(planned_groups(trained, s), s, planned_seeds(plan))  # every test once (answers, report.json)
     post = post_hoc_findings(trained, s, planned_seeds(plan))
     for x in (found, post):
