@@ -525,11 +525,16 @@ QUESTIONS = {  # finding.question -> (the question answered, what is said withou
 OPTIONAL_QUESTIONS = {"pretrained vs random user LM", "ID + text vs ID"}  # asked only where an experiment has runs for them
 
 
+def seeds_planned(planned: int | None, groups: list[Group]) -> int:
+    """The seeds a verdict needs to be final: ``planned`` (experiment.json's), else the most any of ``groups`` has."""
+    return planned or max((len(g.runs) for g in groups), default=1)
+
+
 def findings(groups: list[Group], s: ReportSettings, planned_seeds: int | None = None) -> list[Finding]:
     """Every test the answers make (each answer its own Holm family)."""
     found = [*text_vs_id(groups, s), *id_text_vs_id(groups, s), *fine_tuned_vs_frozen(groups, s),
              *largest_vs_smallest(groups, s), *head_vs_head(groups, s), *pretrained_vs_random(groups, s)]
-    planned = planned_seeds or max((len(g.runs) for g in groups), default=1)  # the plan's, else the most present
+    planned = seeds_planned(planned_seeds, groups)
     for f in found:
         f.planned_seeds = planned
     return found
@@ -657,8 +662,9 @@ def post_hoc_findings(groups: list[Group], s: ReportSettings, planned_seeds: int
                                  f"[{extra_settings(g)}] against its planned twin: {m} ",
                                  ("the post-hoc run scores higher", "the post-hoc run scores lower")))
     found = [*[replace(f, question="post hoc vs frozen") for f in vs_frozen], *_family(twins)]
+    planned = seeds_planned(planned_seeds, groups)
     for f in found:
-        f.planned_seeds = planned_seeds or max((len(g.runs) for g in groups), default=1)
+        f.planned_seeds = planned
     return found
 
 

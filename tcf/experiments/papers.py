@@ -31,6 +31,7 @@ from tcf.experiments.answers import (
     chosen_seeds,
     labelled,
     planned_groups,
+    seeds_planned,
     select,
     signed,
 )
@@ -144,7 +145,7 @@ def _tuned_vs_id(groups: list[Group], claim: Claim, s: ReportSettings, planned: 
     Holm family): the report's text-vs-ID answer may pick a frozen tower, which is not what the claim is about."""
     m, found, every = s.metrics[0], [], groups
     groups = planned_groups(groups, s)  # the candidates: report.post_hoc's runs are not (their sisters still count)
-    planned = planned or max((len(g.runs) for g in groups), default=1)
+    planned = seeds_planned(planned, groups)
     for head in sorted({g.first.head for g in groups}):
         if claim.head and head != claim.head:
             continue

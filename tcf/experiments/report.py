@@ -99,15 +99,16 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
     runs = [r for r in runs if out not in r.folder.parents and r.folder != out]
     runs, failed, foreign = _in_plan(plan, runs, failed)
     trained = group_runs([r for r in runs if r.task == "train"])
-    zs = zeroshot_rows(runs, planned_groups(trained, s), s, planned_seeds(plan))
+    planned = planned_seeds(plan)
+    zs = zeroshot_rows(runs, planned_groups(trained, s), s, planned)
     title = s.title or f"{plan.get('name') or runs_dir.name}: {len(runs)} run(s)"
     out.mkdir(parents=True, exist_ok=True)
-    seeds = {"planned_seeds": planned_seeds(plan)}  # the trained plots mark groups on fewer seeds
+    seeds = {"planned_seeds": planned}  # the trained plots mark groups on fewer seeds
     figures = {name: fn(data, s, out / f"{name}.png", title, **kw) if data else False
                for name, fn, data, kw in (("scaling", plot_scaling, trained, seeds),
                                           ("towers", plot_towers, trained, seeds), ("zeroshot", plot_zeroshot, zs, {}))}
-    found = findings(planned_groups(trained, s), s, planned_seeds(plan))  # every test once (answers, report.json)
-    post = post_hoc_findings(trained, s, planned_seeds(plan))
+    found = findings(planned_groups(trained, s), s, planned)  # every test once (answers, report.json)
+    post = post_hoc_findings(trained, s, planned)
     for x in (found, post):
         annotate(x, trained, s)  # stopping notes read every run, report.post_hoc's too
     controls, control_records = _controls(s)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tcf.eval.metrics import holm, metrics_from_ranks, paired_test, target_ranks
-from tcf.experiments.answers import ReportSettings, chosen_on, extra_settings, select
+from tcf.experiments.answers import ReportSettings, chosen_on, extra_settings, seeds_planned, select
 from tcf.experiments.derived import derived
 from tcf.experiments.results import HEAD_NAMES, TOWER_NAMES, Group, RunResult, Stat, _seed_average
 from tcf.experiments.stats import PAIRED, PAIRED_RESAMPLES, USERS_AND_SEEDS, _seed_tables, p_words, users_and_seeds
@@ -39,7 +39,7 @@ def zeroshot_rows(runs: list[RunResult], trained: list[Group], s: ReportSettings
     """One row per zero-shot run: its metrics, compliance, and the baselines on its own candidate lists
     (popularity and random from the run; the best trained model of each head, scored here).  ``planned``: the
     seeds experiment.json plans (else the most any trained group has); a test against fewer is provisional."""
-    planned = planned or max((len(g.runs) for g in trained), default=1)
+    planned = seeds_planned(planned, trained)
     rows = []
     for r in runs:
         if r.task != "zeroshot":
