@@ -697,3 +697,21 @@ def test_the_plots_mark_groups_on_fewer_seeds_than_planned(tmp_path, monkeypatch
     (series,) = [x for x in scaling.axes[0].get_legend_handles_labels()[1] if "ID baseline" not in x]
     assert series.endswith("(1 of 4 seeds)")
     assert not any("seeds)" in t.get_text() for t in bare.axes[0].get_yticklabels())
+
+
+def test_a_report_without_a_plan_marks_the_plots_as_its_verdicts(tmp_path, monkeypatch):
+    """No experiment.json: a verdict on fewer seeds than the most any group has is provisional, and the plots
+    mark that group the same way."""
+    from tcf.experiments import render
+
+    _post_hoc_folder(tmp_path, False)
+    for f in sorted(tmp_path.glob("frozen-0-s*"))[1:]:  # frozen keeps one of its 4 seeds
+        shutil.rmtree(f)
+    figures = []
+    monkeypatch.setattr(render, "_save_figure", lambda plt, fig, *a, **k: figures.append(fig) or True)
+    md = write_report(tmp_path).read_text()
+    assert "provisional: on 1 of 4 seeds" in md
+    (towers,) = figures
+    names = [t.get_text() for t in towers.axes[0].get_yticklabels()]
+    assert [n for n in names if "seeds)" in n] == [n for n in names if n.lower().startswith("frozen")]
+    assert all(n.endswith("(1 of 4 seeds)") for n in names if "seeds)" in n) and len(names) == 3

@@ -47,6 +47,7 @@ from tcf.experiments.answers import (  # noqa: F401 - names code and tests impor
     post_hoc_findings,
     post_hoc_marks,
     scaling_series,
+    seeds_planned,
     untwinned,
 )
 from tcf.experiments.diagnostics import (
@@ -103,7 +104,7 @@ def write_report(runs_dir: str | Path, out: str | Path | None = None, settings: 
     zs = zeroshot_rows(runs, planned_groups(trained, s), s, planned)
     title = s.title or f"{plan.get('name') or runs_dir.name}: {len(runs)} run(s)"
     out.mkdir(parents=True, exist_ok=True)
-    seeds = {"planned_seeds": planned}  # the trained plots mark groups on fewer seeds
+    seeds = {"planned_seeds": seeds_planned(planned, planned_groups(trained, s))}  # as the verdicts: fewer marked
     figures = {name: fn(data, s, out / f"{name}.png", title, **kw) if data else False
                for name, fn, data, kw in (("scaling", plot_scaling, trained, seeds),
                                           ("towers", plot_towers, trained, seeds), ("zeroshot", plot_zeroshot, zs, {}))}
